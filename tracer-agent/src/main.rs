@@ -1,0 +1,123 @@
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tracer_agent::{
+    config::Args,
+    conntrack::Tracker,
+    export::{ExportStats, Exporter},
+    pipeline::{self, Pipeline, PipelineStats, SpanQueue},
+    probes::{Filters, Probes},
+    resource::Resources,
+    route::RouteMatcher,
+    span::Clock,
+};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tracer-agent: error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tracer-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn stats_line(p: &PipelineStats, probes: &Probes, e: &ExportStats) -> String {
+    let k = probes.counters();
+    let t = &p.tracker;
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    format!(
+        "tracer-agent: stats kernel_events={} kernel_lost={} kernel_truncated={} kernel_read_errors={} records={} decode_errors={} connections={} connections_evicted={} connections_expired={} opaque_connections={} spans={} spans_exported={} spans_printed={} spans_dropped_queue_full={} spans_dropped_export_failed={} export_errors={}",
+        k.sent, k.lost, k.truncated, k.read_errors, p.records, p.decode_errors, p.connections, t.connections_evicted,
+        t.connections_expired, t.opaque_connections, p.spans, r(&e.exported), r(&e.printed), r(&e.dropped_queue_full),
+        r(&e.dropped_export_failed), r(&e.export_errors)
+    )
+}
+
+async fn run(args: Args) -> Result<()> {
+    // Validate all configuration before touching the kernel.
+    let export = args.export()?;
+    let resources = Resources::new(args.resource_attributes()?, args.service_names()?);
+    let routes = RouteMatcher::new(&args.routes).map_err(|e| anyhow::anyhow!("--route: {e}"))?;
+    let filters = Filters {
+        allow_pids: args.pids.clone(),
+        deny_pids: args.exclude_pids.clone(),
+        allow_comms: args.comms.clone(),
+        deny_comms: args.exclude_comms.clone(),
+        allow_ports: args.ports.clone(),
+        deny_ports: args.exclude_ports.clone(),
+    };
+    let export_stats = Arc::new(ExportStats::default());
+    let exporter = Exporter::new(
+        export,
+        args.print,
+        resources,
+        Duration::from_millis(args.bsp_schedule_delay_ms),
+        args.bsp_max_export_batch_size,
+        export_stats.clone(),
+    )?;
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+
+    let (probes, ring) = Probes::load(args.capture_bytes, &filters)?;
+    let (queue, rx, _queued) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
+    let exporter_task = tokio::spawn(exporter.run(rx));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Mutex::new(PipelineStats::default()));
+    let pipe = Pipeline::new(
+        Tracker::new(args.max_connections, args.connection_idle_secs.saturating_mul(1_000_000_000)),
+        routes,
+        Clock::now(),
+    );
+    let worker = {
+        let stop = stop.clone();
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("pipeline".into())
+            .spawn(move || pipeline::run(ring, pipe, queue, stop, shared))
+            .context("starting pipeline thread")?
+    };
+    eprintln!("tracer-agent: ready (probes attached, capturing up to {} bytes per call)", args.capture_bytes);
+
+    let interval = args.stats_interval_secs;
+    loop {
+        let tick = async {
+            if interval == 0 {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep(Duration::from_secs(interval)).await
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = tick => {
+                let p = shared.lock().map(|s| *s).unwrap_or_default();
+                eprintln!("{}", stats_line(&p, &probes, &export_stats));
+            }
+        }
+    }
+
+    // Drain what the kernel already captured, flush spans, then detach.
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(15), exporter_task).await;
+    let p = shared.lock().map(|s| *s).unwrap_or_default();
+    eprintln!("{}", stats_line(&p, &probes, &export_stats));
+    drop(probes);
+    Ok(())
+}

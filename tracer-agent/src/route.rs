@@ -1,0 +1,412 @@
+//! Low-cardinality `http.route` derivation from request targets.
+//!
+//! A [`RouteMatcher`] holds user-supplied route patterns; targets that match
+//! none of them fall back to [`heuristic_route`], which replaces segments that
+//! look like identifiers with `{id}`.
+
+/// Most path segments kept in a heuristic route; longer paths end in `/*`.
+pub const MAX_ROUTE_SEGMENTS: usize = 10;
+
+/// Segments longer than this many bytes are always replaced with `{id}`.
+pub const MAX_SEGMENT_LEN: usize = 64;
+
+const ID: &str = "{id}";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatternSegment {
+    Literal(String),
+    /// `{name}`: exactly one non-empty segment.
+    Param,
+    /// Trailing `*`: any number (including zero) of remaining segments.
+    Rest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pattern {
+    text: String,
+    segments: Vec<PatternSegment>,
+}
+
+impl Pattern {
+    fn parse(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim();
+        if !trimmed.starts_with('/') {
+            return Err(format!("route pattern {text:?} must start with '/'"));
+        }
+        if trimmed.contains(['?', '#']) {
+            return Err(format!(
+                "route pattern {text:?} must not contain a query or fragment"
+            ));
+        }
+        let parts: Vec<&str> = trimmed.split('/').filter(|s| !s.is_empty()).collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            if *part == "*" {
+                if !last {
+                    return Err(format!(
+                        "route pattern {text:?}: '*' is only allowed as the last segment"
+                    ));
+                }
+                segments.push(PatternSegment::Rest);
+            } else if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                let valid = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !valid {
+                    return Err(format!(
+                        "route pattern {text:?}: invalid parameter segment {part:?}"
+                    ));
+                }
+                segments.push(PatternSegment::Param);
+            } else if part.contains(['{', '}', '*']) {
+                return Err(format!(
+                    "route pattern {text:?}: segment {part:?} mixes literal text with '{{', '}}' or '*'"
+                ));
+            } else {
+                segments.push(PatternSegment::Literal((*part).to_string()));
+            }
+        }
+        Ok(Pattern {
+            text: trimmed.to_string(),
+            segments,
+        })
+    }
+
+    fn matches(&self, path: &[&str]) -> bool {
+        let mut i = 0usize;
+        for seg in &self.segments {
+            match seg {
+                PatternSegment::Rest => return true,
+                PatternSegment::Param => {
+                    if path.get(i).is_none() {
+                        return false;
+                    }
+                }
+                PatternSegment::Literal(lit) => match path.get(i) {
+                    Some(p) if p == lit => {}
+                    _ => return false,
+                },
+            }
+            i += 1;
+        }
+        i == path.len()
+    }
+}
+
+/// Maps request targets to routes using user patterns, then the heuristic.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatcher {
+    patterns: Vec<Pattern>,
+}
+
+impl RouteMatcher {
+    /// Patterns like `/users/{id}/orders` or `/static/*`: `{name}` matches
+    /// exactly one path segment, a trailing `*` matches the rest of the path
+    /// (zero or more segments). Other segments match literally. Repeated and
+    /// trailing slashes are ignored when matching.
+    pub fn new(patterns: &[String]) -> Result<Self, String> {
+        let patterns = patterns
+            .iter()
+            .map(|p| Pattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RouteMatcher { patterns })
+    }
+
+    /// Route for a request target. The query string and fragment are
+    /// stripped (as is the scheme and authority of an absolute-form target);
+    /// the first matching user pattern wins and its text is returned;
+    /// otherwise [`heuristic_route`] decides.
+    pub fn route(&self, target: &str) -> String {
+        let path = path_of(target);
+        if !self.patterns.is_empty() {
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            if let Some(p) = self.patterns.iter().find(|p| p.matches(&segments)) {
+                return p.text.clone();
+            }
+        }
+        heuristic_route(path)
+    }
+
+    /// [`RouteMatcher::route`] for a raw target; invalid UTF-8 is replaced.
+    pub fn route_bytes(&self, target: &[u8]) -> String {
+        self.route(&String::from_utf8_lossy(target))
+    }
+}
+
+/// The path part of a request target: query and fragment removed, and for an
+/// absolute-form target (`http://host/p`) the scheme and authority removed.
+fn path_of(target: &str) -> &str {
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let mut path = target.get(..end).unwrap_or("");
+    for scheme in ["http://", "https://"] {
+        let n = scheme.len();
+        if path.len() >= n
+            && path
+                .get(..n)
+                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+        {
+            let rest = path.get(n..).unwrap_or("");
+            path = match rest.find('/') {
+                Some(i) => rest.get(i..).unwrap_or("/"),
+                None => "/",
+            };
+            break;
+        }
+    }
+    path
+}
+
+/// Derives a low-cardinality route from a request path.
+///
+/// Rules, applied in order:
+/// 1. The query string (`?...`) and fragment (`#...`) are stripped; an
+///    absolute-form target loses its scheme and authority. `*` stays `*`;
+///    any other path not starting with `/` gets one prepended.
+/// 2. The path is split on `/`; empty segments are dropped, so repeated
+///    slashes collapse. A trailing slash is kept. An empty path gives `/`.
+/// 3. The first segment is kept as is when it is an API version such as
+///    `v1`, `V2` or `v1.2`.
+/// 4. Any other segment becomes `{id}` when it is:
+///    - all ASCII digits (`42`), or a signed or decimal number (`-7`, `3.14`);
+///    - a UUID (`123e4567-e89b-12d3-a456-426614174000`);
+///    - hexadecimal, at least 8 characters long, with at least one digit
+///      (`deadbeef01`, commit hashes);
+///    - at least 16 characters of letters, digits, `-`, `_`, `=`, `+`
+///      (base64/base62-like tokens), containing both a letter and a digit;
+///    - email-like: `local@domain.tld` (also with `@` encoded as `%40`);
+///    - longer than [`MAX_SEGMENT_LEN`] bytes, whatever it contains.
+/// 5. At most [`MAX_ROUTE_SEGMENTS`] segments are kept; a longer path gets
+///    `/*` appended after them.
+pub fn heuristic_route(path: &str) -> String {
+    let path = path_of(path);
+    if path == "*" {
+        return "*".to_string();
+    }
+    let trailing_slash = path.ends_with('/');
+    let mut out = String::with_capacity(path.len().min(256) + 8);
+    let mut truncated = false;
+    for (count, seg) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
+        if count == MAX_ROUTE_SEGMENTS {
+            truncated = true;
+            break;
+        }
+        out.push('/');
+        if count == 0 && is_version(seg) {
+            out.push_str(seg);
+        } else if is_id_like(seg) {
+            out.push_str(ID);
+        } else {
+            out.push_str(seg);
+        }
+    }
+    if truncated {
+        out.push_str("/*");
+    } else if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    out
+}
+
+/// [`heuristic_route`] for a raw path; invalid UTF-8 is replaced.
+pub fn heuristic_route_bytes(path: &[u8]) -> String {
+    heuristic_route(&String::from_utf8_lossy(path))
+}
+
+fn is_version(seg: &str) -> bool {
+    let Some(rest) = seg.strip_prefix(['v', 'V']) else {
+        return false;
+    };
+    let mut parts = rest.split('.');
+    let major_ok = parts
+        .next()
+        .is_some_and(|m| !m.is_empty() && m.len() <= 3 && m.bytes().all(|b| b.is_ascii_digit()));
+    major_ok
+        && parts.clone().count() <= 1
+        && parts.all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn is_id_like(seg: &str) -> bool {
+    seg.len() > MAX_SEGMENT_LEN
+        || is_number(seg)
+        || is_uuid(seg)
+        || is_hex_id(seg)
+        || is_long_token(seg)
+        || is_email(seg)
+}
+
+/// `[+-]?digits(.digits)?`
+fn is_number(seg: &str) -> bool {
+    let s = seg.strip_prefix(['-', '+']).unwrap_or(seg);
+    let mut parts = s.split('.');
+    let int_ok = parts
+        .next()
+        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let frac_ok = match parts.next() {
+        None => true,
+        Some(f) => !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()),
+    };
+    int_ok && frac_ok && parts.next().is_none()
+}
+
+fn is_uuid(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+}
+
+fn is_hex_id(seg: &str) -> bool {
+    seg.len() >= 8
+        && seg.bytes().all(|b| b.is_ascii_hexdigit())
+        && seg.bytes().any(|b| b.is_ascii_digit())
+}
+
+fn is_long_token(seg: &str) -> bool {
+    seg.len() >= 16
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+'))
+        && seg.bytes().any(|b| b.is_ascii_digit())
+        && seg.bytes().any(|b| b.is_ascii_alphabetic())
+}
+
+fn is_email(seg: &str) -> bool {
+    let (local, domain) = match seg.split_once('@') {
+        Some(parts) => parts,
+        None => match seg.split_once("%40") {
+            Some(parts) => parts,
+            None => return false,
+        },
+    };
+    !local.is_empty()
+        && !domain.contains('@')
+        && domain
+            .split_once('.')
+            .is_some_and(|(host, tld)| !host.is_empty() && !tld.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(patterns: &[&str]) -> RouteMatcher {
+        let owned: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
+        RouteMatcher::new(&owned).expect("valid patterns")
+    }
+
+    #[test]
+    fn heuristic_replaces_numeric_ids() {
+        assert_eq!(heuristic_route("/users/42/orders/7"), "/users/{id}/orders/{id}");
+        assert_eq!(heuristic_route("/items/-3"), "/items/{id}");
+        assert_eq!(heuristic_route("/geo/3.14/2.71"), "/geo/{id}/{id}");
+    }
+
+    #[test]
+    fn heuristic_replaces_uuid_hex_tokens_and_emails() {
+        assert_eq!(
+            heuristic_route("/o/123e4567-e89b-12d3-a456-426614174000/x"),
+            "/o/{id}/x"
+        );
+        assert_eq!(heuristic_route("/commit/9fceb02d0ae598e95dc970b74767f19372d61af8"), "/commit/{id}");
+        assert_eq!(heuristic_route("/blob/deadbeef01"), "/blob/{id}");
+        // Hex-looking words without digits are kept.
+        assert_eq!(heuristic_route("/feed/deadbeef"), "/feed/deadbeef");
+        // Too short to be a hex id.
+        assert_eq!(heuristic_route("/c/abc123"), "/c/abc123");
+        assert_eq!(heuristic_route("/s/aZ3kP9qLm2Xv7Tn4"), "/s/{id}");
+        assert_eq!(heuristic_route("/s/dGVzdDEyMzQ1Njc4OTA="), "/s/{id}");
+        assert_eq!(heuristic_route("/u/jane.doe@example.com/profile"), "/u/{id}/profile");
+        assert_eq!(heuristic_route("/u/jane%40example.com"), "/u/{id}");
+        // Long words without digits are kept.
+        assert_eq!(
+            heuristic_route("/api/organizationsettings"),
+            "/api/organizationsettings"
+        );
+        let long = "a".repeat(MAX_SEGMENT_LEN + 1);
+        assert_eq!(heuristic_route(&format!("/x/{long}")), "/x/{id}");
+    }
+
+    #[test]
+    fn heuristic_keeps_versions_and_files() {
+        assert_eq!(heuristic_route("/v1/users/10"), "/v1/users/{id}");
+        assert_eq!(heuristic_route("/V2.1/things"), "/V2.1/things");
+        assert_eq!(heuristic_route("/static/jquery-3.6.0.min.js"), "/static/jquery-3.6.0.min.js");
+        assert_eq!(heuristic_route("/healthz"), "/healthz");
+    }
+
+    #[test]
+    fn heuristic_normalises_shape() {
+        assert_eq!(heuristic_route(""), "/");
+        assert_eq!(heuristic_route("/"), "/");
+        assert_eq!(heuristic_route("//"), "/");
+        assert_eq!(heuristic_route("//a///b"), "/a/b");
+        assert_eq!(heuristic_route("/a/b/"), "/a/b/");
+        assert_eq!(heuristic_route("/a?x=1#frag"), "/a");
+        assert_eq!(heuristic_route("/a#frag?x"), "/a");
+        assert_eq!(heuristic_route("?x=1"), "/");
+        assert_eq!(heuristic_route("*"), "*");
+        assert_eq!(heuristic_route("relative/7"), "/relative/{id}");
+        assert_eq!(heuristic_route("http://example.com/u/5?q"), "/u/{id}");
+        assert_eq!(heuristic_route("HTTPS://example.com"), "/");
+    }
+
+    #[test]
+    fn heuristic_is_bounded() {
+        let deep: String = (0..30).map(|i| format!("/s{i}")).collect();
+        let r = heuristic_route(&deep);
+        assert_eq!(r, "/s0/s1/s2/s3/s4/s5/s6/s7/s8/s9/*");
+        let wide = format!("/{}", "z".repeat(100_000));
+        assert_eq!(heuristic_route(&wide), "/{id}");
+        // Exactly the limit: no `/*`.
+        let ten: String = (0..10).map(|i| format!("/p{i}")).collect();
+        assert_eq!(heuristic_route(&ten), ten);
+    }
+
+    #[test]
+    fn non_utf8_is_lossy() {
+        assert_eq!(heuristic_route_bytes(b"/caf\xe9/12"), "/caf\u{fffd}/{id}");
+        let r = m(&[]);
+        assert_eq!(r.route_bytes(b"/\xff\xfe/9?x"), "/\u{fffd}\u{fffd}/{id}");
+    }
+
+    #[test]
+    fn patterns_match_first_wins() {
+        let r = m(&["/users/{id}/orders", "/users/{id}", "/static/*", "/users/me"]);
+        assert_eq!(r.route("/users/abc/orders?page=2"), "/users/{id}/orders");
+        assert_eq!(r.route("/users/me"), "/users/{id}");
+        assert_eq!(r.route("/users//7/"), "/users/{id}");
+        assert_eq!(r.route("/static/css/site.css"), "/static/*");
+        assert_eq!(r.route("/static"), "/static/*");
+        // No pattern matches: heuristic.
+        assert_eq!(r.route("/users/7/orders/9"), "/users/{id}/orders/{id}");
+        assert_eq!(r.route("/other/12"), "/other/{id}");
+    }
+
+    #[test]
+    fn root_and_catch_all_patterns() {
+        let r = m(&["/"]);
+        assert_eq!(r.route("/?a=b"), "/");
+        assert_eq!(r.route("/x"), "/x");
+        let all = m(&["/*"]);
+        assert_eq!(all.route("/anything/at/all"), "/*");
+        assert_eq!(all.route("/"), "/*");
+    }
+
+    #[test]
+    fn invalid_patterns_are_rejected() {
+        for bad in ["users", "/a/*/b", "/a/{}", "/a/{x", "/a/x{y}", "/a?b", "/a/b*", "/{a b}"] {
+            assert!(
+                RouteMatcher::new(&[bad.to_string()]).is_err(),
+                "{bad} should be rejected"
+            );
+        }
+        assert!(RouteMatcher::new(&[]).is_ok());
+    }
+}

@@ -1,0 +1,209 @@
+//! Types shared by the kernel programs (`tracer-ebpf`) and the user-space agent.
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, free of `bool`, with explicit
+//! padding, so both sides agree on the layout byte for byte.
+#![no_std]
+
+/// Largest payload prefix a single event can carry. The configured capture
+/// size (`Config::capture_bytes`) is clamped to this.
+pub const MAX_CAPTURE: usize = 4096;
+/// Default number of payload bytes captured per syscall.
+pub const DEFAULT_CAPTURE: u32 = 2048;
+/// How many iovec entries of a `readv`/`writev`/`sendmsg`/`recvmsg` are walked.
+pub const MAX_IOV: usize = 8;
+
+/// Stable numeric event kinds.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// Bytes the process received on a socket.
+    Recv = 1,
+    /// Bytes the process sent on a socket.
+    Send = 2,
+    /// `accept`/`accept4` returned a new connection (server side).
+    Accept = 3,
+    /// `connect` started or completed a connection (client side).
+    Connect = 4,
+    /// `close` on a TCP socket.
+    Close = 5,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Recv,
+            2 => Self::Send,
+            3 => Self::Accept,
+            4 => Self::Connect,
+            5 => Self::Close,
+            _ => return None,
+        })
+    }
+}
+
+/// Which syscall produced an event (for diagnostics).
+pub mod syscall {
+    pub const READ: u16 = 1;
+    pub const WRITE: u16 = 2;
+    pub const READV: u16 = 3;
+    pub const WRITEV: u16 = 4;
+    pub const RECVFROM: u16 = 5;
+    pub const SENDTO: u16 = 6;
+    pub const RECVMSG: u16 = 7;
+    pub const SENDMSG: u16 = 8;
+    pub const ACCEPT: u16 = 9;
+    pub const ACCEPT4: u16 = 10;
+    pub const CONNECT: u16 = 11;
+    pub const CLOSE: u16 = 12;
+    pub const RECVMMSG: u16 = 13;
+    pub const SENDMMSG: u16 = 14;
+}
+
+/// Role hint recorded by the kernel: who opened the connection.
+pub mod role {
+    pub const UNKNOWN: u8 = 0;
+    /// This process accepted the connection.
+    pub const SERVER: u8 = 1;
+    /// This process connected.
+    pub const CLIENT: u8 = 2;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// A TCP socket as seen from the traced process: local and remote address.
+/// IPv4 addresses are stored in the first four bytes of the address arrays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockInfo {
+    /// Socket inode number: stable identity of the connection while it lives.
+    pub ino: u64,
+    pub family: u16,
+    /// Local port, host byte order.
+    pub lport: u16,
+    /// Remote port, host byte order.
+    pub rport: u16,
+    pub role: u8,
+    pub _pad: u8,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+impl SockInfo {
+    pub const fn zeroed() -> Self {
+        Self { ino: 0, family: 0, lport: 0, rport: 0, role: 0, _pad: 0, laddr: [0; 16], raddr: [0; 16] }
+    }
+}
+
+/// Header of every event written to the ring buffer. Data events are
+/// followed by `captured` payload bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub syscall: u16,
+    pub _pad0: u16,
+    /// Monotonic (CLOCK_MONOTONIC / `bpf_ktime_get_ns`) time at syscall entry.
+    pub ts_enter: u64,
+    /// Monotonic time at syscall exit.
+    pub ts_exit: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// Bytes captured after this header.
+    pub captured: u32,
+    /// Syscall return value: the true byte count for data events.
+    pub ret: i64,
+    pub comm: [u8; 16],
+    pub sock: SockInfo,
+}
+
+pub const HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();
+
+/// A data event as laid out in the kernel's per-CPU scratch buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    pub payload: [u8; MAX_CAPTURE],
+}
+
+/// Kernel struct member offsets, read from the running kernel's BTF by the
+/// agent at load time and handed to the probes. All offsets in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub inode_ino: u32,
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub _pad: u32,
+}
+
+/// Filter modes for the pid/comm/port allow lists.
+pub mod filter {
+    /// Bit set in `Config::flags` when the pid allow list is active.
+    pub const PID_ALLOW: u32 = 1 << 0;
+    /// Bit set when the comm allow list is active.
+    pub const COMM_ALLOW: u32 = 1 << 1;
+    /// Bit set when the port allow list is active.
+    pub const PORT_ALLOW: u32 = 1 << 2;
+    /// Bits set when the matching map holds deny entries.
+    pub const PID_DENY: u32 = 1 << 3;
+    pub const COMM_DENY: u32 = 1 << 4;
+    pub const PORT_DENY: u32 = 1 << 5;
+    /// Value stored in filter maps: allow.
+    pub const ALLOW: u8 = 1;
+    /// Value stored in filter maps: deny.
+    pub const DENY: u8 = 2;
+}
+
+/// Run-time configuration written by the agent into the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// The agent's own tgid: never traced.
+    pub self_pid: u32,
+    /// Payload bytes captured per syscall, at most `MAX_CAPTURE`.
+    pub capture_bytes: u32,
+    /// `filter::*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    pub offsets: KernelOffsets,
+}
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Events dropped because the ring buffer was full.
+    pub const LOST: u32 = 0;
+    /// Data events whose payload was cut at `capture_bytes`.
+    pub const TRUNCATED: u32 = 1;
+    /// Events written.
+    pub const SENT: u32 = 2;
+    /// Payload copies that failed (`bpf_probe_read_user` error).
+    pub const READ_ERRORS: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SockInfo {}
+}
+
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 40 + 8 + 16 + 48);
+const _: () = assert!(MAX_CAPTURE.is_power_of_two());

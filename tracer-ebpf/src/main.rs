@@ -1,0 +1,494 @@
+//! Kernel programs: socket I/O capture on syscall tracepoints.
+//!
+//! Every data syscall is handled in two halves. The `sys_enter_*` half applies
+//! the cheap filters (own process, pid/comm allow and deny lists), resolves the
+//! file descriptor to a TCP socket by walking `task->files` with offsets read
+//! from the running kernel's BTF, applies the port filter and parks the call's
+//! arguments in `ACTIVE`. The `sys_exit_*` half copies the first
+//! `capture_bytes` of the transferred payload into a per-CPU scratch event and
+//! writes it to the ring buffer without waking the reader (user space drains
+//! on a short timer), so no event ever causes a wake-up.
+#![no_std]
+#![no_main]
+#![allow(clippy::missing_safety_doc)]
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, generated},
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use tracer_common::{
+    counter, filter, role, syscall, Config, EventHeader, EventKind, SockInfo, AF_INET, AF_INET6, HEADER_SIZE,
+    MAX_CAPTURE, MAX_IOV,
+};
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const SOCK_STREAM: u16 = 1;
+const EINPROGRESS: i64 = 115;
+/// Ring buffer size; a forced wake-up is sent when more than half is pending.
+const RING_BYTES: u32 = 16 << 20;
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// In-flight data syscalls, by pid_tgid.
+#[map]
+static ACTIVE: LruHashMap<u64, ActiveIo> = LruHashMap::with_max_entries(16384, 0);
+/// Role of sockets whose accept/connect was seen, by socket inode.
+#[map]
+static ROLES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+#[map]
+static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
+#[map]
+static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Per-CPU scratch: the event being assembled. The payload area is twice the
+/// capture limit so that every masked copy stays inside it.
+#[repr(C)]
+struct Scratch {
+    header: EventHeader,
+    payload: [u8; MAX_CAPTURE * 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ActiveIo {
+    ts_enter: u64,
+    /// Plain buffer, or iovec array when `iov_len` > 0.
+    buf: u64,
+    iov_len: u64,
+    fd: i32,
+    kind: u32,
+    syscall: u16,
+    _pad: [u16; 3],
+    sock: SockInfo,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+unsafe fn rk<T: Copy>(addr: u64) -> Option<T> {
+    aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const T).ok()
+}
+
+/// Process-level filters: own pid, pid and comm allow/deny lists.
+#[inline(always)]
+fn process_wanted(cfg: &Config, tgid: u32) -> bool {
+    if tgid == cfg.self_pid || tgid == 0 {
+        return false;
+    }
+    if cfg.flags & (filter::PID_ALLOW | filter::PID_DENY) != 0 {
+        match unsafe { PIDS.get(&tgid) } {
+            Some(v) if *v == filter::DENY => return false,
+            Some(_) => {}
+            None if cfg.flags & filter::PID_ALLOW != 0 => return false,
+            None => {}
+        }
+    }
+    if cfg.flags & (filter::COMM_ALLOW | filter::COMM_DENY) != 0 {
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        match unsafe { COMMS.get(&comm) } {
+            Some(v) if *v == filter::DENY => return false,
+            Some(_) => {}
+            None if cfg.flags & filter::COMM_ALLOW != 0 => return false,
+            None => {}
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn port_wanted(cfg: &Config, s: &SockInfo) -> bool {
+    if cfg.flags & (filter::PORT_ALLOW | filter::PORT_DENY) == 0 {
+        return true;
+    }
+    let l: u32 = match unsafe { PORTS.get(&s.lport) } {
+        Some(v) => *v as u32,
+        None => 0,
+    };
+    let r: u32 = match unsafe { PORTS.get(&s.rport) } {
+        Some(v) => *v as u32,
+        None => 0,
+    };
+    if l == filter::DENY as u32 || r == filter::DENY as u32 {
+        return false;
+    }
+    if cfg.flags & filter::PORT_ALLOW != 0 {
+        return l == filter::ALLOW as u32 || r == filter::ALLOW as u32;
+    }
+    true
+}
+
+/// Resolve `fd` of the current task to a TCP (IPv4/IPv6 stream) socket.
+#[inline(always)]
+unsafe fn tcp_socket(cfg: &Config, fd: i32) -> Option<SockInfo> {
+    if fd < 0 {
+        return None;
+    }
+    let o = &cfg.offsets;
+    let task = bpf_get_current_task();
+    let files: u64 = rk(task + o.task_files as u64)?;
+    let fdt: u64 = rk(files + o.files_fdt as u64)?;
+    let max_fds: u32 = rk(fdt + o.fdt_max_fds as u64)?;
+    if fd as u32 >= max_fds {
+        return None;
+    }
+    let fd_array: u64 = rk(fdt + o.fdt_fd as u64)?;
+    let file: u64 = rk(fd_array + (fd as u64) * 8)?;
+    if file == 0 {
+        return None;
+    }
+    let inode: u64 = rk(file + o.file_inode as u64)?;
+    let mode: u16 = rk(inode + o.inode_mode as u64)?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket: u64 = rk(file + o.file_private_data as u64)?;
+    let stype: u16 = rk(socket + o.socket_type as u64)?;
+    if stype != SOCK_STREAM {
+        return None;
+    }
+    let sk: u64 = rk(socket + o.socket_sk as u64)?;
+    let family: u16 = rk(sk + o.sk_family as u64)?;
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let mut s = SockInfo::zeroed();
+    s.ino = rk(inode + o.inode_ino as u64)?;
+    s.family = family;
+    s.lport = rk(sk + o.sk_num as u64)?;
+    s.rport = u16::from_be(rk(sk + o.sk_dport as u64)?);
+    if family == AF_INET {
+        let l: u32 = rk(sk + o.sk_rcv_saddr as u64)?;
+        let r: u32 = rk(sk + o.sk_daddr as u64)?;
+        s.laddr = v4(l);
+        s.raddr = v4(r);
+    } else {
+        s.laddr = rk(sk + o.sk_v6_rcv_saddr as u64)?;
+        s.raddr = rk(sk + o.sk_v6_daddr as u64)?;
+    }
+    s.role = ROLES.get(&s.ino).copied().unwrap_or(role::UNKNOWN);
+    Some(s)
+}
+
+#[inline(always)]
+fn v4(a: u32) -> [u8; 16] {
+    let b = a.to_ne_bytes();
+    [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+#[inline(always)]
+fn header(kind: EventKind, sc: u16, ts_enter: u64, fd: i32, ret: i64, sock: &SockInfo) -> EventHeader {
+    let id = bpf_get_current_pid_tgid();
+    EventHeader {
+        kind: kind as u32,
+        syscall: sc,
+        _pad0: 0,
+        ts_enter,
+        ts_exit: unsafe { bpf_ktime_get_ns() },
+        pid: (id >> 32) as u32,
+        tid: id as u32,
+        fd,
+        captured: 0,
+        ret,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        sock: *sock,
+    }
+}
+
+#[inline(always)]
+fn wake_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) > (RING_BYTES / 2) as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+#[inline(always)]
+fn emit_header(h: &EventHeader) {
+    if EVENTS.output::<EventHeader>(h, wake_flags()).is_err() {
+        bump(counter::LOST);
+    } else {
+        bump(counter::SENT);
+    }
+}
+
+// ---------------------------------------------------------------- data path
+
+#[inline(always)]
+fn enter_io(ctx: &TracePointContext, kind: EventKind, sc: u16, iov: bool, msg: bool) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let id = bpf_get_current_pid_tgid();
+    if !process_wanted(cfg, (id >> 32) as u32) {
+        return 0;
+    }
+    let fd: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    let Some(sock) = (unsafe { tcp_socket(cfg, fd as i32) }) else { return 0 };
+    if !port_wanted(cfg, &sock) {
+        return 0;
+    }
+    let arg1: u64 = unsafe { ctx.read_at(24) }.unwrap_or(0);
+    let arg2: u64 = unsafe { ctx.read_at(32) }.unwrap_or(0);
+    let (buf, iov_len) = if msg {
+        // struct user_msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen; ... }
+        let iov_ptr: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((arg1 + 16) as *const u64) }.unwrap_or(0);
+        let n: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((arg1 + 24) as *const u64) }.unwrap_or(0);
+        (iov_ptr, n)
+    } else if iov {
+        (arg1, arg2)
+    } else {
+        (arg1, 0)
+    };
+    if buf == 0 {
+        return 0;
+    }
+    let a = ActiveIo {
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        buf,
+        iov_len: if iov || msg { if iov_len == 0 { return 0 } else { iov_len } } else { 0 },
+        fd: fd as i32,
+        kind: kind as u32,
+        syscall: sc,
+        _pad: [0; 3],
+        sock,
+    };
+    let _ = ACTIVE.insert(&id, &a, 0);
+    0
+}
+
+#[inline(always)]
+fn exit_io(ctx: &TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(a) = (unsafe { ACTIVE.get(&id) }).copied() else { return 0 };
+    let _ = ACTIVE.remove(&id);
+    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    if ret <= 0 {
+        return 0;
+    }
+    let Some(cfg) = config() else { return 0 };
+    let Some(kind) = EventKind::from_u32(a.kind) else { return 0 };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 0 };
+    let scratch = unsafe { &mut *scratch };
+    scratch.header = header(kind, a.syscall, a.ts_enter, a.fd, ret, &a.sock);
+    let limit = if (cfg.capture_bytes as usize) < MAX_CAPTURE { cfg.capture_bytes as u64 } else { MAX_CAPTURE as u64 };
+    let want = if (ret as u64) < limit { ret as u64 } else { limit };
+    let captured = if a.iov_len == 0 {
+        copy_user(scratch, 0, a.buf, want)
+    } else {
+        copy_iov(scratch, a.buf, a.iov_len, want)
+    };
+    if (captured as i64) < ret {
+        bump(counter::TRUNCATED);
+    }
+    scratch.header.captured = captured as u32;
+    let len = HEADER_SIZE + (captured as usize & (MAX_CAPTURE * 2 - 1));
+    let total = if len > HEADER_SIZE + MAX_CAPTURE { HEADER_SIZE + MAX_CAPTURE } else { len };
+    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, total) };
+    if EVENTS.output::<[u8]>(bytes, wake_flags()).is_err() {
+        bump(counter::LOST);
+    } else {
+        bump(counter::SENT);
+    }
+    0
+}
+
+/// Copy `n` user bytes from `src` to `payload[off..]`; returns bytes copied.
+#[inline(always)]
+fn copy_user(s: &mut Scratch, off: u64, src: u64, n: u64) -> u64 {
+    let off = off & (MAX_CAPTURE as u64 - 1);
+    let n = n & (MAX_CAPTURE as u64 * 2 - 1);
+    if n == 0 || n > MAX_CAPTURE as u64 {
+        return 0;
+    }
+    let dst = unsafe { s.payload.as_mut_ptr().add(off as usize) };
+    let r = unsafe { generated::bpf_probe_read_user(dst.cast(), n as u32, src as *const _) };
+    if r < 0 {
+        bump(counter::READ_ERRORS);
+        return 0;
+    }
+    n
+}
+
+#[inline(always)]
+fn copy_iov(s: &mut Scratch, iov: u64, iov_len: u64, want: u64) -> u64 {
+    let mut done: u64 = 0;
+    for i in 0..MAX_IOV as u64 {
+        if i >= iov_len || done >= want {
+            break;
+        }
+        let Ok(v) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user((iov + i * 16) as *const Iovec) }) else {
+            break;
+        };
+        let left = want - done;
+        let n = if v.len < left { v.len } else { left };
+        if n == 0 {
+            continue;
+        }
+        let c = copy_user(s, done, v.base, n);
+        if c == 0 {
+            break;
+        }
+        done += c;
+    }
+    done
+}
+
+macro_rules! io_pair {
+    ($enter:ident, $exit:ident, $kind:expr, $sc:expr, $iov:expr, $msg:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter_io(&ctx, $kind, $sc, $iov, $msg)
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit_io(&ctx)
+        }
+    };
+}
+
+io_pair!(sys_enter_read, sys_exit_read, EventKind::Recv, syscall::READ, false, false);
+io_pair!(sys_enter_write, sys_exit_write, EventKind::Send, syscall::WRITE, false, false);
+io_pair!(sys_enter_readv, sys_exit_readv, EventKind::Recv, syscall::READV, true, false);
+io_pair!(sys_enter_writev, sys_exit_writev, EventKind::Send, syscall::WRITEV, true, false);
+io_pair!(sys_enter_recvfrom, sys_exit_recvfrom, EventKind::Recv, syscall::RECVFROM, false, false);
+io_pair!(sys_enter_sendto, sys_exit_sendto, EventKind::Send, syscall::SENDTO, false, false);
+io_pair!(sys_enter_recvmsg, sys_exit_recvmsg, EventKind::Recv, syscall::RECVMSG, false, true);
+io_pair!(sys_enter_sendmsg, sys_exit_sendmsg, EventKind::Send, syscall::SENDMSG, false, true);
+
+// ---------------------------------------------------------- connection path
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PendingConn {
+    ts_enter: u64,
+    fd: i64,
+    sc: u16,
+    _pad: [u16; 3],
+}
+
+#[map]
+static PENDING: LruHashMap<u64, PendingConn> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn enter_conn(ctx: &TracePointContext, sc: u16) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let id = bpf_get_current_pid_tgid();
+    if !process_wanted(cfg, (id >> 32) as u32) {
+        return 0;
+    }
+    let fd: i64 = if sc == syscall::CONNECT { unsafe { ctx.read_at(16) }.unwrap_or(-1) } else { -1 };
+    let p = PendingConn { ts_enter: unsafe { bpf_ktime_get_ns() }, fd, sc, _pad: [0; 3] };
+    let _ = PENDING.insert(&id, &p, 0);
+    0
+}
+
+#[inline(always)]
+fn exit_conn(ctx: &TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(p) = (unsafe { PENDING.get(&id) }).copied() else { return 0 };
+    let _ = PENDING.remove(&id);
+    let Some(cfg) = config() else { return 0 };
+    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    let (fd, kind, r) = if p.sc == syscall::CONNECT {
+        if ret != 0 && ret != -EINPROGRESS {
+            return 0;
+        }
+        (p.fd as i32, EventKind::Connect, role::CLIENT)
+    } else {
+        if ret < 0 {
+            return 0;
+        }
+        (ret as i32, EventKind::Accept, role::SERVER)
+    };
+    let Some(mut sock) = (unsafe { tcp_socket(cfg, fd) }) else { return 0 };
+    sock.role = r;
+    let _ = ROLES.insert(&sock.ino, &r, 0);
+    if !port_wanted(cfg, &sock) {
+        return 0;
+    }
+    emit_header(&header(kind, p.sc, p.ts_enter, fd, ret, &sock));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    enter_conn(&ctx, syscall::ACCEPT)
+}
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    exit_conn(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+    enter_conn(&ctx, syscall::ACCEPT4)
+}
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    exit_conn(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    enter_conn(&ctx, syscall::CONNECT)
+}
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    exit_conn(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let id = bpf_get_current_pid_tgid();
+    if !process_wanted(cfg, (id >> 32) as u32) {
+        return 0;
+    }
+    let fd: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    let Some(sock) = (unsafe { tcp_socket(cfg, fd as i32) }) else { return 0 };
+    let _ = ROLES.remove(&sock.ino);
+    if !port_wanted(cfg, &sock) {
+        return 0;
+    }
+    let ts = unsafe { bpf_ktime_get_ns() };
+    emit_header(&header(EventKind::Close, syscall::CLOSE, ts, fd as i32, 0, &sock));
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
