@@ -7,6 +7,7 @@
 //! layer's own per-connection buffer limits.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use tracer_common::{role, EventKind};
 
@@ -45,8 +46,23 @@ pub struct TrackerStats {
     pub exchanges: u64,
 }
 
+/// A connection's addresses from one side: local, local port, remote, remote port.
+pub type Tuple = (IpAddr, u16, IpAddr, u16);
+
+impl ConnMeta {
+    pub fn tuple(&self) -> Tuple {
+        (self.local, self.local_port, self.remote, self.remote_port)
+    }
+
+    /// The same connection as seen from the other end.
+    pub fn peer_tuple(&self) -> Tuple {
+        (self.remote, self.remote_port, self.local, self.local_port)
+    }
+}
+
 pub struct Tracker {
     conns: HashMap<u64, Conn>,
+    by_tuple: HashMap<Tuple, u64>,
     max_conns: usize,
     idle_ns: u64,
     pub stats: TrackerStats,
@@ -67,7 +83,7 @@ fn meta_for(ev: &Event<'_>, kind: SpanKind) -> ConnMeta {
 
 impl Tracker {
     pub fn new(max_conns: usize, idle_ns: u64) -> Self {
-        Self { conns: HashMap::new(), max_conns: max_conns.max(16), idle_ns, stats: TrackerStats::default() }
+        Self { conns: HashMap::new(), by_tuple: HashMap::new(), max_conns: max_conns.max(16), idle_ns, stats: TrackerStats::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -87,7 +103,7 @@ impl Tracker {
             EventKind::Accept | EventKind::Connect => {
                 // A new connection on this socket: whatever was tracked under
                 // the inode belongs to an earlier, unseen-closed socket.
-                if let Some(old) = self.conns.remove(&key) {
+                if let Some(old) = self.remove_conn(&key) {
                     finish(old, now, out);
                 }
                 let kind = if ev.kind == EventKind::Accept { SpanKind::Server } else { SpanKind::Client };
@@ -99,7 +115,7 @@ impl Tracker {
                 });
             }
             EventKind::Close => {
-                if let Some(c) = self.conns.remove(&key) {
+                if let Some(c) = self.remove_conn(&key) {
                     finish(c, now, out);
                 }
             }
@@ -112,7 +128,26 @@ impl Tracker {
             self.evict();
         }
         self.stats.connections_opened += 1;
+        self.by_tuple.insert(c.meta.tuple(), key);
         self.conns.insert(key, c);
+    }
+
+    fn remove_conn(&mut self, key: &u64) -> Option<Conn> {
+        let c = self.conns.remove(key)?;
+        if self.by_tuple.get(&c.meta.tuple()) == Some(key) {
+            self.by_tuple.remove(&c.meta.tuple());
+        }
+        Some(c)
+    }
+
+    /// Kind of the traced connection with these addresses (local side first), if any.
+    pub fn kind_of(&self, t: &Tuple) -> Option<SpanKind> {
+        let key = self.by_tuple.get(t)?;
+        let c = self.conns.get(key)?;
+        match c.proto {
+            Proto::Http1(_) => Some(c.meta.kind),
+            _ => None,
+        }
     }
 
     /// Drop the least recently active tenth of the connections.
@@ -121,7 +156,7 @@ impl Tracker {
         seen.sort_unstable();
         let n = (self.max_conns / 10).max(1);
         for (_, k) in seen.into_iter().take(n) {
-            self.conns.remove(&k);
+            self.remove_conn(&k);
             self.stats.connections_evicted += 1;
         }
     }
@@ -133,7 +168,7 @@ impl Tracker {
         let dead: Vec<u64> =
             self.conns.iter().filter(|(_, c)| now.saturating_sub(c.last_seen) > idle).map(|(k, _)| *k).collect();
         for k in dead {
-            if let Some(c) = self.conns.remove(&k) {
+            if let Some(c) = self.remove_conn(&k) {
                 self.stats.connections_expired += 1;
                 finish(c, now, out);
             }

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::conntrack::{Tracker, TrackerStats};
+use std::collections::{HashMap, VecDeque};
+
+use crate::conntrack::{Tracker, TrackerStats, Tuple};
 use crate::event::decode;
 use crate::export::ExportStats;
 use crate::protocol::http1::Exchange;
 use crate::route::RouteMatcher;
-use crate::span::{http_span, Clock, ConnMeta, Span};
+use crate::span::{http_span, new_span_id, Clock, ConnMeta, Span, SpanKind};
 
 /// Where spans go: a bounded queue in front of the exporter.
 pub struct SpanQueue {
@@ -52,12 +54,30 @@ pub struct PipelineStats {
     pub records: u64,
     pub decode_errors: u64,
     pub spans: u64,
+    /// Spans joined to their same-host peer.
+    pub linked: u64,
     pub tracker: TrackerStats,
     pub connections: usize,
 }
 
+/// Ids handed from one side of a same-host connection to the other, so that
+/// the server span becomes the child of the client span that caused it.
+struct Link {
+    target: String,
+    trace_id: [u8; 16],
+    client_span_id: [u8; 8],
+    /// Made when the client's span was finished first (else the server's).
+    by_client: bool,
+    made_ns: u64,
+}
+
+/// Links kept per client-side tuple, and how long they wait for their peer.
+const LINKS_PER_CONN: usize = 64;
+const LINK_TTL_NS: u64 = 30_000_000_000;
+
 pub struct Pipeline {
     pub tracker: Tracker,
+    links: HashMap<Tuple, VecDeque<Link>>,
     routes: RouteMatcher,
     clock: Clock,
     exchanges: Vec<(ConnMeta, Exchange)>,
@@ -74,7 +94,7 @@ pub fn monotonic_ns() -> u64 {
 
 impl Pipeline {
     pub fn new(tracker: Tracker, routes: RouteMatcher, clock: Clock) -> Self {
-        Self { tracker, routes, clock, exchanges: Vec::new(), spans: Vec::new(), stats: PipelineStats::default() }
+        Self { tracker, links: HashMap::new(), routes, clock, exchanges: Vec::new(), spans: Vec::new(), stats: PipelineStats::default() }
     }
 
     /// Handle one raw record.
@@ -88,12 +108,62 @@ impl Pipeline {
     }
 
     fn make_spans(&mut self) {
-        for (meta, ex) in self.exchanges.drain(..) {
-            self.spans.push(http_span(&ex, &meta, &self.routes, &self.clock));
+        let exchanges = std::mem::take(&mut self.exchanges);
+        for (meta, ex) in &exchanges {
+            let mut span = http_span(ex, meta, &self.routes, &self.clock);
+            self.link(&mut span, meta, &ex.request.target, ex.resp_last_exit.max(ex.req_last_exit));
+            self.spans.push(span);
         }
+        self.exchanges = exchanges;
+        self.exchanges.clear();
+    }
+
+    /// Same-host causality: when both ends of a connection are traced, the
+    /// server span joins the client span's trace as its child. Whichever span
+    /// finishes first leaves its ids for the other, matched by request target
+    /// in order.
+    fn link(&mut self, span: &mut Span, meta: &ConnMeta, target: &str, now: u64) {
+        let (client_tuple, peer_kind) = match meta.kind {
+            SpanKind::Server => (meta.peer_tuple(), SpanKind::Client),
+            SpanKind::Client => (meta.tuple(), SpanKind::Server),
+        };
+        let is_client = meta.kind == SpanKind::Client;
+        if let Some(q) = self.links.get_mut(&client_tuple) {
+            q.retain(|l| now.saturating_sub(l.made_ns) < LINK_TTL_NS);
+            if let Some(i) = q.iter().position(|l| l.by_client != is_client && l.target == target) {
+                let Some(l) = q.remove(i) else { return };
+                if q.is_empty() {
+                    self.links.remove(&client_tuple);
+                }
+                span.trace_id = l.trace_id;
+                if is_client {
+                    span.span_id = l.client_span_id;
+                } else {
+                    span.parent_span_id = Some(l.client_span_id);
+                }
+                self.stats.linked += 1;
+                return;
+            }
+        }
+        if self.tracker.kind_of(&meta.peer_tuple()) != Some(peer_kind) {
+            return;
+        }
+        let client_span_id = if is_client { span.span_id } else { new_span_id() };
+        if !is_client {
+            span.parent_span_id = Some(client_span_id);
+        }
+        let q = self.links.entry(client_tuple).or_default();
+        if q.len() >= LINKS_PER_CONN {
+            q.pop_front();
+        }
+        q.push_back(Link { target: target.to_string(), trace_id: span.trace_id, client_span_id, by_client: is_client, made_ns: now });
     }
 
     pub fn expire(&mut self, now_mono: u64) {
+        self.links.retain(|_, q| {
+            q.retain(|l| now_mono.saturating_sub(l.made_ns) < LINK_TTL_NS);
+            !q.is_empty()
+        });
         self.tracker.expire(now_mono, &mut self.exchanges);
         self.make_spans();
     }

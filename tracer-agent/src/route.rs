@@ -303,7 +303,10 @@ mod tests {
 
     #[test]
     fn heuristic_replaces_numeric_ids() {
-        assert_eq!(heuristic_route("/users/42/orders/7"), "/users/{id}/orders/{id}");
+        assert_eq!(
+            heuristic_route("/users/42/orders/7"),
+            "/users/{id}/orders/{id}"
+        );
         assert_eq!(heuristic_route("/items/-3"), "/items/{id}");
         assert_eq!(heuristic_route("/geo/3.14/2.71"), "/geo/{id}/{id}");
     }
@@ -314,7 +317,10 @@ mod tests {
             heuristic_route("/o/123e4567-e89b-12d3-a456-426614174000/x"),
             "/o/{id}/x"
         );
-        assert_eq!(heuristic_route("/commit/9fceb02d0ae598e95dc970b74767f19372d61af8"), "/commit/{id}");
+        assert_eq!(
+            heuristic_route("/commit/9fceb02d0ae598e95dc970b74767f19372d61af8"),
+            "/commit/{id}"
+        );
         assert_eq!(heuristic_route("/blob/deadbeef01"), "/blob/{id}");
         // Hex-looking words without digits are kept.
         assert_eq!(heuristic_route("/feed/deadbeef"), "/feed/deadbeef");
@@ -322,7 +328,10 @@ mod tests {
         assert_eq!(heuristic_route("/c/abc123"), "/c/abc123");
         assert_eq!(heuristic_route("/s/aZ3kP9qLm2Xv7Tn4"), "/s/{id}");
         assert_eq!(heuristic_route("/s/dGVzdDEyMzQ1Njc4OTA="), "/s/{id}");
-        assert_eq!(heuristic_route("/u/jane.doe@example.com/profile"), "/u/{id}/profile");
+        assert_eq!(
+            heuristic_route("/u/jane.doe@example.com/profile"),
+            "/u/{id}/profile"
+        );
         assert_eq!(heuristic_route("/u/jane%40example.com"), "/u/{id}");
         // Long words without digits are kept.
         assert_eq!(
@@ -337,7 +346,10 @@ mod tests {
     fn heuristic_keeps_versions_and_files() {
         assert_eq!(heuristic_route("/v1/users/10"), "/v1/users/{id}");
         assert_eq!(heuristic_route("/V2.1/things"), "/V2.1/things");
-        assert_eq!(heuristic_route("/static/jquery-3.6.0.min.js"), "/static/jquery-3.6.0.min.js");
+        assert_eq!(
+            heuristic_route("/static/jquery-3.6.0.min.js"),
+            "/static/jquery-3.6.0.min.js"
+        );
         assert_eq!(heuristic_route("/healthz"), "/healthz");
     }
 
@@ -378,7 +390,12 @@ mod tests {
 
     #[test]
     fn patterns_match_first_wins() {
-        let r = m(&["/users/{id}/orders", "/users/{id}", "/static/*", "/users/me"]);
+        let r = m(&[
+            "/users/{id}/orders",
+            "/users/{id}",
+            "/static/*",
+            "/users/me",
+        ]);
         assert_eq!(r.route("/users/abc/orders?page=2"), "/users/{id}/orders");
         assert_eq!(r.route("/users/me"), "/users/{id}");
         assert_eq!(r.route("/users//7/"), "/users/{id}");
@@ -401,7 +418,9 @@ mod tests {
 
     #[test]
     fn invalid_patterns_are_rejected() {
-        for bad in ["users", "/a/*/b", "/a/{}", "/a/{x", "/a/x{y}", "/a?b", "/a/b*", "/{a b}"] {
+        for bad in [
+            "users", "/a/*/b", "/a/{}", "/a/{x", "/a/x{y}", "/a?b", "/a/b*", "/{a b}",
+        ] {
             assert!(
                 RouteMatcher::new(&[bad.to_string()]).is_err(),
                 "{bad} should be rejected"

@@ -200,10 +200,10 @@ fn opt_u64(v: Option<u64>) -> String {
 
 fn render_exchange(out: &mut String, n: usize, at: usize, e: &Exchange) {
     let r = &e.request;
-    let status = e
-        .response
-        .as_ref()
-        .map_or_else(|| "(no response)".to_string(), |s| format!("{} HTTP/1.{}", s.status, s.version));
+    let status = e.response.as_ref().map_or_else(
+        || "(no response)".to_string(),
+        |s| format!("{} HTTP/1.{}", s.status, s.version),
+    );
     let _ = writeln!(
         out,
         "exchange {n} (emitted at event {at}): {} {} HTTP/1.{} -> {status}",
@@ -307,7 +307,12 @@ fn run_script(events: &[Event]) -> String {
         out.push_str("no exchanges\n");
     }
     let st = conn.stats();
-    let _ = writeln!(out, "state: upgraded={} pending={}", conn.upgraded(), conn.pending_requests());
+    let _ = writeln!(
+        out,
+        "state: upgraded={} pending={}",
+        conn.upgraded(),
+        conn.pending_requests()
+    );
     let _ = writeln!(
         out,
         "stats: requests={} responses={} interim={} exchanges={} unanswered={}",
@@ -403,8 +408,9 @@ fn golden_fixtures() {
 
 #[test]
 fn script_format_escapes() {
-    let ev = parse_script("> a\\r\\n\\x41\\s\\\\\n+ b\n.fill 3 z\n~1_000\n@7,9\n.repeat 1\n!close\n")
-        .expect("valid script");
+    let ev =
+        parse_script("> a\\r\\n\\x41\\s\\\\\n+ b\n.fill 3 z\n~1_000\n@7,9\n.repeat 1\n!close\n")
+            .expect("valid script");
     assert_eq!(ev.len(), 3);
     match &ev[1] {
         Event::Segment {
@@ -583,7 +589,11 @@ fn random_traffic_never_panics_and_stays_consistent() {
             _ => None,
         };
         let pipelined = rng.chance(30);
-        let mut feed = |conn: &mut Http1Conn, out: &mut Vec<Exchange>, rng: &mut XorShift, bytes: &[u8], request: bool| {
+        let mut feed = |conn: &mut Http1Conn,
+                        out: &mut Vec<Exchange>,
+                        rng: &mut XorShift,
+                        bytes: &[u8],
+                        request: bool| {
             let mut bytes = bytes.to_vec();
             if mode == 2 {
                 // Garbage: random byte flips, cuts and insertions.
@@ -596,7 +606,8 @@ fn random_traffic_never_panics_and_stays_consistent() {
                         0 => bytes[at] = rng.next() as u8,
                         1 => bytes.truncate(at),
                         _ => {
-                            let junk: Vec<u8> = (0..rng.below(20)).map(|_| rng.next() as u8).collect();
+                            let junk: Vec<u8> =
+                                (0..rng.below(20)).map(|_| rng.next() as u8).collect();
                             bytes.splice(at..at, junk);
                         }
                     }
@@ -641,11 +652,17 @@ fn random_traffic_never_panics_and_stays_consistent() {
             }
         }
         conn.on_close(ts + 1000, &mut out);
-        assert!(out.len() <= count, "iteration {iteration}: more exchanges than requests");
+        assert!(
+            out.len() <= count,
+            "iteration {iteration}: more exchanges than requests"
+        );
         assert_eq!(conn.pending_requests(), 0);
         for e in &out {
             if e.response.is_some() {
-                assert!(e.resp_last_exit >= e.resp_first_enter, "iteration {iteration}");
+                assert!(
+                    e.resp_last_exit >= e.resp_first_enter,
+                    "iteration {iteration}"
+                );
             }
             assert!(e.req_last_exit >= e.req_first_exit, "iteration {iteration}");
         }
@@ -667,7 +684,11 @@ fn random_traffic_never_panics_and_stays_consistent() {
                 .map(|(_, _, x)| (x.target.clone(), Some(x.status), x.req_body, x.resp_body))
                 .collect();
             assert_eq!(got, want, "iteration {iteration}");
-            assert_eq!(conn.stats().desync_bytes_skipped, 0, "iteration {iteration}");
+            assert_eq!(
+                conn.stats().desync_bytes_skipped,
+                0,
+                "iteration {iteration}"
+            );
             clean_checked += 1;
         }
     }

@@ -47,6 +47,10 @@ static ACTIVE: LruHashMap<u64, ActiveIo> = LruHashMap::with_max_entries(16384, 0
 /// Role of sockets whose accept/connect was seen, by socket inode.
 #[map]
 static ROLES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+/// Local ports of the agent's own connections: traffic from other processes
+/// to these ports (e.g. a local collector receiving our exports) is not traced.
+#[map]
+static SELF_PORTS: LruHashMap<u16, u8> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
@@ -128,6 +132,9 @@ fn process_wanted(cfg: &Config, tgid: u32) -> bool {
 
 #[inline(always)]
 fn port_wanted(cfg: &Config, s: &SockInfo) -> bool {
+    if unsafe { SELF_PORTS.get(&s.rport) }.is_some() {
+        return false;
+    }
     if cfg.flags & (filter::PORT_ALLOW | filter::PORT_DENY) == 0 {
         return true;
     }
@@ -403,7 +410,8 @@ static PENDING: LruHashMap<u64, PendingConn> = LruHashMap::with_max_entries(1638
 fn enter_conn(ctx: &TracePointContext, sc: u16) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let id = bpf_get_current_pid_tgid();
-    if !process_wanted(cfg, (id >> 32) as u32) {
+    let own = (id >> 32) as u32 == cfg.self_pid;
+    if !(own && sc == syscall::CONNECT) && !process_wanted(cfg, (id >> 32) as u32) {
         return 0;
     }
     let fd: i64 = if sc == syscall::CONNECT { unsafe { ctx.read_at(16) }.unwrap_or(-1) } else { -1 };
@@ -431,6 +439,10 @@ fn exit_conn(ctx: &TracePointContext) -> u32 {
         (ret as i32, EventKind::Accept, role::SERVER)
     };
     let Some(mut sock) = (unsafe { tcp_socket(cfg, fd) }) else { return 0 };
+    if (id >> 32) as u32 == cfg.self_pid {
+        let _ = SELF_PORTS.insert(&sock.lport, &1, 0);
+        return 0;
+    }
     sock.role = r;
     let _ = ROLES.insert(&sock.ino, &r, 0);
     if !port_wanted(cfg, &sock) {
@@ -469,11 +481,16 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let id = bpf_get_current_pid_tgid();
-    if !process_wanted(cfg, (id >> 32) as u32) {
+    let own = (id >> 32) as u32 == cfg.self_pid;
+    if !own && !process_wanted(cfg, (id >> 32) as u32) {
         return 0;
     }
     let fd: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
     let Some(sock) = (unsafe { tcp_socket(cfg, fd as i32) }) else { return 0 };
+    if own {
+        let _ = SELF_PORTS.remove(&sock.lport);
+        return 0;
+    }
     let _ = ROLES.remove(&sock.ino);
     if !port_wanted(cfg, &sock) {
         return 0;

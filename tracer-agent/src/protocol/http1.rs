@@ -601,7 +601,9 @@ fn collect_headers(headers: &[httparse::Header<'_>]) -> HeaderInfo {
 fn parse_header_block(buf: &[u8]) -> Parse<(usize, HeaderInfo)> {
     let mut small = [httparse::EMPTY_HEADER; 64];
     match httparse::parse_headers(buf, &mut small) {
-        Ok(httparse::Status::Complete((n, hs))) => return Parse::Complete((n, collect_headers(hs))),
+        Ok(httparse::Status::Complete((n, hs))) => {
+            return Parse::Complete((n, collect_headers(hs)))
+        }
         Ok(httparse::Status::Partial) => return Parse::Incomplete,
         Err(httparse::Error::TooManyHeaders) => {}
         Err(_) => return Parse::Invalid,
@@ -1002,7 +1004,10 @@ fn feed_body(body: &mut BodyState, data: &[u8], gap: u64, payload: &mut u64) -> 
             }
         }
         BodyState::Chunked(dec) => match dec.feed(data, payload) {
-            ChunkStep::Done(used) => BodyResult::Done { used, gap_left: gap },
+            ChunkStep::Done(used) => BodyResult::Done {
+                used,
+                gap_left: gap,
+            },
             ChunkStep::Error(pos) => {
                 *body = BodyState::Lost;
                 BodyResult::Invalid { pos }
@@ -1163,6 +1168,8 @@ pub struct Exchange {
     /// Exit of the last segment of the response; 0 without a response.
     pub resp_last_exit: u64,
     /// Body bytes as framed on the wire (chunked: decoded payload size).
+    /// When the response completes before the request body (early reply),
+    /// the request body counts what was seen until then.
     pub request_body_size: u64,
     pub response_body_size: u64,
     /// The request head was cut by the capture limit: header fields may be
@@ -1333,17 +1340,18 @@ impl Http1Conn {
         self.pending.len()
     }
 
-    /// Approximate heap memory held by this connection's state.
+    /// Approximate heap memory held by this connection's state: the two
+    /// head buffers (each at most [`MAX_HEAD_LEN`]) plus the remembered
+    /// request heads (at most [`MAX_PENDING`], each bounded by a head).
     pub fn buffered_bytes(&self) -> usize {
         let pending: usize = self
             .pending
             .iter()
             .map(|p| head_heap_size(&p.head) + std::mem::size_of::<Pending>())
             .sum();
-        let cur = self
-            .resp_cur
-            .as_ref()
-            .map_or(0, |c| head_heap_size(&c.req.head) + std::mem::size_of::<CurResp>());
+        let cur = self.resp_cur.as_ref().map_or(0, |c| {
+            head_heap_size(&c.req.head) + std::mem::size_of::<CurResp>()
+        });
         self.req_buf.capacity() + self.resp_buf.capacity() + pending + cur
     }
 
@@ -1433,8 +1441,10 @@ impl Http1Conn {
     /// Bytes travelling client -> server.
     pub fn on_request_segment(&mut self, seg: Segment<'_>, out: &mut Vec<Exchange>) {
         if self.upgraded {
-            self.stats.bytes_after_upgrade =
-                self.stats.bytes_after_upgrade.saturating_add(seg.total_len());
+            self.stats.bytes_after_upgrade = self
+                .stats
+                .bytes_after_upgrade
+                .saturating_add(seg.total_len());
             return;
         }
         let mut data = seg.data;
@@ -1467,7 +1477,8 @@ impl Http1Conn {
                     }
                     let mut payload = 0u64;
                     let result = feed_body(body, data, gap, &mut payload);
-                    let lost = matches!(result, BodyResult::Invalid { .. } | BodyResult::BecameLost);
+                    let lost =
+                        matches!(result, BodyResult::Invalid { .. } | BodyResult::BecameLost);
                     self.req_body_optional = false;
                     if let Some(id) = self.req_cur {
                         if let Some(p) = self.request_mut(id) {
@@ -1624,8 +1635,10 @@ impl Http1Conn {
     /// Bytes travelling server -> client.
     pub fn on_response_segment(&mut self, seg: Segment<'_>, out: &mut Vec<Exchange>) {
         if self.upgraded {
-            self.stats.bytes_after_upgrade =
-                self.stats.bytes_after_upgrade.saturating_add(seg.total_len());
+            self.stats.bytes_after_upgrade = self
+                .stats
+                .bytes_after_upgrade
+                .saturating_add(seg.total_len());
             return;
         }
         let mut data = seg.data;
@@ -1649,7 +1662,8 @@ impl Http1Conn {
                     }
                     let mut payload = 0u64;
                     let result = feed_body(body, data, gap, &mut payload);
-                    let lost = matches!(result, BodyResult::Invalid { .. } | BodyResult::BecameLost);
+                    let lost =
+                        matches!(result, BodyResult::Invalid { .. } | BodyResult::BecameLost);
                     if let Some(cur) = self.resp_cur.as_mut() {
                         cur.last_exit = seg.ts_exit;
                         cur.body_size = cur.body_size.saturating_add(payload);
@@ -1851,7 +1865,8 @@ impl Http1Conn {
     }
 
     /// Connection closed (or expired) at `ts`: a response read until close
-    /// ends here, an unfinished response is emitted as incomplete, and
+    /// ends with its last segment (`resp_last_exit` is that segment's exit),
+    /// an unfinished response is emitted as incomplete, and
     /// unanswered requests are emitted without a response. The connection
     /// state is reset afterwards (counters are kept).
     pub fn on_close(&mut self, ts: u64, out: &mut Vec<Exchange>) {
@@ -1942,7 +1957,9 @@ traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\ntracesta
 tracestate: b=2\r\nb3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1\r\n\
 X-B3-TraceId: 463ac35c9f6413ad\r\nX-B3-SpanId: a2fb4a1d1a96d312\r\nX-B3-Sampled: 1\r\n\
 Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
-        let Parse::Complete(h) = parse_request(raw) else { panic!("complete expected") };
+        let Parse::Complete(h) = parse_request(raw) else {
+            panic!("complete expected")
+        };
         assert_eq!(h.method, "POST");
         assert_eq!(h.target, "/api/items?x=1");
         assert_eq!(h.version, 1);
@@ -1970,7 +1987,9 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         for i in 0..raw.len() {
             assert_eq!(parse_request(&raw[..i]), Parse::Incomplete, "prefix {i}");
         }
-        let Parse::Complete(h) = parse_request(raw) else { panic!() };
+        let Parse::Complete(h) = parse_request(raw) else {
+            panic!()
+        };
         assert_eq!(h.version, 0);
         assert_eq!(h.body, BodyFraming::None);
     }
@@ -1988,7 +2007,12 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
             b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         ] {
-            assert_eq!(parse_request(bad), Parse::Invalid, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_request(bad),
+                Parse::Invalid,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
         huge.resize(MAX_HEAD_LEN + 10, b'a');
@@ -2005,8 +2029,14 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
             p(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"),
             BodyFraming::Chunked
         );
-        assert_eq!(p(b"POST / HTTP/1.1\r\nContent-Length: 7, 7\r\n\r\n"), BodyFraming::Length(7));
-        assert_eq!(p(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), BodyFraming::Length(0));
+        assert_eq!(
+            p(b"POST / HTTP/1.1\r\nContent-Length: 7, 7\r\n\r\n"),
+            BodyFraming::Length(7)
+        );
+        assert_eq!(
+            p(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            BodyFraming::Length(0)
+        );
         assert_eq!(p(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), BodyFraming::None);
         // Bare LF line endings are accepted.
         assert_eq!(p(b"GET / HTTP/1.1\nHost: a\n\n"), BodyFraming::None);
@@ -2021,22 +2051,59 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         let cl = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
         assert_eq!(p(cl, "GET"), (200, BodyFraming::Length(10)));
         assert_eq!(p(cl, "HEAD"), (200, BodyFraming::None));
-        assert_eq!(p(b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n", "GET"), (204, BodyFraming::None));
-        assert_eq!(p(b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET"), (304, BodyFraming::None));
-        assert_eq!(p(b"HTTP/1.1 100 Continue\r\n\r\n", "POST"), (100, BodyFraming::None));
-        assert_eq!(p(b"HTTP/1.1 200 Connection established\r\n\r\n", "CONNECT"), (200, BodyFraming::UntilClose));
-        assert_eq!(p(b"HTTP/1.0 200 OK\r\n\r\n", "GET"), (200, BodyFraming::UntilClose));
-        assert_eq!(p(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "GET"), (200, BodyFraming::Chunked));
-        assert_eq!(p(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "GET"), (200, BodyFraming::UntilClose));
-        assert_eq!(p(b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n", "GET"), (404, BodyFraming::Length(0)));
-        assert_eq!(p(b"HTTP/1.1 500 \r\n\r\n", "GET"), (500, BodyFraming::UntilClose));
+        assert_eq!(
+            p(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n",
+                "GET"
+            ),
+            (204, BodyFraming::None)
+        );
+        assert_eq!(
+            p(b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET"),
+            (304, BodyFraming::None)
+        );
+        assert_eq!(
+            p(b"HTTP/1.1 100 Continue\r\n\r\n", "POST"),
+            (100, BodyFraming::None)
+        );
+        assert_eq!(
+            p(b"HTTP/1.1 200 Connection established\r\n\r\n", "CONNECT"),
+            (200, BodyFraming::UntilClose)
+        );
+        assert_eq!(
+            p(b"HTTP/1.0 200 OK\r\n\r\n", "GET"),
+            (200, BodyFraming::UntilClose)
+        );
+        assert_eq!(
+            p(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "GET"
+            ),
+            (200, BodyFraming::Chunked)
+        );
+        assert_eq!(
+            p(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "GET"),
+            (200, BodyFraming::UntilClose)
+        );
+        assert_eq!(
+            p(b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n", "GET"),
+            (404, BodyFraming::Length(0))
+        );
+        assert_eq!(
+            p(b"HTTP/1.1 500 \r\n\r\n", "GET"),
+            (500, BodyFraming::UntilClose)
+        );
     }
 
     #[test]
     fn parse_response_incomplete_and_invalid() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         for i in 0..raw.len() {
-            assert_eq!(parse_response(&raw[..i], "GET"), Parse::Incomplete, "prefix {i}");
+            assert_eq!(
+                parse_response(&raw[..i], "GET"),
+                Parse::Incomplete,
+                "prefix {i}"
+            );
         }
         for bad in [
             &b"HTTP/2 200\r\n\r\n"[..],
@@ -2047,7 +2114,12 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
             b"HTTP/1.1 200 O\x00K\r\n\r\n",
             b"SSH-2.0-OpenSSH\r\n",
         ] {
-            assert_eq!(parse_response(bad, "GET"), Parse::Invalid, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_response(bad, "GET"),
+                Parse::Invalid,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -2087,7 +2159,13 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         for i in 0..50u64 {
             let body = "x".repeat(i as usize);
             d.req(format!("GET /item/{i} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
-            d.resp(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+            d.resp(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
         }
         let ex = d.take();
         assert_eq!(ex.len(), 50);
@@ -2095,8 +2173,14 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
             assert_eq!(e.request.target, format!("/item/{i}"));
             assert_eq!(e.response_body_size, i as u64);
             let base = (2 * i as u64 + 1) * 1000;
-            assert_eq!((e.req_first_enter, e.req_first_exit, e.req_last_exit), (base, base + 500, base + 500));
-            assert_eq!((e.resp_first_enter, e.resp_last_exit), (base + 1000, base + 1500));
+            assert_eq!(
+                (e.req_first_enter, e.req_first_exit, e.req_last_exit),
+                (base, base + 500, base + 500)
+            );
+            assert_eq!(
+                (e.resp_first_enter, e.resp_last_exit),
+                (base + 1000, base + 1500)
+            );
         }
         assert_eq!(d.conn.pending_requests(), 0);
         assert_eq!(d.conn.stats().exchanges, 50);
@@ -2110,7 +2194,10 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         d.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n");
         d.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
         let ex = d.take();
-        let got: Vec<_> = ex.iter().map(|e| (e.request.target.clone(), status(e))).collect();
+        let got: Vec<_> = ex
+            .iter()
+            .map(|e| (e.request.target.clone(), status(e)))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -2212,7 +2299,10 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
     fn chunked_gap_across_framing_is_lost_then_resyncs() {
         let mut d = Drive::new();
         d.req(b"GET /a HTTP/1.1\r\n\r\n");
-        d.resp_gap(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123", 5000);
+        d.resp_gap(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123",
+            5000,
+        );
         d.resp(b"more body bytes");
         assert!(d.out.is_empty());
         d.req(b"GET /b HTTP/1.1\r\n\r\n");
@@ -2234,7 +2324,10 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         d.resp(b"HTTP/1.1 204 No Content\r\n\r\n");
         d.resp(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n");
         let ex = d.take();
-        assert_eq!(ex.iter().map(status).collect::<Vec<_>>(), vec![Some(200), Some(204), Some(304)]);
+        assert_eq!(
+            ex.iter().map(status).collect::<Vec<_>>(),
+            vec![Some(200), Some(204), Some(304)]
+        );
         assert!(ex.iter().all(|e| e.response_body_size == 0));
     }
 
@@ -2423,7 +2516,10 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         d.resp_gap(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", 40);
         d.resp(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
         let ex = d.take();
-        let got: Vec<_> = ex.iter().map(|e| (e.request.target.clone(), status(e))).collect();
+        let got: Vec<_> = ex
+            .iter()
+            .map(|e| (e.request.target.clone(), status(e)))
+            .collect();
         assert_eq!(
             got,
             vec![
