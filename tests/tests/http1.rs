@@ -15,6 +15,7 @@ use tracer_tests::*;
 /// agent goes first, then the receiver, then nginx and its files.
 struct NginxEnv {
     agent: Option<Agent>,
+    exit: Option<AgentExit>,
     receiver: Receiver,
     nginx: Nginx,
     root: WebRoot,
@@ -39,6 +40,7 @@ impl NginxEnv {
         let agent = configure(AgentBuilder::new(&receiver).port(port)).start();
         NginxEnv {
             agent: Some(agent),
+            exit: None,
             receiver,
             nginx,
             root,
@@ -70,11 +72,19 @@ impl NginxEnv {
             s >= servers && c >= clients
         });
         let agent = self.agent.take().expect("agent already stopped");
-        agent.stop();
+        self.exit = Some(agent.stop());
         self.receiver.assert_no_errors();
         let spans = self.receiver.spans();
         assert_unique_span_ids(&spans);
         spans
+    }
+
+    /// The agent's shutdown statistics line, for failure messages.
+    fn stats(&self) -> &str {
+        self.exit
+            .as_ref()
+            .and_then(|e| e.stats_line())
+            .unwrap_or("<agent not stopped>")
     }
 
     fn server_spans(&self) -> Vec<ReceivedSpan> {
@@ -700,17 +710,19 @@ fn wrk_duration_run_matches_reported_requests() {
     let tolerance = CONNECTIONS as usize;
     assert!(
         servers.len() >= n && servers.len() <= n + tolerance,
-        "wrk reported {n} requests; nginx server spans: {} (allowed {n}..={})\n{}",
+        "wrk reported {n} requests; nginx server spans: {} (allowed {n}..={})\n{}\n{}",
         servers.len(),
         n + tolerance,
-        run.stdout
+        run.stdout,
+        env.stats()
     );
     assert!(
         wrk_clients.len() >= n && wrk_clients.len() <= n + tolerance,
-        "wrk reported {n} requests; wrk client spans: {} (allowed {n}..={})\n{}",
+        "wrk reported {n} requests; wrk client spans: {} (allowed {n}..={})\n{}\n{}",
         wrk_clients.len(),
         n + tolerance,
-        run.stdout
+        run.stdout,
+        env.stats()
     );
     assert_eq!(
         spans.len(),

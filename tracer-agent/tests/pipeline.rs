@@ -1,0 +1,217 @@
+//! The pipeline from encoded kernel events to spans, without the kernel.
+
+use std::net::Ipv4Addr;
+
+use tracer_agent::conntrack::Tracker;
+use tracer_agent::event::encode;
+use tracer_agent::pipeline::Pipeline;
+use tracer_agent::route::RouteMatcher;
+use tracer_agent::span::{hex, Clock, Span, SpanKind, Status, Value};
+use tracer_common::{role, EventHeader, EventKind, SockInfo, AF_INET};
+
+struct Conn {
+    pid: u32,
+    comm: &'static str,
+    sock: SockInfo,
+    ts: u64,
+}
+
+fn v4(a: Ipv4Addr) -> [u8; 16] {
+    let mut r = [0u8; 16];
+    r[..4].copy_from_slice(&a.octets());
+    r
+}
+
+impl Conn {
+    fn new(pid: u32, comm: &'static str, ino: u64, lport: u16, rport: u16, r: u8) -> Self {
+        let sock = SockInfo {
+            ino,
+            family: AF_INET,
+            lport,
+            rport,
+            role: r,
+            _pad: 0,
+            laddr: v4(Ipv4Addr::new(127, 0, 0, 1)),
+            raddr: v4(Ipv4Addr::new(127, 0, 0, 1)),
+        };
+        Self { pid, comm, sock, ts: 1_000_000 }
+    }
+
+    fn event(&mut self, kind: EventKind, payload: &[u8], ret: i64) -> Vec<u8> {
+        self.ts += 1_000;
+        let mut comm = [0u8; 16];
+        comm[..self.comm.len()].copy_from_slice(self.comm.as_bytes());
+        let h = EventHeader {
+            kind: kind as u32,
+            syscall: 0,
+            _pad0: 0,
+            ts_enter: self.ts,
+            ts_exit: self.ts + 500,
+            pid: self.pid,
+            tid: self.pid,
+            fd: 7,
+            captured: 0,
+            ret,
+            comm,
+            sock: self.sock,
+        };
+        let mut out = Vec::new();
+        encode(&h, payload, &mut out);
+        out
+    }
+
+    fn data(&mut self, kind: EventKind, payload: &[u8]) -> Vec<u8> {
+        self.event(kind, payload, payload.len() as i64)
+    }
+}
+
+fn pipeline() -> Pipeline {
+    Pipeline::new(Tracker::new(1024, 60_000_000_000), RouteMatcher::new(&[]).unwrap(), Clock { offset: 0 })
+}
+
+fn str_attr<'a>(s: &'a Span, k: &str) -> &'a str {
+    match s.attr(k) {
+        Some(Value::Str(v)) => v,
+        other => panic!("{k}: {other:?}"),
+    }
+}
+
+fn int_attr(s: &Span, k: &str) -> i64 {
+    match s.attr(k) {
+        Some(Value::Int(v)) => *v,
+        other => panic!("{k}: {other:?}"),
+    }
+}
+
+#[test]
+fn server_keep_alive_gives_one_span_per_request() {
+    let mut p = pipeline();
+    let mut c = Conn::new(10, "nginx", 1, 8080, 40000, role::SERVER);
+    p.on_record(&c.event(EventKind::Accept, b"", 7));
+    for i in 0..3 {
+        p.on_record(&c.data(EventKind::Recv, format!("GET /users/{i}7 HTTP/1.1\r\nHost: api:8080\r\nUser-Agent: t/1\r\n\r\n").as_bytes()));
+        p.on_record(&c.data(EventKind::Send, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    }
+    p.on_record(&c.event(EventKind::Close, b"", 0));
+    let spans = p.take_spans();
+    assert_eq!(spans.len(), 3);
+    for (i, s) in spans.iter().enumerate() {
+        assert_eq!(s.kind, SpanKind::Server);
+        assert_eq!(s.name, "GET /users/{id}");
+        assert_eq!(str_attr(s, "url.path"), format!("/users/{i}7"));
+        assert_eq!(str_attr(s, "http.route"), "/users/{id}");
+        assert_eq!(str_attr(s, "server.address"), "api");
+        assert_eq!(int_attr(s, "server.port"), 8080);
+        assert_eq!(str_attr(s, "client.address"), "127.0.0.1");
+        assert_eq!(int_attr(s, "network.peer.port"), 40000);
+        assert_eq!(int_attr(s, "http.response.status_code"), 200);
+        assert_eq!(int_attr(s, "http.response.body.size"), 2);
+        assert_eq!(str_attr(s, "user_agent.original"), "t/1");
+        assert_eq!(str_attr(s, "network.protocol.version"), "1.1");
+        assert_eq!(s.status, Status::Unset);
+        assert!(s.end_unix_ns > s.start_unix_ns);
+        assert_eq!(s.parent_span_id, None);
+    }
+}
+
+#[test]
+fn mid_stream_attach_resynchronises_without_guessing() {
+    let mut p = pipeline();
+    // No accept seen, no role known: the first bytes are the tail of a body.
+    let mut c = Conn::new(10, "nginx", 2, 8080, 40001, role::UNKNOWN);
+    p.on_record(&c.data(EventKind::Recv, b"tail of an earlier request body"));
+    p.on_record(&c.data(EventKind::Send, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+    p.on_record(&c.data(EventKind::Recv, b"POST /orders HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"));
+    p.on_record(&c.data(EventKind::Send, b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"));
+    let spans = p.take_spans();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0].kind, SpanKind::Server);
+    assert_eq!(str_attr(&spans[0], "http.request.method"), "POST");
+    assert_eq!(int_attr(&spans[0], "http.request.body.size"), 3);
+    assert_eq!(spans[0].status, Status::Error);
+    assert_eq!(str_attr(&spans[0], "error.type"), "503");
+}
+
+#[test]
+fn traceparent_and_same_host_linking() {
+    let mut p = pipeline();
+    let mut client = Conn::new(20, "curl", 3, 40002, 8080, role::CLIENT);
+    let mut server = Conn::new(10, "nginx", 4, 8080, 40002, role::SERVER);
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+    let resp = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+    p.on_record(&client.event(EventKind::Connect, b"", 0));
+    p.on_record(&server.event(EventKind::Accept, b"", 7));
+    p.on_record(&client.data(EventKind::Send, req));
+    p.on_record(&server.data(EventKind::Recv, req));
+    p.on_record(&server.data(EventKind::Send, resp));
+    p.on_record(&client.data(EventKind::Recv, resp));
+    let spans = p.take_spans();
+    assert_eq!(spans.len(), 2);
+    let s = spans.iter().find(|s| s.kind == SpanKind::Server).unwrap();
+    let c = spans.iter().find(|s| s.kind == SpanKind::Client).unwrap();
+    assert_eq!(hex(&s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(hex(&c.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(c.parent_span_id.map(|p| hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
+    assert_eq!(s.parent_span_id, Some(c.span_id));
+    assert_eq!(s.status, Status::Unset, "404 is not a server error");
+    assert_eq!(c.status, Status::Error, "404 is a client error");
+    assert_eq!(c.name, "GET");
+    assert_eq!(str_attr(c, "url.full"), "http://x:8080/");
+}
+
+#[test]
+fn non_http_and_garbage_never_make_spans() {
+    let mut p = pipeline();
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    for conn in 0..200u64 {
+        let mut c = Conn::new(30, "db", 100 + conn, 5432, 50000 + conn as u16, (conn % 3) as u8);
+        for _ in 0..20 {
+            let mut buf = vec![0u8; (seed % 300) as usize];
+            for b in buf.iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            let kind = if seed & 1 == 0 { EventKind::Recv } else { EventKind::Send };
+            p.on_record(&c.data(kind, &buf));
+            // Truncated and corrupt records too.
+            let rec = c.data(kind, &buf);
+            p.on_record(&rec[..rec.len() / 2]);
+        }
+    }
+    assert!(p.take_spans().is_empty());
+    assert!(p.snapshot().decode_errors > 0);
+}
+
+#[test]
+fn connection_flood_stays_bounded() {
+    let mut p = Pipeline::new(Tracker::new(1000, 60_000_000_000), RouteMatcher::new(&[]).unwrap(), Clock { offset: 0 });
+    for i in 0..50_000u64 {
+        let mut c = Conn::new(40, "svc", 1000 + i, 8080, (i % 60000) as u16, role::SERVER);
+        p.on_record(&c.event(EventKind::Accept, b"", 7));
+        p.on_record(&c.data(EventKind::Recv, b"GET / HTTP/1.1\r\n"));
+        assert!(p.tracker.len() <= 1000);
+    }
+    assert!(p.snapshot().tracker.connections_evicted > 0);
+}
+
+#[test]
+fn large_response_with_uncaptured_bytes() {
+    let mut p = pipeline();
+    let mut c = Conn::new(10, "nginx", 5, 8080, 40003, role::SERVER);
+    p.on_record(&c.event(EventKind::Accept, b"", 7));
+    p.on_record(&c.data(EventKind::Recv, b"GET /big HTTP/1.1\r\n\r\n"));
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n";
+    let mut first = head.to_vec();
+    first.resize(2048, b'x');
+    let total = 1_048_576 + head.len() as i64;
+    // One writev of the whole response, of which 2048 bytes were captured.
+    p.on_record(&c.event(EventKind::Send, &first, total));
+    p.on_record(&c.data(EventKind::Recv, b"GET /next HTTP/1.1\r\n\r\n"));
+    p.on_record(&c.data(EventKind::Send, b"HTTP/1.1 204 No Content\r\n\r\n"));
+    let spans = p.take_spans();
+    assert_eq!(spans.len(), 2);
+    assert_eq!(int_attr(&spans[0], "http.response.body.size"), 1_048_576);
+    assert_eq!(int_attr(&spans[1], "http.response.status_code"), 204);
+}
