@@ -16,7 +16,8 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"))
 
 /// Syscall tracepoints attached, in pairs of enter/exit.
 const SYSCALLS: &[&str] = &[
-    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "accept", "accept4", "connect",
+    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "sendfile64", "accept", "accept4",
+    "connect",
 ];
 
 /// Kernel-side filters.

@@ -57,6 +57,7 @@ pub mod syscall {
     pub const CLOSE: u16 = 12;
     pub const RECVMMSG: u16 = 13;
     pub const SENDMMSG: u16 = 14;
+    pub const SENDFILE: u16 = 15;
 }
 
 /// Role hint recorded by the kernel: who opened the connection.

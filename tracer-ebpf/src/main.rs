@@ -266,7 +266,11 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, sc: u16, iov: bool, msg: b
     }
     let arg1: u64 = unsafe { ctx.read_at(24) }.unwrap_or(0);
     let arg2: u64 = unsafe { ctx.read_at(32) }.unwrap_or(0);
-    let (buf, iov_len) = if msg {
+    let sendfile = sc == syscall::SENDFILE;
+    let (buf, iov_len) = if sendfile {
+        // Payload comes from a file: only its length is reported.
+        (0, 0)
+    } else if msg {
         // struct user_msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen; ... }
         let iov_ptr: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((arg1 + 16) as *const u64) }.unwrap_or(0);
         let n: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((arg1 + 24) as *const u64) }.unwrap_or(0);
@@ -276,7 +280,7 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, sc: u16, iov: bool, msg: b
     } else {
         (arg1, 0)
     };
-    if buf == 0 {
+    if buf == 0 && !sendfile {
         return 0;
     }
     let a = ActiveIo {
@@ -309,12 +313,14 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
     scratch.header = header(kind, a.syscall, a.ts_enter, a.fd, ret, &a.sock);
     let limit = if (cfg.capture_bytes as usize) < MAX_CAPTURE { cfg.capture_bytes as u64 } else { MAX_CAPTURE as u64 };
     let want = if (ret as u64) < limit { ret as u64 } else { limit };
-    let captured = if a.iov_len == 0 {
+    let captured = if a.buf == 0 {
+        0
+    } else if a.iov_len == 0 {
         copy_user(scratch, 0, a.buf, want)
     } else {
         copy_iov(scratch, a.buf, a.iov_len, want)
     };
-    if (captured as i64) < ret {
+    if a.buf != 0 && (captured as i64) < ret {
         bump(counter::TRUNCATED);
     }
     scratch.header.captured = captured as u32;
@@ -391,6 +397,7 @@ io_pair!(sys_enter_recvfrom, sys_exit_recvfrom, EventKind::Recv, syscall::RECVFR
 io_pair!(sys_enter_sendto, sys_exit_sendto, EventKind::Send, syscall::SENDTO, false, false);
 io_pair!(sys_enter_recvmsg, sys_exit_recvmsg, EventKind::Recv, syscall::RECVMSG, false, true);
 io_pair!(sys_enter_sendmsg, sys_exit_sendmsg, EventKind::Send, syscall::SENDMSG, false, true);
+io_pair!(sys_enter_sendfile64, sys_exit_sendfile64, EventKind::Send, syscall::SENDFILE, false, false);
 
 // ---------------------------------------------------------- connection path
 
