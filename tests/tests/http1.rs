@@ -555,7 +555,8 @@ fn traceparent_is_continued() {
     assert_eq!(
         server.parent_span_id_hex(),
         parent_id,
-        "parent span id\n{server}"
+        "parent span id must be the traceparent's parent id\n{}",
+        dump(&spans)
     );
     assert_ne!(server.span_id_hex(), parent_id, "new span id\n{server}");
     assert_eq!(env.curl_spans().len(), 1, "{}", dump(&spans));

@@ -182,7 +182,8 @@ impl Exporter {
     }
 
     /// Run until the span channel closes, then flush what is left.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Vec<Span>>) {
+    /// `queued` counts spans handed over but not yet taken from the channel.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Vec<Span>>, queued: Arc<std::sync::atomic::AtomicUsize>) {
         let mut pending: Vec<Span> = Vec::new();
         let mut tick = tokio::time::interval(self.delay.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -190,6 +191,7 @@ impl Exporter {
             tokio::select! {
                 batch = rx.recv() => match batch {
                     Some(b) => {
+                        queued.fetch_sub(b.len(), Ordering::Relaxed);
                         pending.extend(b);
                         if matches!(self.sink, Sink::Print) || pending.len() >= self.max_batch {
                             self.flush(&mut pending).await;

@@ -72,9 +72,9 @@ async fn run(args: Args) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
 
-    let (probes, ring) = Probes::load(args.capture_bytes, &filters)?;
-    let (queue, rx, _queued) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
-    let exporter_task = tokio::spawn(exporter.run(rx));
+    let (probes, rings) = Probes::load(args.capture_bytes, &filters, args.ring_buffer)?;
+    let (queue, rx, queued) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
+    let exporter_task = tokio::spawn(exporter.run(rx, queued));
 
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Mutex::new(PipelineStats::default()));
@@ -88,7 +88,7 @@ async fn run(args: Args) -> Result<()> {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("pipeline".into())
-            .spawn(move || pipeline::run(ring, pipe, queue, stop, shared))
+            .spawn(move || pipeline::run(rings, pipe, queue, stop, shared))
             .context("starting pipeline thread")?
     };
     eprintln!("tracer-agent: ready (probes attached, capturing up to {} bytes per call)", args.capture_bytes);

@@ -118,11 +118,16 @@ impl Pipeline {
         self.exchanges.clear();
     }
 
-    /// Same-host causality: when both ends of a connection are traced, the
-    /// server span joins the client span's trace as its child. Whichever span
+    /// Same-host causality: when both ends of a connection are traced and the
+    /// request carries no trace context, the server span joins the client
+    /// span's trace as its child. Whichever span
     /// finishes first leaves its ids for the other, matched by request target
     /// in order.
     fn link(&mut self, span: &mut Span, meta: &ConnMeta, target: &str, now: u64) {
+        if span.parent_span_id.is_some() {
+            // The request carried trace context: its parent is the one named there.
+            return;
+        }
         let (client_tuple, peer_kind) = match meta.kind {
             SpanKind::Server => (meta.peer_tuple(), SpanKind::Client),
             SpanKind::Client => (meta.tuple(), SpanKind::Server),
@@ -182,10 +187,69 @@ impl Pipeline {
     }
 }
 
-/// Drain the ring buffer until `stop` is set; polls every few milliseconds
-/// (the probes never wake the reader for single events).
+/// How far behind "now" records from per-CPU rings are held back before
+/// processing, so that a record another CPU was still writing while the rings
+/// were drained cannot be overtaken by a later one.
+const MERGE_DELAY_NS: u64 = 2_000_000;
+/// Most records taken from one ring per drain round.
+const DRAIN_BATCH: usize = 8192;
+
+/// Records from several rings, released in time order.
+#[derive(Default)]
+pub struct Merger {
+    arena: Vec<u8>,
+    /// (exit timestamp, start in arena, length)
+    index: Vec<(u64, usize, usize)>,
+}
+
+impl Merger {
+    pub fn push(&mut self, rec: &[u8]) {
+        let ts = rec.get(16..24).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).unwrap_or(0);
+        let start = self.arena.len();
+        self.arena.extend_from_slice(rec);
+        self.index.push((ts, start, rec.len()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Hand every record with a timestamp up to `horizon` to `f`, oldest first.
+    pub fn release(&mut self, horizon: u64, mut f: impl FnMut(&[u8])) -> usize {
+        if self.index.is_empty() {
+            return 0;
+        }
+        self.index.sort_by_key(|e| e.0);
+        let cut = self.index.partition_point(|e| e.0 <= horizon);
+        for &(_, start, len) in &self.index[..cut] {
+            f(&self.arena[start..start + len]);
+        }
+        if cut == self.index.len() {
+            self.index.clear();
+            self.arena.clear();
+        } else {
+            let mut arena = Vec::with_capacity(self.arena.len() / 2);
+            let mut index = Vec::with_capacity(self.index.len() - cut);
+            for &(ts, start, len) in &self.index[cut..] {
+                index.push((ts, arena.len(), len));
+                arena.extend_from_slice(&self.arena[start..start + len]);
+            }
+            self.arena = arena;
+            self.index = index;
+        }
+        cut
+    }
+}
+
+/// Drain the ring buffers until `stop` is set; polls every few milliseconds
+/// (the probes never wake the reader for single events). With one ring per
+/// CPU, records are merged by timestamp before processing.
 pub fn run(
-    mut ring: aya::maps::RingBuf<aya::maps::MapData>,
+    mut rings: Vec<aya::maps::RingBuf<aya::maps::MapData>>,
     mut p: Pipeline,
     queue: SpanQueue,
     stop: Arc<AtomicBool>,
@@ -193,14 +257,29 @@ pub fn run(
 ) {
     let mut last_expire = Instant::now();
     let mut last_stats = Instant::now();
+    let mut merger = Merger::default();
+    let merge = rings.len() > 1;
     loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let horizon = if stopping { u64::MAX } else { monotonic_ns().saturating_sub(MERGE_DELAY_NS) };
         let mut n = 0usize;
-        while let Some(item) = ring.next() {
-            p.on_record(&item);
-            n += 1;
-            if n >= 8192 {
-                break;
+        for ring in rings.iter_mut() {
+            let mut k = 0usize;
+            while let Some(item) = ring.next() {
+                if merge {
+                    merger.push(&item);
+                } else {
+                    p.on_record(&item);
+                }
+                k += 1;
+                if k >= DRAIN_BATCH {
+                    break;
+                }
             }
+            n += k;
+        }
+        if merge {
+            merger.release(horizon, |rec| p.on_record(rec));
         }
         queue.push(p.take_spans());
         if last_expire.elapsed() >= Duration::from_secs(1) {
@@ -215,7 +294,7 @@ pub fn run(
             last_stats = Instant::now();
         }
         if n == 0 {
-            if stop.load(Ordering::Relaxed) {
+            if stopping && merger.is_empty() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -223,5 +302,32 @@ pub fn run(
     }
     if let Ok(mut s) = shared.lock() {
         *s = p.snapshot();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Merger;
+
+    fn rec(ts: u64, tag: u8) -> Vec<u8> {
+        let mut r = vec![0u8; 24];
+        r[16..24].copy_from_slice(&ts.to_le_bytes());
+        r.push(tag);
+        r
+    }
+
+    #[test]
+    fn merger_releases_in_time_order_up_to_the_horizon() {
+        let mut m = Merger::default();
+        for (ts, tag) in [(30, 3), (10, 1), (50, 5), (20, 2), (40, 4)] {
+            m.push(&rec(ts, tag));
+        }
+        let mut out = Vec::new();
+        assert_eq!(m.release(35, |r| out.push(r[24])), 3);
+        assert_eq!(out, vec![1, 2, 3]);
+        m.push(&rec(36, 6));
+        assert_eq!(m.release(u64::MAX, |r| out.push(r[24])), 3);
+        assert_eq!(out, vec![1, 2, 3, 6, 4, 5]);
+        assert!(m.is_empty());
     }
 }

@@ -4,11 +4,11 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{of_maps::ArrayOfMaps, Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use tracer_common::{counter, filter, Config, MAX_CAPTURE};
+use tracer_common::{counter, filter, mode, Config, MAX_CAPTURE, MAX_CPUS, PER_CPU_RING_BYTES};
 
 use crate::btf::Btf;
 
@@ -19,6 +19,33 @@ const SYSCALLS: &[&str] = &[
     "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "sendfile64", "accept", "accept4",
     "connect",
 ];
+
+/// How events travel from the probes to the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RingMode {
+    /// One ring buffer per CPU: producers never contend; the agent merges by time.
+    PerCpu,
+    /// One ring buffer shared by all CPUs.
+    Shared,
+}
+
+const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+
+/// CPUs that may ever run (`/sys/devices/system/cpu/possible`, e.g. `0-7`).
+fn possible_cpus() -> Result<Vec<u32>> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").context("reading possible CPUs")?;
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse()?, b.parse()?);
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse()?),
+        }
+    }
+    Ok(cpus)
+}
 
 /// Kernel-side filters.
 #[derive(Clone, Debug, Default)]
@@ -90,7 +117,7 @@ fn comm_key(name: &str) -> [u8; 16] {
 
 impl Probes {
     /// Load the programs, configure them and attach every tracepoint.
-    pub fn load(capture_bytes: u32, filters: &Filters) -> Result<(Self, RingBuf<MapData>)> {
+    pub fn load(capture_bytes: u32, filters: &Filters, ring_mode: RingMode) -> Result<(Self, Vec<RingBuf<MapData>>)> {
         if OBJECT.is_empty() {
             bail!("this agent binary was built without its kernel probes; build it with `cargo xtask build`");
         }
@@ -105,9 +132,35 @@ impl Probes {
         let btf = Btf::from_sys()?;
         let offsets = btf.kernel_offsets().context("reading kernel struct layout from BTF")?;
 
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| anyhow!("loading the probe object failed: {e}"))?;
+        let cpus = possible_cpus()?;
+        if ring_mode == RingMode::PerCpu {
+            if let Some(max) = cpus.iter().max() {
+                if *max >= MAX_CPUS {
+                    bail!("this host has CPU ids up to {max}; per-CPU ring buffers cover {MAX_CPUS}: use --ring-buffer shared");
+                }
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        if ring_mode == RingMode::PerCpu {
+            // The shared ring is unused: keep it at one page.
+            loader.map_max_entries("EVENTS", 4096);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| anyhow!("loading the probe object failed: {e}"))?;
 
+        let mut rings = Vec::new();
         let mut flags = 0u32;
+        if ring_mode == RingMode::PerCpu {
+            flags |= mode::PER_CPU_RINGS;
+            let mut outer: ArrayOfMaps<_, MapData> =
+                ArrayOfMaps::try_from(ebpf.map_mut("RINGS").context("map RINGS")?)?;
+            for cpu in &cpus {
+                let obj = aya_obj::Map::new_from_params(BPF_MAP_TYPE_RINGBUF, 0, 0, PER_CPU_RING_BYTES, 0);
+                let data = MapData::create(obj, &format!("ring_cpu{cpu}"), None)
+                    .with_context(|| format!("creating the ring buffer of CPU {cpu}"))?;
+                outer.set(*cpu, &data, 0).with_context(|| format!("installing the ring buffer of CPU {cpu}"))?;
+                rings.push(RingBuf::try_from(Map::RingBuf(data))?);
+            }
+        }
         {
             let mut pids: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("PIDS").context("map PIDS")?)?;
             for p in &filters.allow_pids {
@@ -168,9 +221,11 @@ impl Probes {
             prog.attach("syscalls", name).map_err(|e| anyhow!("attaching tracepoint syscalls/{name} failed: {e}"))?;
         }
 
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
+        if ring_mode == RingMode::Shared {
+            rings.push(RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?);
+        }
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS")?)?;
-        Ok((Self { _ebpf: ebpf, counters }, ring))
+        Ok((Self { _ebpf: ebpf, counters }, rings))
     }
 
     pub fn counters(&self) -> KernelCounters {

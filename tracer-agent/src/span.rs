@@ -272,7 +272,9 @@ pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
     attrs.push(("url.path", Value::Str(path.to_string())));
     attrs.push(("url.scheme", Value::Str("http".into())));
     attrs.push(("network.protocol.name", Value::Str("http".into())));
-    attrs.push(("network.protocol.version", Value::Str(version_str(req.version).into())));
+    // The version both ends speak: an HTTP/1.0 answer to an HTTP/1.1 request is HTTP/1.0.
+    let version = ex.response.as_ref().map_or(req.version, |r| r.version.min(req.version));
+    attrs.push(("network.protocol.version", Value::Str(version_str(version).into())));
     attrs.push(("network.transport", Value::Str("tcp".into())));
     attrs.push(("network.peer.address", Value::Str(conn.remote.to_string())));
     attrs.push(("network.peer.port", Value::Int(conn.remote_port as i64)));

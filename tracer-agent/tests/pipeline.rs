@@ -152,11 +152,42 @@ fn traceparent_and_same_host_linking() {
     assert_eq!(hex(&s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(hex(&c.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(c.parent_span_id.map(|p| hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
-    assert_eq!(s.parent_span_id, Some(c.span_id));
+    // Trace context in the request wins over same-host linking.
+    assert_eq!(s.parent_span_id.map(|p| hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
     assert_eq!(s.status, Status::Unset, "404 is not a server error");
     assert_eq!(c.status, Status::Error, "404 is a client error");
     assert_eq!(c.name, "GET");
     assert_eq!(str_attr(c, "url.full"), "http://x:8080/");
+}
+
+#[test]
+fn same_host_linking_without_trace_context() {
+    let mut p = pipeline();
+    let mut client = Conn::new(20, "curl", 3, 40002, 8080, role::CLIENT);
+    let mut server = Conn::new(10, "nginx", 4, 8080, 40002, role::SERVER);
+    let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    p.on_record(&client.event(EventKind::Connect, b"", 0));
+    p.on_record(&server.event(EventKind::Accept, b"", 7));
+    // Either side may finish first.
+    p.on_record(&client.data(EventKind::Send, req));
+    p.on_record(&server.data(EventKind::Recv, req));
+    p.on_record(&server.data(EventKind::Send, resp));
+    p.on_record(&client.data(EventKind::Recv, resp));
+    p.on_record(&client.data(EventKind::Send, req));
+    p.on_record(&server.data(EventKind::Recv, req));
+    p.on_record(&client.data(EventKind::Recv, resp));
+    p.on_record(&server.data(EventKind::Send, resp));
+    let spans = p.take_spans();
+    assert_eq!(spans.len(), 4);
+    for pair in spans.chunks(2) {
+        let s = pair.iter().find(|s| s.kind == SpanKind::Server).unwrap();
+        let c = pair.iter().find(|s| s.kind == SpanKind::Client).unwrap();
+        assert_eq!(s.trace_id, c.trace_id);
+        assert_eq!(s.parent_span_id, Some(c.span_id));
+        assert_eq!(c.parent_span_id, None);
+    }
+    assert_ne!(spans[0].trace_id, spans[2].trace_id);
 }
 
 #[test]

@@ -172,6 +172,19 @@ pub mod filter {
     pub const DENY: u8 = 2;
 }
 
+/// Bits of `Config::flags` that are not filters.
+pub mod mode {
+    /// Write events to the per-CPU ring buffers (`RINGS`) instead of the shared one (`EVENTS`).
+    pub const PER_CPU_RINGS: u32 = 1 << 8;
+}
+
+/// Size of each per-CPU ring buffer (bytes; a power of two, multiple of the page size).
+pub const PER_CPU_RING_BYTES: u32 = 4 << 20;
+/// Size of the shared ring buffer.
+pub const SHARED_RING_BYTES: u32 = 16 << 20;
+/// Highest number of CPUs the per-CPU ring buffers cover.
+pub const MAX_CPUS: u32 = 512;
+
 /// Run-time configuration written by the agent into the `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -13,14 +13,18 @@
 #![allow(clippy::missing_safety_doc)]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, generated},
-    macros::{map, tracepoint},
+    btf_maps::{ArrayOfMaps, RingBuf as CpuRing},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns, generated,
+    },
+    macros::{btf_map, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use tracer_common::{
-    counter, filter, role, syscall, Config, EventHeader, EventKind, SockInfo, AF_INET, AF_INET6, HEADER_SIZE,
-    MAX_CAPTURE, MAX_IOV,
+    counter, filter, mode, role, syscall, Config, EventHeader, EventKind, SockInfo, AF_INET, AF_INET6, HEADER_SIZE,
+    MAX_CAPTURE, MAX_CPUS, MAX_IOV, PER_CPU_RING_BYTES, SHARED_RING_BYTES,
 };
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -30,13 +34,17 @@ const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
 const SOCK_STREAM: u16 = 1;
 const EINPROGRESS: i64 = 115;
-/// Ring buffer size; a forced wake-up is sent when more than half is pending.
-const RING_BYTES: u32 = 16 << 20;
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// The shared ring buffer (the agent shrinks it to a page when the per-CPU
+/// rings are in use).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(SHARED_RING_BYTES, 0);
+/// One ring buffer per CPU, created and inserted by the agent: producers on
+/// different CPUs never contend for a ring's lock.
+#[btf_map]
+static RINGS: ArrayOfMaps<CpuRing<u8, { PER_CPU_RING_BYTES as usize }>, { MAX_CPUS as usize }> = ArrayOfMaps::new();
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 #[map]
@@ -232,22 +240,32 @@ fn header(kind: EventKind, sc: u16, ts_enter: u64, fd: i32, ret: i64, sock: &Soc
     }
 }
 
+/// Write one record; wake the reader only when its ring is more than half full.
 #[inline(always)]
-fn wake_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) > (RING_BYTES / 2) as u64 {
-        BPF_RB_FORCE_WAKEUP
+fn output(cfg: &Config, bytes: &[u8]) {
+    let ok = if cfg.flags & mode::PER_CPU_RINGS != 0 {
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        match RINGS.get(cpu) {
+            Some(ring) => {
+                let pending = unsafe { generated::bpf_ringbuf_query(ring as *const _ as *mut core::ffi::c_void, BPF_RB_AVAIL_DATA) };
+                let flags = if pending > (PER_CPU_RING_BYTES / 2) as u64 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+                ring.output_untyped::<[u8]>(bytes, flags).is_ok()
+            }
+            None => false,
+        }
     } else {
-        BPF_RB_NO_WAKEUP
-    }
+        let flags =
+            if EVENTS.query(BPF_RB_AVAIL_DATA) > (SHARED_RING_BYTES / 2) as u64 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+        EVENTS.output::<[u8]>(bytes, flags).is_ok()
+    };
+    bump(if ok { counter::SENT } else { counter::LOST });
 }
 
 #[inline(always)]
-fn emit_header(h: &EventHeader) {
-    if EVENTS.output::<EventHeader>(h, wake_flags()).is_err() {
-        bump(counter::LOST);
-    } else {
-        bump(counter::SENT);
-    }
+fn emit_header(cfg: &Config, h: &EventHeader) {
+    // SAFETY: EventHeader is plain old data.
+    let bytes = unsafe { core::slice::from_raw_parts(h as *const EventHeader as *const u8, HEADER_SIZE) };
+    output(cfg, bytes);
 }
 
 // ---------------------------------------------------------------- data path
@@ -327,11 +345,7 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
     let len = HEADER_SIZE + (captured as usize & (MAX_CAPTURE * 2 - 1));
     let total = if len > HEADER_SIZE + MAX_CAPTURE { HEADER_SIZE + MAX_CAPTURE } else { len };
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, total) };
-    if EVENTS.output::<[u8]>(bytes, wake_flags()).is_err() {
-        bump(counter::LOST);
-    } else {
-        bump(counter::SENT);
-    }
+    output(cfg, bytes);
     0
 }
 
@@ -455,7 +469,7 @@ fn exit_conn(ctx: &TracePointContext) -> u32 {
     if !port_wanted(cfg, &sock) {
         return 0;
     }
-    emit_header(&header(kind, p.sc, p.ts_enter, fd, ret, &sock));
+    emit_header(cfg, &header(kind, p.sc, p.ts_enter, fd, ret, &sock));
     0
 }
 
@@ -503,7 +517,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let ts = unsafe { bpf_ktime_get_ns() };
-    emit_header(&header(EventKind::Close, syscall::CLOSE, ts, fd as i32, 0, &sock));
+    emit_header(cfg, &header(EventKind::Close, syscall::CLOSE, ts, fd as i32, 0, &sock));
     0
 }
 

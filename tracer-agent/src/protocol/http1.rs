@@ -923,7 +923,14 @@ impl ChunkDecoder {
     /// within chunk data, or covers the rest of the data plus its CRLF
     /// exactly (the segment then ends on a chunk boundary). Returns false
     /// when the framing is lost.
-    fn feed_gap(&mut self, gap: u64, payload: &mut u64) -> bool {
+    /// Consume `gap` uncaptured bytes ending a segment. Framing survives a
+    /// gap that lies inside chunk data or covers only the CRLF after it. A
+    /// gap that covers exactly the rest of the data, its CRLF and the last
+    /// chunk (`0\r\n\r\n`) ends the message: servers write the final chunk
+    /// together with the data before it, so this is how a large chunked
+    /// response usually ends when only its beginning was captured.
+    fn feed_gap(&mut self, gap: u64, payload: &mut u64) -> GapStep {
+        const LAST_CHUNK: u64 = 5; // "0\r\n\r\n"
         match self.phase {
             ChunkPhase::Data => {
                 if gap <= self.remaining {
@@ -932,27 +939,47 @@ impl ChunkDecoder {
                     if self.remaining == 0 {
                         self.phase = ChunkPhase::DataCr;
                     }
-                    true
+                    GapStep::Continue
                 } else if Some(gap) == self.remaining.checked_add(2) {
                     *payload = payload.saturating_add(self.remaining);
                     self.remaining = 0;
                     self.start_size_line();
-                    true
+                    GapStep::Continue
+                } else if Some(gap) == self.remaining.checked_add(2 + LAST_CHUNK) {
+                    *payload = payload.saturating_add(self.remaining);
+                    self.remaining = 0;
+                    self.phase = ChunkPhase::Done;
+                    GapStep::Done
                 } else {
-                    false
+                    GapStep::Lost
                 }
             }
             ChunkPhase::DataCr if gap == 2 => {
                 self.start_size_line();
-                true
+                GapStep::Continue
             }
             ChunkPhase::DataLf if gap == 1 => {
                 self.start_size_line();
-                true
+                GapStep::Continue
             }
-            _ => gap == 0,
+            ChunkPhase::DataCr if gap == 2 + LAST_CHUNK => {
+                self.phase = ChunkPhase::Done;
+                GapStep::Done
+            }
+            ChunkPhase::DataLf if gap == 1 + LAST_CHUNK => {
+                self.phase = ChunkPhase::Done;
+                GapStep::Done
+            }
+            _ if gap == 0 => GapStep::Continue,
+            _ => GapStep::Lost,
         }
     }
+}
+
+enum GapStep {
+    Continue,
+    Done,
+    Lost,
 }
 
 #[derive(Debug, Clone)]
@@ -1012,15 +1039,15 @@ fn feed_body(body: &mut BodyState, data: &[u8], gap: u64, payload: &mut u64) -> 
                 *body = BodyState::Lost;
                 BodyResult::Invalid { pos }
             }
-            ChunkStep::More => {
-                if dec.feed_gap(gap, payload) {
-                    BodyResult::Continue
-                } else {
+            ChunkStep::More => match dec.feed_gap(gap, payload) {
+                GapStep::Continue => BodyResult::Continue,
+                GapStep::Done => BodyResult::Done { used: data.len(), gap_left: 0 },
+                GapStep::Lost => {
                     *payload = payload.saturating_add(gap);
                     *body = BodyState::Lost;
                     BodyResult::BecameLost
                 }
-            }
+            },
         },
         BodyState::UntilClose | BodyState::Lost => {
             *payload = payload
@@ -2293,6 +2320,24 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         assert_eq!(ex.len(), 1);
         assert_eq!(ex[0].response_body_size, 0x1000);
         assert!(!ex[0].framing_lost);
+    }
+
+    #[test]
+    fn chunked_gap_ending_with_last_chunk_completes_the_message() {
+        let mut d = Drive::new();
+        d.req(b"GET /a HTTP/1.1\r\n\r\n");
+        // The whole chunked response in one write, only its start captured:
+        // the gap is the rest of the data, its CRLF and `0\r\n\r\n`.
+        let mut seg = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nce7\r\n".to_vec();
+        seg.extend_from_slice(&[b'd'; 100]);
+        d.resp_gap(&seg, 0xce7 - 100 + 2 + 5);
+        d.req(b"GET /b HTTP/1.1\r\n\r\n");
+        d.resp(b"HTTP/1.1 204 No Content\r\n\r\n");
+        let ex = d.take();
+        assert_eq!(ex.len(), 2);
+        assert_eq!(ex[0].response_body_size, 0xce7);
+        assert!(!ex[0].framing_lost);
+        assert_eq!(ex[1].response.as_ref().map(|r| r.status), Some(204));
     }
 
     #[test]
