@@ -86,7 +86,7 @@ pub struct Args {
     #[arg(long, default_value_t = 300)]
     pub connection_idle_secs: u64,
     /// Ring buffer layout between probes and agent.
-    #[arg(long = "ring-buffer", value_enum, default_value = "per-cpu")]
+    #[arg(long = "ring-buffer", value_enum, default_value = "shared")]
     pub ring_buffer: crate::probes::RingMode,
     /// Print agent health counters to stderr every N seconds (0: only at exit).
     #[arg(long, default_value_t = 0)]

@@ -190,7 +190,7 @@ impl Pipeline {
 /// How far behind "now" records from per-CPU rings are held back before
 /// processing, so that a record another CPU was still writing while the rings
 /// were drained cannot be overtaken by a later one.
-const MERGE_DELAY_NS: u64 = 2_000_000;
+const MERGE_DELAY_NS: u64 = 20_000_000;
 /// Most records taken from one ring per drain round.
 const DRAIN_BATCH: usize = 8192;
 

@@ -342,6 +342,9 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
         bump(counter::TRUNCATED);
     }
     scratch.header.captured = captured as u32;
+    // Stamp the exit time after the copy, right before the write: the agent
+    // merges per-CPU rings by this time.
+    scratch.header.ts_exit = unsafe { bpf_ktime_get_ns() };
     let len = HEADER_SIZE + (captured as usize & (MAX_CAPTURE * 2 - 1));
     let total = if len > HEADER_SIZE + MAX_CAPTURE { HEADER_SIZE + MAX_CAPTURE } else { len };
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, total) };
