@@ -142,3 +142,40 @@ fn bad_configuration_is_one_clear_line() {
         assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
     }
 }
+
+/// The collector receiving the agent's exports is itself on a traced port:
+/// its side of the agent's export connection must not produce spans (no
+/// feedback loop), while other traffic on the same ports still does.
+#[test]
+fn exports_to_a_traced_collector_are_not_traced() {
+    let _serial = serial();
+    agent_bin();
+    let root = WebRoot::new();
+    let port = free_port();
+    let _nginx = Nginx::start(port, root.path());
+    let receiver = Receiver::start();
+    let agent = AgentBuilder::new(&receiver)
+        .protocol(Protocol::HttpProtobuf)
+        .port(port)
+        .port(receiver.http_addr().port())
+        .start();
+    for i in 0..3 {
+        let url = format!("http://127.0.0.1:{port}/hello.txt?i={i}");
+        assert!(Command::new("curl").args(["-s", "-o", "/dev/null", &url]).status().unwrap().success());
+        // Let an export happen between requests, so that later requests
+        // travel while the agent's export connection is open.
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    receiver.wait_for_count(6, Duration::from_secs(10), |_| true);
+    std::thread::sleep(Duration::from_millis(600));
+    let exit = agent.stop();
+    assert!(exit.status.success());
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().all(|s| s.url_path().as_deref() == Some("/hello.txt")),
+        "the collector's side of the export connection was traced: {}",
+        dump(&spans)
+    );
+    assert_eq!(spans.len(), 6, "{}", dump(&spans));
+    assert!(receiver.export_requests(Transport::HttpProtobuf) >= 2);
+}

@@ -66,6 +66,7 @@ fn survives_garbage_and_connection_flood() {
     let mut agent = AgentBuilder::new(&receiver)
         .port(nginx_port)
         .port(echo.port())
+        .args(std::env::var("TRACER_TEST_AGENT_ARGS").ok().map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>()).unwrap_or_default())
         .start();
     let mut rss = RssWatch {
         max_kib: 0,

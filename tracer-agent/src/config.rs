@@ -88,6 +88,15 @@ pub struct Args {
     /// Ring buffer layout between probes and agent.
     #[arg(long = "ring-buffer", value_enum, default_value = "shared")]
     pub ring_buffer: crate::probes::RingMode,
+    /// Also write every raw kernel event to FILE (for `--replay` and bug reports).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
+    /// Do not load probes: feed the events recorded in FILE through the pipeline, export, print figures and exit.
+    #[arg(long, value_name = "FILE", conflicts_with = "record")]
+    pub replay: Option<std::path::PathBuf>,
+    /// Drain kernel events and discard them (measures the kernel side alone).
+    #[arg(long, hide = true)]
+    pub discard: bool,
     /// Print agent health counters to stderr every N seconds (0: only at exit).
     #[arg(long, default_value_t = 0)]
     pub stats_interval_secs: u64,

@@ -6,7 +6,7 @@
 //! active are dropped beyond the limit), an idle expiry, and the protocol
 //! layer's own per-connection buffer limits.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::net::IpAddr;
 
 use tracer_common::{role, EventKind};
@@ -61,6 +61,8 @@ impl ConnMeta {
 }
 
 pub struct Tracker {
+    /// Reused for the exchanges finished by one segment.
+    done: Vec<Exchange>,
     conns: HashMap<u64, Conn>,
     by_tuple: HashMap<Tuple, u64>,
     max_conns: usize,
@@ -72,18 +74,20 @@ fn meta_for(ev: &Event<'_>, kind: SpanKind) -> ConnMeta {
     let s = &ev.header.sock;
     ConnMeta {
         pid: ev.header.pid,
-        comm: comm(&ev.header.comm),
+        comm: comm(&ev.header.comm).into(),
         kind,
         local: local_addr(s),
         local_port: s.lport,
         remote: remote_addr(s),
         remote_port: s.rport,
+        local_str: local_addr(s).to_string().into(),
+        remote_str: remote_addr(s).to_string().into(),
     }
 }
 
 impl Tracker {
     pub fn new(max_conns: usize, idle_ns: u64) -> Self {
-        Self { conns: HashMap::new(), by_tuple: HashMap::new(), max_conns: max_conns.max(16), idle_ns, stats: TrackerStats::default() }
+        Self { done: Vec::new(), conns: HashMap::new(), by_tuple: HashMap::new(), max_conns: max_conns.max(16), idle_ns, stats: TrackerStats::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -201,7 +205,7 @@ impl Tracker {
         if c.meta.pid != ev.header.pid {
             // Shared socket (e.g. inherited): attribute to the process doing the I/O.
             c.meta.pid = ev.header.pid;
-            c.meta.comm = comm(&ev.header.comm);
+            c.meta.comm = comm(&ev.header.comm).into();
         }
         let inbound = ev.kind == EventKind::Recv;
         if let Proto::Detecting(tries) = c.proto {
@@ -254,18 +258,17 @@ impl Tracker {
                     ts_enter: ev.header.ts_enter,
                     ts_exit: ev.header.ts_exit,
                 };
-                let mut done = Vec::new();
                 let request_dir = (c.role == role::SERVER) == inbound;
                 if request_dir {
-                    h.on_request_segment(seg, &mut done);
+                    h.on_request_segment(seg, &mut self.done);
                 } else {
-                    h.on_response_segment(seg, &mut done);
+                    h.on_response_segment(seg, &mut self.done);
                 }
                 if h.upgraded() {
                     c.proto = Proto::Opaque;
                 }
-                self.stats.exchanges += done.len() as u64;
-                for ex in done {
+                self.stats.exchanges += self.done.len() as u64;
+                for ex in self.done.drain(..) {
                     out.push((c.meta.clone(), ex));
                 }
             }

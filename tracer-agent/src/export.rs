@@ -1,7 +1,6 @@
 //! Span export: OTLP over gRPC or HTTP/protobuf with batching, or a readable
 //! one-line-per-span printer when no endpoint is configured.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,17 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest},
-    common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue},
-    resource::v1::Resource,
-    trace::v1::{span::SpanKind as PKind, status::StatusCode, ResourceSpans, ScopeSpans, Span as PSpan, Status as PStatus},
-};
-use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::config::{ExportConfig, Protocol};
 use crate::resource::{ResourceKey, Resources};
+use crate::otlp;
 use crate::span::{hex, Span, SpanKind, Status, Value};
 
 /// Export health counters, shared with the stats reporter.
@@ -37,7 +30,7 @@ pub struct ExportStats {
 
 enum Sink {
     Print,
-    Grpc { client: TraceServiceClient<tonic::transport::Channel>, headers: Vec<(String, String)>, timeout: Duration },
+    Grpc { client: tonic::client::Grpc<tonic::transport::Channel>, headers: Vec<(String, String)>, timeout: Duration },
     Http {
         client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
         url: hyper::Uri,
@@ -55,69 +48,65 @@ pub struct Exporter {
     last_error_log: Option<Instant>,
 }
 
-fn kv(key: &str, v: &Value) -> KeyValue {
-    let value = match v {
-        Value::Str(s) => any_value::Value::StringValue(s.clone()),
-        Value::Int(i) => any_value::Value::IntValue(*i),
-    };
-    KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
-}
-
-fn to_proto(s: &Span) -> PSpan {
-    PSpan {
-        trace_id: s.trace_id.to_vec(),
-        span_id: s.span_id.to_vec(),
-        parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        flags: u32::from(s.sampled) | 0x100, // sampled bit; "has is_remote" bit
-        name: s.name.clone(),
-        kind: match s.kind {
-            SpanKind::Server => PKind::Server as i32,
-            SpanKind::Client => PKind::Client as i32,
-        },
-        start_time_unix_nano: s.start_unix_ns,
-        end_time_unix_nano: s.end_unix_ns,
-        attributes: s.attributes.iter().map(|(k, v)| kv(k, v)).collect(),
-        status: Some(PStatus {
-            code: match s.status {
-                Status::Unset => StatusCode::Unset as i32,
-                Status::Error => StatusCode::Error as i32,
-            },
-            message: String::new(),
-        }),
-        ..Default::default()
-    }
-}
-
-/// Group spans by process resource into one export request.
-pub fn build_request(spans: &[Span], resources: &mut Resources) -> ExportTraceServiceRequest {
-    let mut groups: HashMap<ResourceKey, (String, Vec<PSpan>)> = HashMap::new();
-    for s in spans {
+/// Encode spans as an OTLP `ExportTraceServiceRequest`, one resource per
+/// process (and service name).
+pub fn encode_request(spans: &[Span], resources: &mut Resources, out: &mut Vec<u8>) {
+    // Few processes per batch: a linear scan beats hashing every span.
+    let mut groups: Vec<(ResourceKey, std::sync::Arc<str>, Vec<usize>)> = Vec::new();
+    for (i, s) in spans.iter().enumerate() {
         let key = resources.key(s);
-        groups.entry(key).or_insert_with(|| (s.comm.clone(), Vec::new())).1.push(to_proto(s));
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.2.push(i),
+            None => groups.push((key, s.comm.clone(), vec![i])),
+        }
     }
-    let scope = InstrumentationScope {
-        name: "tracer-agent".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        ..Default::default()
-    };
-    let mut resource_spans = Vec::with_capacity(groups.len());
-    for (key, (comm, spans)) in groups {
-        let attrs = resources.attributes(&key, &comm);
-        resource_spans.push(ResourceSpans {
-            resource: Some(Resource {
-                attributes: attrs.iter().map(|(k, v)| kv(k, v)).collect(),
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(scope.clone()),
-                spans,
-                schema_url: "https://opentelemetry.io/schemas/1.37.0".into(),
-            }],
-            schema_url: String::new(),
-        });
+    for (key, comm, idx) in &groups {
+        let attrs = resources.attributes(key, comm);
+        otlp::put_resource_spans(out, &attrs, idx.iter().map(|&i| &spans[i]));
     }
-    ExportTraceServiceRequest { resource_spans }
 }
+
+/// A gRPC codec that sends already-encoded protobuf bytes and ignores the reply body.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        use bytes::Buf;
+        let n = src.remaining();
+        src.advance(n);
+        Ok(Some(()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// One readable line for a span.
 pub fn format_line(s: &Span, service: &str) -> String {
@@ -129,19 +118,17 @@ pub fn format_line(s: &Span, service: &str) -> String {
         Some(Value::Int(c)) => c.to_string(),
         _ => "-".into(),
     };
-    let path = match s.attr("url.path") {
-        Some(Value::Str(p)) => p.as_str(),
-        _ => "",
-    };
-    let method = match s.attr("http.request.method") {
-        Some(Value::Str(m)) => m.as_str(),
-        _ => "",
-    };
+    let path = s.attr("url.path").and_then(Value::as_str).unwrap_or("");
+    let method = s.attr("http.request.method").and_then(Value::as_str).unwrap_or("");
     let dur = (s.end_unix_ns.saturating_sub(s.start_unix_ns)) as f64 / 1e6;
     let err = if s.status == Status::Error { " ERROR" } else { "" };
     let parent = s.parent_span_id.map(|p| format!(" parent={}", hex(&p))).unwrap_or_default();
+    let peer = match (s.attr("network.peer.address").and_then(Value::as_str), s.attr("network.peer.port")) {
+        (Some(a), Some(Value::Int(p))) => format!(" peer={a}:{p}"),
+        _ => String::new(),
+    };
     format!(
-        "{service} {kind} {method} {path} {status}{err} {dur:.3}ms trace={} span={}{parent}",
+        "{service} {kind} {method} {path} {status}{err} {dur:.3}ms trace={} span={}{parent}{peer}",
         hex(&s.trace_id),
         hex(&s.span_id)
     )
@@ -166,7 +153,7 @@ impl Exporter {
                         .connect_timeout(cfg.timeout)
                         .timeout(cfg.timeout)
                         .connect_lazy();
-                    Sink::Grpc { client: TraceServiceClient::new(channel), headers: cfg.headers, timeout: cfg.timeout }
+                    Sink::Grpc { client: tonic::client::Grpc::new(channel), headers: cfg.headers, timeout: cfg.timeout }
                 }
                 Protocol::HttpProtobuf => {
                     let url: hyper::Uri =
@@ -206,11 +193,15 @@ impl Exporter {
     }
 
     async fn flush(&mut self, pending: &mut Vec<Span>) {
-        while !pending.is_empty() {
-            let n = pending.len().min(self.max_batch);
-            let batch: Vec<Span> = pending.drain(..n).collect();
-            self.send(&batch).await;
+        let mut start = 0;
+        while start < pending.len() {
+            let end = (start + self.max_batch).min(pending.len());
+            let batch = std::mem::take(pending);
+            self.send(&batch[start..end]).await;
+            *pending = batch;
+            start = end;
         }
+        pending.clear();
     }
 
     async fn send(&mut self, spans: &[Span]) {
@@ -224,11 +215,12 @@ impl Exporter {
             self.stats.printed.fetch_add(spans.len() as u64, Ordering::Relaxed);
             return;
         }
-        let req = build_request(spans, &mut self.resources);
+        let mut body = Vec::with_capacity(spans.len() * 400);
+        encode_request(spans, &mut self.resources, &mut body);
         let result = match &mut self.sink {
             Sink::Print => Ok(()),
             Sink::Grpc { client, headers, timeout } => {
-                let mut r = tonic::Request::new(req);
+                let mut r = tonic::Request::new(body);
                 r.set_timeout(*timeout);
                 for (k, v) in headers.iter() {
                     if let (Ok(k), Ok(v)) = (
@@ -238,10 +230,17 @@ impl Exporter {
                         r.metadata_mut().insert(k, v);
                     }
                 }
-                client.export(r).await.map(|_| ()).map_err(|e| anyhow!("gRPC export failed: {}", e.message()))
+                match client.ready().await {
+                    Err(e) => Err(anyhow!("gRPC export failed: {e}")),
+                    Ok(()) => client
+                        .unary(r, tonic::codegen::http::uri::PathAndQuery::from_static(GRPC_EXPORT_PATH), RawCodec)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| anyhow!("gRPC export failed: {}", e.message())),
+                }
             }
             Sink::Http { client, url, headers, timeout } => {
-                let body = Bytes::from(req.encode_to_vec());
+                let body = Bytes::from(body);
                 let mut b = hyper::Request::post(url.clone()).header("content-type", "application/x-protobuf");
                 for (k, v) in headers.iter() {
                     b = b.header(k.as_str(), v.as_str());

@@ -34,6 +34,55 @@ fn main() -> ExitCode {
     }
 }
 
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+async fn replay(
+    path: &std::path::Path,
+    args: &Args,
+    routes: RouteMatcher,
+    exporter: Exporter,
+    export_stats: Arc<ExportStats>,
+) -> Result<()> {
+    let file = tracer_agent::record::Replay::open(path)?;
+    let pipe = Pipeline::new(
+        Tracker::new(args.max_connections, args.connection_idle_secs.saturating_mul(1_000_000_000)),
+        routes,
+        Clock { offset: file.clock_offset },
+    );
+    let (queue, rx, queued) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
+    let exporter_task = tokio::spawn(exporter.run(rx, queued));
+    let cpu0 = cpu_seconds();
+    let wall0 = std::time::Instant::now();
+    let stats = tokio::task::spawn_blocking(move || {
+        let r = pipeline::replay(file, pipe, &queue);
+        drop(queue);
+        r
+    })
+    .await
+    .context("replay thread")??;
+    let _ = exporter_task.await;
+    let cpu = cpu_seconds() - cpu0;
+    let wall = wall0.elapsed().as_secs_f64();
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    eprintln!(
+        "tracer-agent: replay records={} spans={} spans_exported={} spans_printed={} spans_dropped={} cpu_seconds={cpu:.3} wall_seconds={wall:.3} records_per_cpu_second={:.0} spans_per_cpu_second={:.0}",
+        stats.records,
+        stats.spans,
+        r(&export_stats.exported),
+        r(&export_stats.printed),
+        r(&export_stats.dropped_queue_full) + r(&export_stats.dropped_export_failed),
+        stats.records as f64 / cpu.max(1e-9),
+        stats.spans as f64 / cpu.max(1e-9),
+    );
+    Ok(())
+}
+
 fn stats_line(p: &PipelineStats, probes: &Probes, e: &ExportStats) -> String {
     let k = probes.counters();
     let t = &p.tracker;
@@ -69,6 +118,10 @@ async fn run(args: Args) -> Result<()> {
         export_stats.clone(),
     )?;
 
+    if let Some(path) = &args.replay {
+        return replay(path, &args, routes, exporter, export_stats).await;
+    }
+
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
 
@@ -78,11 +131,16 @@ async fn run(args: Args) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Mutex::new(PipelineStats::default()));
-    let pipe = Pipeline::new(
+    let clock = Clock::now();
+    let mut pipe = Pipeline::new(
         Tracker::new(args.max_connections, args.connection_idle_secs.saturating_mul(1_000_000_000)),
         routes,
-        Clock::now(),
+        clock,
     );
+    pipe.discard = args.discard;
+    if let Some(path) = &args.record {
+        pipe.recorder = Some(tracer_agent::record::Recorder::create(path, clock.offset)?);
+    }
     let worker = {
         let stop = stop.clone();
         let shared = shared.clone();

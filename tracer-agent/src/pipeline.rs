@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use ahash::AHashMap as HashMap;
 
 use crate::conntrack::{Tracker, TrackerStats, Tuple};
 use crate::event::decode;
@@ -30,6 +32,19 @@ impl SpanQueue {
         let (tx, rx) = mpsc::channel(4096);
         let queued = Arc::new(AtomicUsize::new(0));
         (Self { tx, queued: queued.clone(), max, stats }, rx, queued)
+    }
+
+    /// Hand over spans, waiting for room instead of dropping (replay only).
+    pub fn push_blocking(&self, spans: Vec<Span>) {
+        if spans.is_empty() {
+            return;
+        }
+        self.queued.fetch_add(spans.len(), Ordering::Relaxed);
+        let n = spans.len();
+        if self.tx.blocking_send(spans).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.stats.dropped_queue_full.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     pub fn push(&self, spans: Vec<Span>) {
@@ -76,6 +91,10 @@ const LINKS_PER_CONN: usize = 64;
 const LINK_TTL_NS: u64 = 30_000_000_000;
 
 pub struct Pipeline {
+    /// Raw records are written here before processing, when recording.
+    pub recorder: Option<crate::record::Recorder>,
+    /// Count records and do nothing else (measures the kernel side alone).
+    pub discard: bool,
     pub tracker: Tracker,
     links: HashMap<Tuple, VecDeque<Link>>,
     routes: RouteMatcher,
@@ -94,12 +113,18 @@ pub fn monotonic_ns() -> u64 {
 
 impl Pipeline {
     pub fn new(tracker: Tracker, routes: RouteMatcher, clock: Clock) -> Self {
-        Self { tracker, links: HashMap::new(), routes, clock, exchanges: Vec::new(), spans: Vec::new(), stats: PipelineStats::default() }
+        Self { recorder: None, discard: false, tracker, links: HashMap::new(), routes, clock, exchanges: Vec::new(), spans: Vec::new(), stats: PipelineStats::default() }
     }
 
     /// Handle one raw record.
     pub fn on_record(&mut self, rec: &[u8]) {
         self.stats.records += 1;
+        if let Some(r) = self.recorder.as_mut() {
+            r.write(rec);
+        }
+        if self.discard {
+            return;
+        }
         match decode(rec) {
             Ok(ev) => self.tracker.on_event(&ev, &mut self.exchanges),
             Err(_) => self.stats.decode_errors += 1,
@@ -300,9 +325,26 @@ pub fn run(
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    if let Some(r) = p.recorder.as_mut() {
+        r.flush();
+    }
     if let Ok(mut s) = shared.lock() {
         *s = p.snapshot();
     }
+}
+
+/// Feed a recorded event stream through the pipeline as fast as possible.
+pub fn replay(mut file: crate::record::Replay, mut p: Pipeline, queue: &SpanQueue) -> anyhow::Result<PipelineStats> {
+    let mut n = 0u64;
+    while let Some(rec) = file.next_record()? {
+        p.on_record(rec);
+        n += 1;
+        if n % 1024 == 0 {
+            queue.push_blocking(p.take_spans());
+        }
+    }
+    queue.push_blocking(p.take_spans());
+    Ok(p.snapshot())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Resource attributes per traced process (the OpenTelemetry resource).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::span::{Span, Value};
 
@@ -8,14 +9,16 @@ use crate::span::{Span, Value};
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ResourceKey {
     pub pid: u32,
-    pub service: String,
+    pub service: Arc<str>,
 }
 
 pub struct Resources {
     host: String,
     extra: Vec<(String, String)>,
-    by_comm: HashMap<String, String>,
-    by_port: HashMap<u16, String>,
+    by_comm: HashMap<String, Arc<str>>,
+    by_port: HashMap<u16, Arc<str>>,
+    /// service.name from OTEL_RESOURCE_ATTRIBUTES, if any.
+    env_service: Option<Arc<str>>,
     exe_cache: HashMap<u32, String>,
 }
 
@@ -37,14 +40,15 @@ impl Resources {
         for (m, name) in overrides {
             match m.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()) {
                 Some(port) => {
-                    by_port.insert(port, name);
+                    by_port.insert(port, name.into());
                 }
                 None => {
-                    by_comm.insert(m, name);
+                    by_comm.insert(m, name.into());
                 }
             }
         }
-        Self { host: hostname(), extra, by_comm, by_port, exe_cache: HashMap::new() }
+        let env_service = extra.iter().find(|(k, _)| k == "service.name").map(|(_, v)| Arc::from(v.as_str()));
+        Self { host: hostname(), extra, by_comm, by_port, env_service, exe_cache: HashMap::new() }
     }
 
     fn executable(&mut self, pid: u32, comm: &str) -> String {
@@ -69,9 +73,9 @@ impl Resources {
         let service = span
             .server_port
             .and_then(|p| self.by_port.get(&p))
-            .or_else(|| self.by_comm.get(&span.comm))
+            .or_else(|| if self.by_comm.is_empty() { None } else { self.by_comm.get(&*span.comm) })
+            .or(self.env_service.as_ref())
             .cloned()
-            .or_else(|| self.extra.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone()))
             .unwrap_or_else(|| span.comm.clone());
         ResourceKey { pid: span.pid, service }
     }
@@ -80,22 +84,22 @@ impl Resources {
     pub fn attributes(&mut self, key: &ResourceKey, comm: &str) -> Vec<(String, Value)> {
         let exe = self.executable(key.pid, comm);
         let mut attrs: Vec<(String, Value)> = vec![
-            ("service.name".into(), Value::Str(key.service.clone())),
-            ("service.instance.id".into(), Value::Str(format!("{}:{}", self.host, key.pid))),
-            ("host.name".into(), Value::Str(self.host.clone())),
+            ("service.name".into(), Value::Shared(key.service.clone())),
+            ("service.instance.id".into(), Value::from(format!("{}:{}", self.host, key.pid))),
+            ("host.name".into(), Value::from(self.host.clone())),
             ("process.pid".into(), Value::Int(key.pid as i64)),
-            ("process.executable.name".into(), Value::Str(exe)),
-            ("telemetry.sdk.name".into(), Value::Str("tracer-agent".into())),
-            ("telemetry.sdk.language".into(), Value::Str("rust".into())),
-            ("telemetry.sdk.version".into(), Value::Str(env!("CARGO_PKG_VERSION").into())),
+            ("process.executable.name".into(), Value::from(exe)),
+            ("telemetry.sdk.name".into(), Value::from("tracer-agent")),
+            ("telemetry.sdk.language".into(), Value::from("rust")),
+            ("telemetry.sdk.version".into(), Value::from(env!("CARGO_PKG_VERSION"))),
         ];
         for (k, v) in &self.extra {
             if k == "service.name" {
                 continue;
             }
             match attrs.iter_mut().find(|(ak, _)| ak == k) {
-                Some(slot) => slot.1 = Value::Str(v.clone()),
-                None => attrs.push((k.clone(), Value::Str(v.clone()))),
+                Some(slot) => slot.1 = Value::from(v.clone()),
+                None => attrs.push((k.clone(), Value::from(v.clone()))),
             }
         }
         attrs

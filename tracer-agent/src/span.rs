@@ -1,7 +1,9 @@
 //! The span model, trace-context propagation headers, and the HTTP exchange →
 //! span mapping per the OpenTelemetry HTTP semantic conventions.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::protocol::http1::Exchange;
 use crate::route::RouteMatcher;
@@ -12,10 +14,36 @@ pub enum SpanKind {
     Client,
 }
 
+/// An attribute value. Strings are borrowed when constant and shared when
+/// they repeat across spans (addresses, process names), so making a span
+/// allocates only for what is really new.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
-    Str(String),
+    Str(Cow<'static, str>),
+    Shared(Arc<str>),
     Int(i64),
+}
+
+impl Value {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            Value::Shared(s) => Some(s),
+            Value::Int(_) => None,
+        }
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Str(Cow::Owned(s))
+    }
+}
+
+impl From<&'static str> for Value {
+    fn from(s: &'static str) -> Self {
+        Value::Str(Cow::Borrowed(s))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +67,7 @@ pub struct Span {
     pub status: Status,
     /// Process that produced the traffic.
     pub pid: u32,
-    pub comm: String,
+    pub comm: Arc<str>,
     /// Local port of the connection for server spans (service-name overrides by port).
     pub server_port: Option<u16>,
 }
@@ -182,12 +210,15 @@ pub fn hex(b: &[u8]) -> String {
 #[derive(Clone, Debug)]
 pub struct ConnMeta {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Arc<str>,
     pub kind: SpanKind,
     pub local: IpAddr,
     pub local_port: u16,
     pub remote: IpAddr,
     pub remote_port: u16,
+    /// `local` and `remote` formatted once per connection.
+    pub local_str: Arc<str>,
+    pub remote_str: Arc<str>,
 }
 
 /// Split a Host header value into host and port.
@@ -262,21 +293,21 @@ fn version_str(v: u8) -> &'static str {
 /// Build the span for one HTTP/1.x exchange.
 pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &Clock) -> Span {
     let req = &ex.request;
-    let method = if is_known_method(&req.method) { req.method.as_str() } else { "_OTHER" };
+    let method: &'static str = known_method(&req.method).unwrap_or("_OTHER");
     let path = target_path(&req.target);
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(16);
-    attrs.push(("http.request.method", Value::Str(method.to_string())));
+    attrs.push(("http.request.method", Value::from(method)));
     if method == "_OTHER" {
-        attrs.push(("http.request.method_original", Value::Str(req.method.clone())));
+        attrs.push(("http.request.method_original", Value::from(req.method.clone())));
     }
-    attrs.push(("url.path", Value::Str(path.to_string())));
-    attrs.push(("url.scheme", Value::Str("http".into())));
-    attrs.push(("network.protocol.name", Value::Str("http".into())));
+    attrs.push(("url.path", Value::from(path.to_string())));
+    attrs.push(("url.scheme", Value::from("http")));
+    attrs.push(("network.protocol.name", Value::from("http")));
     // The version both ends speak: an HTTP/1.0 answer to an HTTP/1.1 request is HTTP/1.0.
     let version = ex.response.as_ref().map_or(req.version, |r| r.version.min(req.version));
-    attrs.push(("network.protocol.version", Value::Str(version_str(version).into())));
-    attrs.push(("network.transport", Value::Str("tcp".into())));
-    attrs.push(("network.peer.address", Value::Str(conn.remote.to_string())));
+    attrs.push(("network.protocol.version", Value::from(version_str(version))));
+    attrs.push(("network.transport", Value::from("tcp")));
+    attrs.push(("network.peer.address", Value::Shared(conn.remote_str.clone())));
     attrs.push(("network.peer.port", Value::Int(conn.remote_port as i64)));
     let host = req.host.as_deref().map(split_host);
     let status = ex.response.as_ref().map(|r| r.status);
@@ -287,14 +318,14 @@ pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
         SpanKind::Server => {
             let route = routes.route(&req.target);
             name = format!("{method} {route}");
-            attrs.push(("http.route", Value::Str(route)));
+            attrs.push(("http.route", Value::from(route)));
             let (addr, port) = match host {
-                Some((h, p)) if !h.is_empty() => (h.to_string(), p.unwrap_or(conn.local_port)),
-                _ => (conn.local.to_string(), conn.local_port),
+                Some((h, p)) if !h.is_empty() => (Value::from(h.to_string()), p.unwrap_or(conn.local_port)),
+                _ => (Value::Shared(conn.local_str.clone()), conn.local_port),
             };
-            attrs.push(("server.address", Value::Str(addr)));
+            attrs.push(("server.address", addr));
             attrs.push(("server.port", Value::Int(port as i64)));
-            attrs.push(("client.address", Value::Str(conn.remote.to_string())));
+            attrs.push(("client.address", Value::Shared(conn.remote_str.clone())));
             attrs.push(("client.port", Value::Int(conn.remote_port as i64)));
             if let Some(s) = status {
                 if s >= 500 {
@@ -306,12 +337,20 @@ pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
         SpanKind::Client => {
             name = method.to_string();
             let (addr, port) = match host {
-                Some((h, p)) if !h.is_empty() => (h.to_string(), p.unwrap_or(conn.remote_port)),
-                _ => (conn.remote.to_string(), conn.remote_port),
+                Some((h, p)) if !h.is_empty() => (h, p.unwrap_or(conn.remote_port)),
+                _ => (&*conn.remote_str, conn.remote_port),
             };
-            let authority = if port == 80 { addr.clone() } else { format!("{addr}:{port}") };
-            attrs.push(("url.full", Value::Str(format!("http://{authority}{}", if req.target.starts_with('/') { req.target.as_str() } else { path }))));
-            attrs.push(("server.address", Value::Str(addr)));
+            let target = if req.target.starts_with('/') { req.target.as_str() } else { path };
+            let mut full = String::with_capacity(8 + addr.len() + 6 + target.len());
+            full.push_str("http://");
+            full.push_str(addr);
+            if port != 80 {
+                full.push(':');
+                full.push_str(itoa_u16(port).as_str());
+            }
+            full.push_str(target);
+            attrs.push(("url.full", Value::from(full)));
+            attrs.push(("server.address", Value::from(addr.to_string())));
             attrs.push(("server.port", Value::Int(port as i64)));
             if let Some(s) = status {
                 if s >= 400 {
@@ -326,17 +365,17 @@ pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
         Some(s) => {
             attrs.push(("http.response.status_code", Value::Int(s as i64)));
             if span_status == Status::Error {
-                attrs.push(("error.type", Value::Str(s.to_string())));
+                attrs.push(("error.type", Value::from(s.to_string())));
             }
         }
         None => {
             // The connection ended before a response was seen.
             span_status = Status::Error;
-            attrs.push(("error.type", Value::Str("no_response".into())));
+            attrs.push(("error.type", Value::from("no_response")));
         }
     }
     if let Some(ua) = &req.user_agent {
-        attrs.push(("user_agent.original", Value::Str(ua.clone())));
+        attrs.push(("user_agent.original", Value::from(ua.clone())));
     }
     if ex.request_body_size > 0 || req.content_length.is_some() {
         attrs.push(("http.request.body.size", Value::Int(ex.request_body_size as i64)));
@@ -368,8 +407,44 @@ pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
     }
 }
 
-fn is_known_method(m: &str) -> bool {
-    matches!(m, "GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH" | "CONNECT" | "TRACE" | "QUERY")
+/// The method as a static string when it is a known one.
+fn known_method(m: &str) -> Option<&'static str> {
+    Some(match m {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        "QUERY" => "QUERY",
+        _ => return None,
+    })
+}
+
+/// A port as text without going through the formatter.
+struct PortText([u8; 5], usize);
+
+impl PortText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0[5 - self.1..]).unwrap_or("0")
+    }
+}
+
+fn itoa_u16(mut v: u16) -> PortText {
+    let mut b = [0u8; 5];
+    let mut n = 0;
+    loop {
+        b[4 - n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    PortText(b, n)
 }
 
 #[cfg(test)]

@@ -70,9 +70,9 @@ fn pipeline() -> Pipeline {
 }
 
 fn str_attr<'a>(s: &'a Span, k: &str) -> &'a str {
-    match s.attr(k) {
-        Some(Value::Str(v)) => v,
-        other => panic!("{k}: {other:?}"),
+    match s.attr(k).and_then(Value::as_str) {
+        Some(v) => v,
+        None => panic!("{k}: {:?}", s.attr(k)),
     }
 }
 

@@ -55,10 +55,17 @@ static ACTIVE: LruHashMap<u64, ActiveIo> = LruHashMap::with_max_entries(16384, 0
 /// Role of sockets whose accept/connect was seen, by socket inode.
 #[map]
 static ROLES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
-/// Local ports of the agent's own connections: traffic from other processes
-/// to these ports (e.g. a local collector receiving our exports) is not traced.
+/// The agent's own connections as (local port << 16 | remote port): the
+/// other end of these (e.g. a local collector receiving our exports) is not
+/// traced. Keyed by both ports, since the same local port can serve other
+/// connections to other destinations at the same time.
 #[map]
-static SELF_PORTS: LruHashMap<u16, u8> = LruHashMap::with_max_entries(4096, 0);
+static SELF_PORTS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn port_pair(local: u16, remote: u16) -> u32 {
+    ((local as u32) << 16) | remote as u32
+}
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
@@ -140,7 +147,8 @@ fn process_wanted(cfg: &Config, tgid: u32) -> bool {
 
 #[inline(always)]
 fn port_wanted(cfg: &Config, s: &SockInfo) -> bool {
-    if unsafe { SELF_PORTS.get(&s.rport) }.is_some() {
+    // Seen from the peer of one of the agent's connections, the ports are swapped.
+    if unsafe { SELF_PORTS.get(&port_pair(s.rport, s.lport)) }.is_some() {
         return false;
     }
     if cfg.flags & (filter::PORT_ALLOW | filter::PORT_DENY) == 0 {
@@ -464,7 +472,7 @@ fn exit_conn(ctx: &TracePointContext) -> u32 {
     };
     let Some(mut sock) = (unsafe { tcp_socket(cfg, fd) }) else { return 0 };
     if (id >> 32) as u32 == cfg.self_pid {
-        let _ = SELF_PORTS.insert(&sock.lport, &1, 0);
+        let _ = SELF_PORTS.insert(&port_pair(sock.lport, sock.rport), &1, 0);
         return 0;
     }
     sock.role = r;
@@ -512,7 +520,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let fd: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
     let Some(sock) = (unsafe { tcp_socket(cfg, fd as i32) }) else { return 0 };
     if own {
-        let _ = SELF_PORTS.remove(&sock.lport);
+        let _ = SELF_PORTS.remove(&port_pair(sock.lport, sock.rport));
         return 0;
     }
     let _ = ROLES.remove(&sock.ino);

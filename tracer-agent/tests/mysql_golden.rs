@@ -1,0 +1,783 @@
+//! Golden tests for the MySQL/MariaDB parser, plus randomised robustness.
+//!
+//! Each `tests/fixtures/mysql/NAME.my` script is replayed through a
+//! `MysqlConn`; the exchanges are rendered as text and compared with
+//! `NAME.expected`. Run with `UPDATE_GOLDEN=1` to (re)write the expected files.
+//!
+//! Script format, one directive per line:
+//!
+//! ```text
+//! # comment                 (blank lines are ignored too)
+//! > DATA                    new client -> server segment
+//! < DATA                    new server -> client segment
+//! + DATA                    append DATA to the previous segment
+//! .fill N [C]               append N bytes C (default 'x') to the previous segment
+//! ~N                        the previous segment has N uncaptured bytes after its data
+//! @ENTER,EXIT               explicit timestamps for the previous segment
+//! .repeat K                 K more copies of the previous segment
+//! !close                    the connection closes
+//! ```
+//!
+//! DATA starts after the single space following the marker. Escapes: `\r`,
+//! `\n`, `\t`, `\0`, `\s` (space), `\\` and `\xNN`. Event i (1-based, counting
+//! segments and closes) gets enter = 1000 * i and exit = 1000 * i + 500
+//! unless `@` says otherwise; a close happens at 1000 * i.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use tracer_agent::protocol::db::DbExchange;
+use tracer_agent::protocol::mysql::{
+    looks_like_client_start, looks_like_server_start, server_flavor, MysqlConn,
+};
+use tracer_agent::protocol::Segment;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Client,
+    Server,
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Segment {
+        dir: Dir,
+        data: Vec<u8>,
+        uncaptured: u64,
+        ts: Option<(u64, u64)>,
+    },
+    Close,
+}
+
+fn unescape(s: &str, line_no: usize) -> Result<Vec<u8>, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        i += 1;
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let esc = *bytes
+            .get(i)
+            .ok_or_else(|| format!("line {line_no}: dangling backslash"))?;
+        i += 1;
+        let v = match esc {
+            b'r' => b'\r',
+            b'n' => b'\n',
+            b't' => b'\t',
+            b'0' => 0,
+            b's' => b' ',
+            b'\\' => b'\\',
+            b'x' => {
+                let hex = s
+                    .get(i..i + 2)
+                    .ok_or_else(|| format!("line {line_no}: short \\x escape"))?;
+                i += 2;
+                u8::from_str_radix(hex, 16)
+                    .map_err(|_| format!("line {line_no}: bad \\x escape {hex:?}"))?
+            }
+            other => {
+                return Err(format!(
+                    "line {line_no}: unknown escape \\{}",
+                    other as char
+                ))
+            }
+        };
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn number(s: &str, line_no: usize) -> Result<u64, String> {
+    s.trim()
+        .replace('_', "")
+        .parse::<u64>()
+        .map_err(|_| format!("line {line_no}: bad number {s:?}"))
+}
+
+fn last_segment(events: &mut [Event], line_no: usize) -> Result<&mut Event, String> {
+    match events.last_mut() {
+        Some(ev @ Event::Segment { .. }) => Ok(ev),
+        _ => Err(format!("line {line_no}: no previous segment")),
+    }
+}
+
+fn parse_script(text: &str) -> Result<Vec<Event>, String> {
+    let mut events: Vec<Event> = Vec::new();
+    for (idx, raw) in text.lines().enumerate() {
+        let line_no = idx + 1;
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let payload = |marker_len: usize| -> Result<Vec<u8>, String> {
+            let rest = line.get(marker_len..).unwrap_or("");
+            unescape(rest.strip_prefix(' ').unwrap_or(rest), line_no)
+        };
+        if line.starts_with('>') || line.starts_with('<') {
+            let dir = if line.starts_with('>') {
+                Dir::Client
+            } else {
+                Dir::Server
+            };
+            events.push(Event::Segment {
+                dir,
+                data: payload(1)?,
+                uncaptured: 0,
+                ts: None,
+            });
+        } else if line.starts_with('+') {
+            let add = payload(1)?;
+            if let Event::Segment { data, .. } = last_segment(&mut events, line_no)? {
+                data.extend_from_slice(&add);
+            }
+        } else if let Some(rest) = line.strip_prefix(".fill") {
+            let mut parts = rest.split_whitespace();
+            let n = number(parts.next().unwrap_or(""), line_no)?;
+            let fill = match parts.next() {
+                Some(c) => match unescape(c, line_no)?.as_slice() {
+                    [b] => *b,
+                    _ => return Err(format!("line {line_no}: fill byte must be one byte")),
+                },
+                None => b'x',
+            };
+            if let Event::Segment { data, .. } = last_segment(&mut events, line_no)? {
+                data.extend(std::iter::repeat_n(fill, n as usize));
+            }
+        } else if let Some(rest) = line.strip_prefix(".repeat") {
+            let k = number(rest, line_no)?;
+            let ev = last_segment(&mut events, line_no)?.clone();
+            for _ in 0..k {
+                events.push(ev.clone());
+            }
+        } else if let Some(rest) = line.strip_prefix('~') {
+            let n = number(rest, line_no)?;
+            if let Event::Segment { uncaptured, .. } = last_segment(&mut events, line_no)? {
+                *uncaptured = uncaptured.saturating_add(n);
+            }
+        } else if let Some(rest) = line.strip_prefix('@') {
+            let (a, b) = rest
+                .split_once(',')
+                .ok_or_else(|| format!("line {line_no}: expected @ENTER,EXIT"))?;
+            let pair = (number(a, line_no)?, number(b, line_no)?);
+            if let Event::Segment { ts, .. } = last_segment(&mut events, line_no)? {
+                *ts = Some(pair);
+            }
+        } else if line.trim() == "!close" {
+            events.push(Event::Close);
+        } else {
+            return Err(format!("line {line_no}: unrecognised line {line:?}"));
+        }
+    }
+    Ok(events)
+}
+
+fn render_exchange(out: &mut String, n: usize, at: usize, e: &DbExchange) {
+    let _ = writeln!(
+        out,
+        "exchange {n} (emitted at event {at}): system={} namespace={} operation={} rows={}{}",
+        e.system.as_str(),
+        e.namespace
+            .as_deref()
+            .map_or_else(|| "-".to_string(), |s| format!("{s:?}")),
+        e.operation
+            .as_deref()
+            .map_or_else(|| "-".to_string(), |s| format!("{s:?}")),
+        e.rows.map_or_else(|| "-".to_string(), |r| r.to_string()),
+        if e.no_response { " no_response" } else { "" }
+    );
+    match &e.query_text {
+        Some(q) => {
+            let _ = writeln!(out, "  query: {q:?}");
+        }
+        None => out.push_str("  query: -\n"),
+    }
+    if let Some(err) = &e.error {
+        let _ = writeln!(
+            out,
+            "  error: code={:?} message={:?}",
+            err.code, err.message
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  times: req={}..{} resp={}..{}",
+        e.req_first_enter, e.req_last_exit, e.resp_first_enter, e.resp_last_exit
+    );
+}
+
+fn first_difference(expected: &str, actual: &str) -> String {
+    let mut e = expected.lines();
+    let mut a = actual.lines();
+    let mut n = 1;
+    loop {
+        match (e.next(), a.next()) {
+            (None, None) => return "identical".to_string(),
+            (x, y) if x == y => n += 1,
+            (x, y) => {
+                return format!(
+                    "line {n}:\n  expected: {}\n  actual:   {}",
+                    x.unwrap_or("<end>"),
+                    y.unwrap_or("<end>")
+                )
+            }
+        }
+    }
+}
+
+/// Replays every `*.EXT` script in `dir` through `run`, comparing with the
+/// `.expected` files (or writing them with `UPDATE_GOLDEN=1`).
+fn check_fixtures(dir: &Path, ext: &str, min: usize, run: impl Fn(&[Event]) -> String) {
+    let mut scripts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    scripts.sort();
+    assert!(
+        scripts.len() >= min,
+        "expected at least {min} fixtures, found {}",
+        scripts.len()
+    );
+    let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
+    let mut failures = Vec::new();
+    for script in &scripts {
+        let text = std::fs::read_to_string(script).expect("read fixture");
+        let events = match parse_script(&text) {
+            Ok(ev) => ev,
+            Err(e) => {
+                failures.push(format!("{}: {e}", script.display()));
+                continue;
+            }
+        };
+        let actual = run(&events);
+        let expected_path = script.with_extension("expected");
+        if update {
+            std::fs::write(&expected_path, &actual).expect("write expected");
+            continue;
+        }
+        match std::fs::read_to_string(&expected_path) {
+            Ok(expected) if expected == actual => {}
+            Ok(expected) => failures.push(format!(
+                "{} differs at {}\n--- actual output ---\n{actual}",
+                script.display(),
+                first_difference(&expected, &actual)
+            )),
+            Err(_) => failures.push(format!(
+                "{}: missing; run with UPDATE_GOLDEN=1\n--- actual output ---\n{actual}",
+                expected_path.display()
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Splits `bytes` into random segments; with `capture` set, each segment
+/// keeps at most that many captured bytes and reports the rest as uncaptured.
+fn split(rng: &mut XorShift, bytes: &[u8], capture: Option<usize>) -> Vec<(Vec<u8>, u64)> {
+    let mut segs = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let max = if rng.chance(20) { 4 } else { 4096 };
+        let n = (1 + rng.below(max) as usize).min(bytes.len() - i);
+        let part = &bytes[i..i + n];
+        match capture {
+            Some(c) if part.len() > c => segs.push((part[..c].to_vec(), (part.len() - c) as u64)),
+            _ => segs.push((part.to_vec(), 0)),
+        }
+        i += n;
+    }
+    segs
+}
+
+/// Random byte flips, cuts and insertions.
+fn mangle(rng: &mut XorShift, bytes: &mut Vec<u8>) {
+    for _ in 0..1 + rng.below(4) {
+        if bytes.is_empty() {
+            break;
+        }
+        let at = rng.below(bytes.len() as u64) as usize;
+        match rng.below(3) {
+            0 => bytes[at] = rng.next() as u8,
+            1 => bytes.truncate(at),
+            _ => {
+                let junk: Vec<u8> = (0..rng.below(20)).map(|_| rng.next() as u8).collect();
+                bytes.splice(at..at, junk);
+            }
+        }
+    }
+}
+
+fn run_script(events: &[Event]) -> String {
+    let mut conn = MysqlConn::new();
+    let mut out = String::new();
+    let mut emitted: Vec<DbExchange> = Vec::new();
+    let mut count = 0usize;
+    for (i, ev) in events.iter().enumerate() {
+        let idx = (i + 1) as u64;
+        match ev {
+            Event::Segment {
+                dir,
+                data,
+                uncaptured,
+                ts,
+            } => {
+                let (ts_enter, ts_exit) = ts.unwrap_or((idx * 1000, idx * 1000 + 500));
+                let seg = Segment {
+                    data,
+                    uncaptured: *uncaptured,
+                    ts_enter,
+                    ts_exit,
+                };
+                match dir {
+                    Dir::Client => conn.on_client_segment(seg, &mut emitted),
+                    Dir::Server => conn.on_server_segment(seg, &mut emitted),
+                }
+            }
+            Event::Close => conn.on_close(idx * 1000, &mut emitted),
+        }
+        for e in emitted.drain(..) {
+            count += 1;
+            render_exchange(&mut out, count, i + 1, &e);
+        }
+    }
+    if count == 0 {
+        out.push_str("no exchanges\n");
+    }
+    let st = conn.stats();
+    let _ = writeln!(
+        out,
+        "state: system={} namespace={:?} encrypted={} compressed={} pending={}",
+        conn.system().as_str(),
+        conn.namespace(),
+        conn.is_encrypted(),
+        conn.is_compressed(),
+        conn.pending_commands()
+    );
+    let _ = writeln!(
+        out,
+        "stats: commands={} exchanges={} unanswered={} pending_overflow={} truncated_queries={}",
+        st.commands, st.exchanges, st.unanswered, st.pending_overflow, st.truncated_queries
+    );
+    let _ = writeln!(
+        out,
+        "stats: client_desync_bytes={} server_desync_bytes={} orphan_packets={} framing_lost={} responses_cut={}",
+        st.client_desync_bytes, st.server_desync_bytes, st.orphan_packets, st.framing_lost, st.responses_cut
+    );
+    let _ = writeln!(
+        out,
+        "stats: seq_mismatches={} invalid_packets={} unknown_statements={} statements_evicted={} opaque_bytes={}",
+        st.seq_mismatches, st.invalid_packets, st.unknown_statements, st.statements_evicted, st.opaque_bytes
+    );
+    out
+}
+
+#[test]
+fn golden_fixtures() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mysql");
+    check_fixtures(&dir, "my", 12, run_script);
+}
+
+#[test]
+fn script_format_escapes() {
+    let ev =
+        parse_script("> a\\r\\n\\x41\\s\\\\\n+ b\n.fill 3 z\n~1_000\n@7,9\n.repeat 1\n!close\n")
+            .expect("valid script");
+    assert_eq!(ev.len(), 3);
+    match &ev[1] {
+        Event::Segment {
+            dir,
+            data,
+            uncaptured,
+            ts,
+        } => {
+            assert_eq!(*dir, Dir::Client);
+            assert_eq!(data.as_slice(), b"a\r\nA \\bzzz");
+            assert_eq!(*uncaptured, 1000);
+            assert_eq!(*ts, Some((7, 9)));
+        }
+        Event::Close => panic!("segment expected"),
+    }
+    assert!(parse_script("~5\n").is_err());
+    assert!(parse_script("> \\q\n").is_err());
+    assert!(parse_script("what\n").is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Randomised robustness
+// ---------------------------------------------------------------------------
+
+fn packet(out: &mut Vec<u8>, seq: u8, payload: &[u8]) {
+    let n = payload.len() as u32;
+    out.extend_from_slice(&[n as u8, (n >> 8) as u8, (n >> 16) as u8, seq]);
+    out.extend_from_slice(payload);
+}
+
+fn lenenc(out: &mut Vec<u8>, v: u64) {
+    if v < 251 {
+        out.push(v as u8);
+    } else if v < 1 << 16 {
+        out.push(0xfc);
+        out.extend_from_slice(&(v as u16).to_le_bytes());
+    } else {
+        out.push(0xfe);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn column_def(name: &str) -> Vec<u8> {
+    let mut p = Vec::new();
+    for s in ["def", "db", "t", "t", name, name] {
+        lenenc(&mut p, s.len() as u64);
+        p.extend_from_slice(s.as_bytes());
+    }
+    p.extend_from_slice(&[0x0c, 0x21, 0, 0xff, 0, 0, 0, 0xfd, 0, 0, 0, 0, 0]);
+    p
+}
+
+fn ok_payload(header: u8, affected: u64, status: u16) -> Vec<u8> {
+    let mut p = vec![header];
+    lenenc(&mut p, affected);
+    lenenc(&mut p, 0);
+    p.extend_from_slice(&status.to_le_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p
+}
+
+fn eof_payload(status: u16) -> Vec<u8> {
+    let mut p = vec![0xfe, 0, 0];
+    p.extend_from_slice(&status.to_le_bytes());
+    p
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Want {
+    query: Option<String>,
+    rows: Option<u64>,
+    error: Option<String>,
+}
+
+/// Result set rows for one command: column count, definitions, rows, end.
+fn result_set(
+    resp: &mut Vec<u8>,
+    seq: &mut u8,
+    rng: &mut XorShift,
+    deprecate: bool,
+    more: bool,
+    binary: bool,
+) -> u64 {
+    let cols = 1 + rng.below(3);
+    let mut p = Vec::new();
+    lenenc(&mut p, cols);
+    packet(resp, *seq, &p);
+    *seq = seq.wrapping_add(1);
+    for c in 0..cols {
+        packet(resp, *seq, &column_def(&format!("c{c}")));
+        *seq = seq.wrapping_add(1);
+    }
+    if !deprecate {
+        packet(resp, *seq, &eof_payload(0x0002));
+        *seq = seq.wrapping_add(1);
+    }
+    let rows = rng.below(20);
+    for r in 0..rows {
+        let mut row = Vec::new();
+        if binary {
+            row.push(0);
+            row.push(0);
+        }
+        for _ in 0..cols {
+            let len = if rng.chance(5) {
+                300 + rng.below(3000)
+            } else {
+                rng.below(12)
+            };
+            lenenc(&mut row, len);
+            row.extend(std::iter::repeat_n(b'a' + (r % 26) as u8, len as usize));
+        }
+        packet(resp, *seq, &row);
+        *seq = seq.wrapping_add(1);
+    }
+    let status = if more { 0x000a } else { 0x0002 };
+    if deprecate {
+        packet(resp, *seq, &ok_payload(0xfe, 0, status));
+    } else {
+        packet(resp, *seq, &eof_payload(status));
+    }
+    *seq = seq.wrapping_add(1);
+    rows
+}
+
+/// Client bytes and server bytes of one step of a session.
+type Step = (Vec<u8>, Vec<u8>);
+
+/// A random session: its steps and the wanted exchanges.
+fn random_session(rng: &mut XorShift) -> (Vec<Step>, Vec<Want>) {
+    let deprecate = rng.chance(50);
+    let mut steps = Vec::new();
+    let mut want = Vec::new();
+    // Greeting and handshake.
+    let mut greet = Vec::new();
+    let mut g = vec![10u8];
+    g.extend_from_slice(b"8.0.36\0");
+    g.extend_from_slice(&[1, 0, 0, 0]);
+    g.extend_from_slice(b"abcdefgh\0");
+    let caps: u32 = 0x0000_a20f | if deprecate { 0x0100_0000 } else { 0 } | 0x0008_0000;
+    g.extend_from_slice(&(caps as u16).to_le_bytes());
+    g.push(0x21);
+    g.extend_from_slice(&[2, 0]);
+    g.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+    g.push(21);
+    g.extend_from_slice(&[0; 10]);
+    g.extend_from_slice(b"ijklmnopqrst\0mysql_native_password\0");
+    packet(&mut greet, 0, &g);
+    steps.push((Vec::new(), greet));
+    let mut hr = Vec::new();
+    hr.extend_from_slice(&caps.to_le_bytes());
+    hr.extend_from_slice(&[0, 0, 0, 1, 0x21]);
+    hr.extend_from_slice(&[0; 23]);
+    hr.extend_from_slice(b"app\0");
+    hr.push(20);
+    hr.extend_from_slice(&[7; 20]);
+    hr.extend_from_slice(b"shop\0mysql_native_password\0");
+    let mut cli = Vec::new();
+    packet(&mut cli, 1, &hr);
+    let mut srv = Vec::new();
+    packet(&mut srv, 2, &ok_payload(0, 0, 2));
+    steps.push((cli, srv));
+    let mut stmt_ids: Vec<(u32, String)> = Vec::new();
+    for n in 0..1 + rng.below(6) {
+        let mut cli = Vec::new();
+        let mut srv = Vec::new();
+        match rng.below(5) {
+            0 | 1 => {
+                let sql = format!("SELECT c FROM t{n} WHERE x = {}", rng.below(1000));
+                let mut p = vec![3u8];
+                p.extend_from_slice(sql.as_bytes());
+                packet(&mut cli, 0, &p);
+                let mut seq = 1u8;
+                let multi = rng.chance(20);
+                let mut rows = result_set(&mut srv, &mut seq, rng, deprecate, multi, false);
+                if multi {
+                    let affected = rng.below(5);
+                    packet(&mut srv, seq, &ok_payload(0, affected, 2));
+                    rows += affected;
+                }
+                want.push(Want {
+                    query: Some(sql),
+                    rows: Some(rows),
+                    error: None,
+                });
+            }
+            2 => {
+                let sql = format!("UPDATE t SET x = {n}");
+                let mut p = vec![3u8];
+                p.extend_from_slice(sql.as_bytes());
+                packet(&mut cli, 0, &p);
+                if rng.chance(50) {
+                    let affected = rng.below(100_000);
+                    packet(&mut srv, 1, &ok_payload(0, affected, 2));
+                    want.push(Want {
+                        query: Some(sql),
+                        rows: Some(affected),
+                        error: None,
+                    });
+                } else {
+                    let mut e = vec![0xff, 0x7a, 0x04];
+                    e.extend_from_slice(b"#42S02Table 'shop.t' doesn't exist");
+                    packet(&mut srv, 1, &e);
+                    want.push(Want {
+                        query: Some(sql),
+                        rows: None,
+                        error: Some("1146".into()),
+                    });
+                }
+            }
+            3 => {
+                let sql = format!("SELECT * FROM t WHERE id = ? AND k = {n}");
+                let mut p = vec![0x16u8];
+                p.extend_from_slice(sql.as_bytes());
+                packet(&mut cli, 0, &p);
+                let id = 1 + rng.below(50) as u32;
+                let cols = rng.below(3) as u16;
+                let mut ok = vec![0u8];
+                ok.extend_from_slice(&id.to_le_bytes());
+                ok.extend_from_slice(&cols.to_le_bytes());
+                ok.extend_from_slice(&1u16.to_le_bytes());
+                ok.extend_from_slice(&[0, 0, 0]);
+                packet(&mut srv, 1, &ok);
+                let mut seq = 2u8;
+                packet(&mut srv, seq, &column_def("?"));
+                seq += 1;
+                if !deprecate {
+                    packet(&mut srv, seq, &eof_payload(2));
+                    seq += 1;
+                }
+                for c in 0..cols {
+                    packet(&mut srv, seq, &column_def(&format!("c{c}")));
+                    seq += 1;
+                }
+                if cols > 0 && !deprecate {
+                    packet(&mut srv, seq, &eof_payload(2));
+                }
+                want.push(Want {
+                    query: Some(sql.clone()),
+                    rows: None,
+                    error: None,
+                });
+                stmt_ids.retain(|(i, _)| *i != id);
+                stmt_ids.push((id, sql));
+            }
+            _ => {
+                let (id, sql) = match stmt_ids.last() {
+                    Some((i, s)) => (*i, Some(s.clone())),
+                    None => (999, None),
+                };
+                let mut p = vec![0x17u8];
+                p.extend_from_slice(&id.to_le_bytes());
+                p.extend_from_slice(&[0, 1, 0, 0, 0, 0, 1, 3, 0]);
+                p.extend_from_slice(&7u32.to_le_bytes());
+                packet(&mut cli, 0, &p);
+                let mut seq = 1u8;
+                let rows = result_set(&mut srv, &mut seq, rng, deprecate, false, true);
+                want.push(Want {
+                    query: sql,
+                    rows: Some(rows),
+                    error: None,
+                });
+            }
+        }
+        steps.push((cli, srv));
+    }
+    (steps, want)
+}
+
+fn memory_bound() -> usize {
+    2 * (8192 + 4096) + 64 * 9000 + 256 * 1024 + 1024 * 64
+}
+
+#[test]
+fn random_traffic_never_panics_and_stays_consistent() {
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut clean_checked = 0usize;
+    for iteration in 0..10_000u32 {
+        let mode = iteration % 4;
+        let (steps, want) = random_session(&mut rng);
+        let mut conn = MysqlConn::new();
+        let mut out = Vec::new();
+        let mut ts = 0u64;
+        let capture = if mode == 1 {
+            Some(1 + rng.below(600) as usize)
+        } else {
+            None
+        };
+        let skip_start = mode == 3 && rng.chance(50);
+        for (si, (cli, srv)) in steps.iter().enumerate() {
+            for (bytes, client) in [(cli, true), (srv, false)] {
+                if skip_start && si < 2 {
+                    continue;
+                }
+                let mut bytes = bytes.clone();
+                if mode == 2 {
+                    mangle(&mut rng, &mut bytes);
+                }
+                if mode == 3 && rng.chance(30) {
+                    let keep = rng.below(bytes.len() as u64 + 1) as usize;
+                    bytes.truncate(keep);
+                }
+                for (data, gap) in split(&mut rng, &bytes, capture) {
+                    ts += 1000;
+                    let seg = Segment {
+                        data: &data,
+                        uncaptured: gap,
+                        ts_enter: ts,
+                        ts_exit: ts + 500,
+                    };
+                    if client {
+                        conn.on_client_segment(seg, &mut out);
+                    } else {
+                        conn.on_server_segment(seg, &mut out);
+                    }
+                    assert!(
+                        conn.buffered_bytes() <= memory_bound(),
+                        "iteration {iteration}: {} bytes buffered",
+                        conn.buffered_bytes()
+                    );
+                }
+            }
+        }
+        conn.on_close(ts + 1000, &mut out);
+        assert_eq!(conn.pending_commands(), 0);
+        for e in &out {
+            assert!(
+                e.req_last_exit >= e.req_first_enter,
+                "iteration {iteration}"
+            );
+            if !e.no_response {
+                assert!(
+                    e.resp_last_exit >= e.resp_first_enter,
+                    "iteration {iteration}"
+                );
+                assert!(
+                    e.resp_first_enter >= e.req_first_enter,
+                    "iteration {iteration}"
+                );
+            }
+        }
+        if mode == 0 {
+            let got: Vec<Want> = out
+                .iter()
+                .map(|e| Want {
+                    query: e.query_text.clone(),
+                    rows: e.rows,
+                    error: e.error.as_ref().map(|x| x.code.clone()),
+                })
+                .collect();
+            assert_eq!(got, want, "iteration {iteration}");
+            assert!(out
+                .iter()
+                .all(|e| e.namespace.as_deref() == Some("shop") && !e.no_response));
+            assert_eq!(conn.stats().server_desync_bytes, 0, "iteration {iteration}");
+            clean_checked += 1;
+        }
+    }
+    assert_eq!(clean_checked, 2500);
+}
+
+#[test]
+fn detection_on_random_bytes_never_panics() {
+    let mut rng = XorShift(0x1234_5678_9abc_def1);
+    for _ in 0..10_000 {
+        let len = rng.below(200) as usize;
+        let buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let _ = looks_like_client_start(&buf);
+        let _ = looks_like_server_start(&buf);
+        let _ = server_flavor(&buf);
+    }
+}
