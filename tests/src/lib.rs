@@ -14,6 +14,8 @@
 //! 6. assert on `receiver.spans()`.
 
 pub mod agent;
+pub mod db;
+pub mod grpc;
 pub mod programs;
 pub mod raw;
 pub mod receiver;

@@ -85,6 +85,9 @@ pub struct Args {
     /// Seconds without traffic after which a connection is forgotten.
     #[arg(long, default_value_t = 300)]
     pub connection_idle_secs: u64,
+    /// Report database query text exactly as sent (default: literals replaced by `?`).
+    #[arg(long)]
+    pub db_full_query_text: bool,
     /// Ring buffer layout between probes and agent.
     #[arg(long = "ring-buffer", value_enum, default_value = "shared")]
     pub ring_buffer: crate::probes::RingMode,

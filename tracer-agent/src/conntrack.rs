@@ -12,17 +12,27 @@ use std::net::IpAddr;
 use tracer_common::{role, EventKind};
 
 use crate::event::{comm, local_addr, remote_addr, Event};
-use crate::protocol::http1::{looks_like_request, looks_like_response, Exchange, Http1Conn, Segment};
+use crate::protocol::http1::{self, Http1Conn};
+use crate::protocol::http2::{self, H2Conn};
+use crate::protocol::mysql::{self, MysqlConn};
+use crate::protocol::postgres::{self, PgConn};
+use crate::protocol::redis::{self, RedisConn};
+use crate::protocol::{Exchange, Segment};
 use crate::span::{ConnMeta, SpanKind};
 
-/// Request-direction segments examined before a connection is declared not HTTP.
+/// Client-direction segments examined before a connection is declared not
+/// a protocol we understand.
 const DETECT_TRIES: u8 = 8;
 
 enum Proto {
     /// Not yet identified; counts segments examined.
     Detecting(u8),
     Http1(Box<Http1Conn>),
-    /// Not a protocol we parse: further bytes are ignored.
+    Http2(Box<H2Conn>),
+    Postgres(Box<PgConn>),
+    Mysql(Box<MysqlConn>),
+    Redis(Box<RedisConn>),
+    /// Not a protocol we parse (or a database server's side): bytes are ignored.
     Opaque,
 }
 
@@ -42,6 +52,8 @@ pub struct TrackerStats {
     pub connections_evicted: u64,
     pub connections_expired: u64,
     pub opaque_connections: u64,
+    /// Database/cache server sides left alone (their clients are traced).
+    pub db_server_connections: u64,
     pub bytes_ignored: u64,
     pub exchanges: u64,
 }
@@ -61,8 +73,8 @@ impl ConnMeta {
 }
 
 pub struct Tracker {
-    /// Reused for the exchanges finished by one segment.
-    done: Vec<Exchange>,
+    /// Reused for the HTTP/1 exchanges finished by one segment.
+    done: Vec<http1::Exchange>,
     conns: HashMap<u64, Conn>,
     by_tuple: HashMap<Tuple, u64>,
     max_conns: usize,
@@ -149,7 +161,7 @@ impl Tracker {
         let key = self.by_tuple.get(t)?;
         let c = self.conns.get(key)?;
         match c.proto {
-            Proto::Http1(_) => Some(c.meta.kind),
+            Proto::Http1(_) | Proto::Http2(_) => Some(c.meta.kind),
             _ => None,
         }
     }
@@ -185,7 +197,11 @@ impl Tracker {
             .values()
             .map(|c| match &c.proto {
                 Proto::Http1(h) => h.buffered_bytes(),
-                _ => 0,
+                Proto::Http2(h) => h.buffered_bytes(),
+                Proto::Postgres(p) => p.buffered_bytes(),
+                Proto::Mysql(p) => p.buffered_bytes(),
+                Proto::Redis(p) => p.buffered_bytes(),
+                Proto::Detecting(_) | Proto::Opaque => 0,
             })
             .sum()
     }
@@ -208,38 +224,37 @@ impl Tracker {
             c.meta.comm = comm(&ev.header.comm).into();
         }
         let inbound = ev.kind == EventKind::Recv;
+        let ret = ev.header.ret.max(0) as u64;
         if let Proto::Detecting(tries) = c.proto {
-            let p = ev.payload;
-            let detected = match c.role {
-                role::SERVER if inbound => looks_like_request(p).then_some(role::SERVER),
-                role::CLIENT if !inbound => looks_like_request(p).then_some(role::CLIENT),
-                role::SERVER | role::CLIENT => None,
-                _ => {
-                    if looks_like_request(p) {
-                        Some(if inbound { role::SERVER } else { role::CLIENT })
-                    } else if looks_like_response(p) {
-                        // Mid-stream: this response's request was not seen, but the role is now known.
-                        c.role = if inbound { role::CLIENT } else { role::SERVER };
-                        None
-                    } else {
-                        None
-                    }
-                }
-            };
-            match detected {
-                Some(r) if !p.is_empty() => {
+            match detect(c.role, inbound, ev.payload) {
+                Some((kind, r)) => {
                     c.role = r;
                     c.meta.kind = if r == role::SERVER { SpanKind::Server } else { SpanKind::Client };
-                    c.proto = Proto::Http1(Box::new(Http1Conn::new()));
+                    c.proto = match kind {
+                        Kind::Http1 => Proto::Http1(Box::new(Http1Conn::new())),
+                        Kind::Http2 => Proto::Http2(Box::new(H2Conn::new())),
+                        // Database servers are traced from their clients' side only.
+                        _ if r == role::SERVER => {
+                            self.stats.db_server_connections += 1;
+                            Proto::Opaque
+                        }
+                        Kind::Postgres => Proto::Postgres(Box::new(PgConn::new())),
+                        Kind::Mysql => Proto::Mysql(Box::new(MysqlConn::new())),
+                        Kind::Redis => Proto::Redis(Box::new(RedisConn::new())),
+                    };
+                    if let Proto::Opaque = c.proto {
+                        self.stats.bytes_ignored += ret;
+                        return;
+                    }
                 }
-                _ => {
-                    let is_request_dir = match c.role {
+                None => {
+                    let client_dir = match c.role {
                         role::SERVER => inbound,
                         role::CLIENT => !inbound,
                         _ => true,
                     };
-                    let tries = if is_request_dir { tries.saturating_add(1) } else { tries };
-                    self.stats.bytes_ignored += ev.header.ret.max(0) as u64;
+                    let tries = if client_dir { tries.saturating_add(1) } else { tries };
+                    self.stats.bytes_ignored += ret;
                     if tries >= DETECT_TRIES {
                         c.proto = Proto::Opaque;
                         self.stats.opaque_connections += 1;
@@ -250,40 +265,177 @@ impl Tracker {
                 }
             }
         }
+        let seg = Segment {
+            data: ev.payload,
+            uncaptured: ret.saturating_sub(ev.payload.len() as u64),
+            ts_enter: ev.header.ts_enter,
+            ts_exit: ev.header.ts_exit,
+        };
+        // Bytes travelling from the client to the server.
+        let client_dir = (c.role == role::SERVER) == inbound;
+        let before = out.len();
         match &mut c.proto {
             Proto::Http1(h) => {
-                let seg = Segment {
-                    data: ev.payload,
-                    uncaptured: (ev.header.ret.max(0) as u64).saturating_sub(ev.payload.len() as u64),
-                    ts_enter: ev.header.ts_enter,
-                    ts_exit: ev.header.ts_exit,
-                };
-                let request_dir = (c.role == role::SERVER) == inbound;
-                if request_dir {
+                if client_dir {
                     h.on_request_segment(seg, &mut self.done);
                 } else {
                     h.on_response_segment(seg, &mut self.done);
                 }
+                let mut upgraded_to_h2 = None;
                 if h.upgraded() {
-                    c.proto = Proto::Opaque;
+                    // `Upgrade: h2c` answered with 101: the rest is HTTP/2, and
+                    // the upgraded request is its stream 1.
+                    let pos = self.done.iter().rposition(|ex| {
+                        ex.response.as_ref().is_some_and(|r| r.status == 101)
+                            && ex.request.upgrade.as_deref().is_some_and(|u| u.eq_ignore_ascii_case("h2c"))
+                    });
+                    upgraded_to_h2 = pos.map(|i| self.done.remove(i));
                 }
-                self.stats.exchanges += self.done.len() as u64;
                 for ex in self.done.drain(..) {
-                    out.push((c.meta.clone(), ex));
+                    out.push((c.meta.clone(), Exchange::Http1(ex)));
+                }
+                if h.upgraded() {
+                    c.proto = match upgraded_to_h2 {
+                        Some(ex) => Proto::Http2(Box::new(H2Conn::new_after_upgrade(
+                            &ex.request,
+                            ex.req_first_enter,
+                            ex.req_last_exit,
+                        ))),
+                        None => Proto::Opaque,
+                    };
                 }
             }
-            Proto::Opaque => self.stats.bytes_ignored += ev.header.ret.max(0) as u64,
+            Proto::Http2(h) => {
+                let mut done = Vec::new();
+                if client_dir {
+                    h.on_client_segment(seg, &mut done);
+                } else {
+                    h.on_server_segment(seg, &mut done);
+                }
+                out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Http2(ex))));
+            }
+            Proto::Postgres(p) => {
+                let mut done = Vec::new();
+                if client_dir {
+                    p.on_client_segment(seg, &mut done);
+                } else {
+                    p.on_server_segment(seg, &mut done);
+                }
+                out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Db(ex))));
+            }
+            Proto::Mysql(p) => {
+                let mut done = Vec::new();
+                if client_dir {
+                    p.on_client_segment(seg, &mut done);
+                } else {
+                    p.on_server_segment(seg, &mut done);
+                }
+                out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Db(ex))));
+            }
+            Proto::Redis(p) => {
+                let mut done = Vec::new();
+                if client_dir {
+                    p.on_client_segment(seg, &mut done);
+                } else {
+                    p.on_server_segment(seg, &mut done);
+                }
+                out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Db(ex))));
+            }
+            Proto::Opaque => self.stats.bytes_ignored += ret,
             Proto::Detecting(_) => {}
         }
+        self.stats.exchanges += (out.len() - before) as u64;
     }
 }
 
-fn finish(c: Conn, now: u64, out: &mut Vec<(ConnMeta, Exchange)>) {
-    if let Proto::Http1(mut h) = c.proto {
-        let mut done = Vec::new();
-        h.on_close(now, &mut done);
-        for ex in done {
-            out.push((c.meta.clone(), ex));
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Http1,
+    Http2,
+    Postgres,
+    Mysql,
+    Redis,
+}
+
+/// Identify the protocol from one segment, and which side of the connection
+/// this process is on (`role::SERVER` or `role::CLIENT`). `role` is the
+/// kernel's hint; with no hint both readings of the direction are tried.
+/// The strongest signatures are tried first; HTTP/1 before Redis, whose
+/// inline commands include `GET`.
+fn detect(hint: u8, inbound: bool, p: &[u8]) -> Option<(Kind, u8)> {
+    if p.is_empty() {
+        return None;
+    }
+    let as_client_bytes = |p: &[u8]| -> Option<Kind> {
+        if http1::looks_like_request(p) {
+            Some(Kind::Http1)
+        } else if http2::looks_like_client_start(p) {
+            Some(Kind::Http2)
+        } else if postgres::looks_like_client_start(p) {
+            Some(Kind::Postgres)
+        } else if redis::looks_like_client_start(p) {
+            Some(Kind::Redis)
+        } else if mysql::looks_like_client_start(p) {
+            Some(Kind::Mysql)
+        } else {
+            None
         }
+    };
+    let as_server_bytes = |p: &[u8]| -> Option<Kind> {
+        if http1::looks_like_response(p) {
+            Some(Kind::Http1)
+        } else if mysql::looks_like_server_start(p) {
+            // The server speaks first in MySQL: its greeting.
+            Some(Kind::Mysql)
+        } else if http2::looks_like_server_start(p) {
+            Some(Kind::Http2)
+        } else {
+            None
+        }
+    };
+    // Which role would make these bytes client→server.
+    let we_are_if_client_bytes = if inbound { role::SERVER } else { role::CLIENT };
+    let we_are_if_server_bytes = if inbound { role::CLIENT } else { role::SERVER };
+    if hint == role::UNKNOWN || hint == we_are_if_client_bytes {
+        if let Some(k) = as_client_bytes(p) {
+            return Some((k, we_are_if_client_bytes));
+        }
+    }
+    if hint == role::UNKNOWN || hint == we_are_if_server_bytes {
+        if let Some(k) = as_server_bytes(p) {
+            return Some((k, we_are_if_server_bytes));
+        }
+    }
+    None
+}
+
+fn finish(c: Conn, now: u64, out: &mut Vec<(ConnMeta, Exchange)>) {
+    match c.proto {
+        Proto::Http1(mut h) => {
+            let mut done = Vec::new();
+            h.on_close(now, &mut done);
+            out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Http1(ex))));
+        }
+        Proto::Http2(mut h) => {
+            let mut done = Vec::new();
+            h.on_close(now, &mut done);
+            out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Http2(ex))));
+        }
+        Proto::Postgres(mut p) => {
+            let mut done = Vec::new();
+            p.on_close(now, &mut done);
+            out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Db(ex))));
+        }
+        Proto::Mysql(mut p) => {
+            let mut done = Vec::new();
+            p.on_close(now, &mut done);
+            out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Db(ex))));
+        }
+        Proto::Redis(mut p) => {
+            let mut done = Vec::new();
+            p.on_close(now, &mut done);
+            out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Db(ex))));
+        }
+        Proto::Detecting(_) | Proto::Opaque => {}
     }
 }

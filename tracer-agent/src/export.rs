@@ -114,12 +114,19 @@ pub fn format_line(s: &Span, service: &str) -> String {
         SpanKind::Server => "SERVER",
         SpanKind::Client => "CLIENT",
     };
-    let status = match s.attr("http.response.status_code") {
-        Some(Value::Int(c)) => c.to_string(),
-        _ => "-".into(),
+    let status = match (s.attr("http.response.status_code"), s.attr("rpc.grpc.status_code")) {
+        (Some(Value::Int(c)), _) | (None, Some(Value::Int(c))) => c.to_string(),
+        _ => match s.attr("db.response.status_code").and_then(Value::as_str) {
+            Some(code) => code.to_string(),
+            None if s.attr("db.system.name").is_some() && s.status != Status::Error => "OK".into(),
+            None => "-".into(),
+        },
     };
-    let path = s.attr("url.path").and_then(Value::as_str).unwrap_or("");
-    let method = s.attr("http.request.method").and_then(Value::as_str).unwrap_or("");
+    // HTTP: method and path; anything else: the span name.
+    let what = match (s.attr("http.request.method").and_then(Value::as_str), s.attr("url.path").and_then(Value::as_str)) {
+        (Some(m), Some(p)) => format!("{m} {p}"),
+        _ => s.name.clone(),
+    };
     let dur = (s.end_unix_ns.saturating_sub(s.start_unix_ns)) as f64 / 1e6;
     let err = if s.status == Status::Error { " ERROR" } else { "" };
     let parent = s.parent_span_id.map(|p| format!(" parent={}", hex(&p))).unwrap_or_default();
@@ -128,7 +135,7 @@ pub fn format_line(s: &Span, service: &str) -> String {
         _ => String::new(),
     };
     format!(
-        "{service} {kind} {method} {path} {status}{err} {dur:.3}ms trace={} span={}{parent}{peer}",
+        "{service} {kind} {what} {status}{err} {dur:.3}ms trace={} span={}{parent}{peer}",
         hex(&s.trace_id),
         hex(&s.span_id)
     )

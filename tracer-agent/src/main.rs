@@ -50,11 +50,12 @@ async fn replay(
     export_stats: Arc<ExportStats>,
 ) -> Result<()> {
     let file = tracer_agent::record::Replay::open(path)?;
-    let pipe = Pipeline::new(
+    let mut pipe = Pipeline::new(
         Tracker::new(args.max_connections, args.connection_idle_secs.saturating_mul(1_000_000_000)),
         routes,
         Clock { offset: file.clock_offset },
     );
+    pipe.db_full_text = args.db_full_query_text;
     let (queue, rx, queued) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
     let exporter_task = tokio::spawn(exporter.run(rx, queued));
     let cpu0 = cpu_seconds();
@@ -88,9 +89,9 @@ fn stats_line(p: &PipelineStats, probes: &Probes, e: &ExportStats) -> String {
     let t = &p.tracker;
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     format!(
-        "tracer-agent: stats kernel_events={} kernel_lost={} kernel_truncated={} kernel_read_errors={} records={} decode_errors={} connections={} connections_evicted={} connections_expired={} opaque_connections={} spans={} spans_linked={} spans_exported={} spans_printed={} spans_dropped_queue_full={} spans_dropped_export_failed={} export_errors={}",
+        "tracer-agent: stats kernel_events={} kernel_lost={} kernel_truncated={} kernel_read_errors={} records={} decode_errors={} connections={} connections_evicted={} connections_expired={} opaque_connections={} db_server_connections={} spans={} spans_linked={} spans_exported={} spans_printed={} spans_dropped_queue_full={} spans_dropped_export_failed={} export_errors={}",
         k.sent, k.lost, k.truncated, k.read_errors, p.records, p.decode_errors, p.connections, t.connections_evicted,
-        t.connections_expired, t.opaque_connections, p.spans, p.linked, r(&e.exported), r(&e.printed), r(&e.dropped_queue_full),
+        t.connections_expired, t.opaque_connections, t.db_server_connections, p.spans, p.linked, r(&e.exported), r(&e.printed), r(&e.dropped_queue_full),
         r(&e.dropped_export_failed), r(&e.export_errors)
     )
 }
@@ -138,6 +139,7 @@ async fn run(args: Args) -> Result<()> {
         clock,
     );
     pipe.discard = args.discard;
+    pipe.db_full_text = args.db_full_query_text;
     if let Some(path) = &args.record {
         pipe.recorder = Some(tracer_agent::record::Recorder::create(path, clock.offset)?);
     }

@@ -15,9 +15,9 @@ use ahash::AHashMap as HashMap;
 use crate::conntrack::{Tracker, TrackerStats, Tuple};
 use crate::event::decode;
 use crate::export::ExportStats;
-use crate::protocol::http1::Exchange;
+use crate::protocol::Exchange;
 use crate::route::RouteMatcher;
-use crate::span::{http_span, new_span_id, Clock, ConnMeta, Span, SpanKind};
+use crate::span::{db_span, h2_span, http_span, new_span_id, Clock, ConnMeta, Span, SpanKind};
 
 /// Where spans go: a bounded queue in front of the exporter.
 pub struct SpanQueue {
@@ -95,6 +95,8 @@ pub struct Pipeline {
     pub recorder: Option<crate::record::Recorder>,
     /// Count records and do nothing else (measures the kernel side alone).
     pub discard: bool,
+    /// Report database query text as sent instead of sanitised.
+    pub db_full_text: bool,
     pub tracker: Tracker,
     links: HashMap<Tuple, VecDeque<Link>>,
     routes: RouteMatcher,
@@ -113,7 +115,7 @@ pub fn monotonic_ns() -> u64 {
 
 impl Pipeline {
     pub fn new(tracker: Tracker, routes: RouteMatcher, clock: Clock) -> Self {
-        Self { recorder: None, discard: false, tracker, links: HashMap::new(), routes, clock, exchanges: Vec::new(), spans: Vec::new(), stats: PipelineStats::default() }
+        Self { recorder: None, discard: false, db_full_text: false, tracker, links: HashMap::new(), routes, clock, exchanges: Vec::new(), spans: Vec::new(), stats: PipelineStats::default() }
     }
 
     /// Handle one raw record.
@@ -135,9 +137,20 @@ impl Pipeline {
     fn make_spans(&mut self) {
         let exchanges = std::mem::take(&mut self.exchanges);
         for (meta, ex) in &exchanges {
-            let mut span = http_span(ex, meta, &self.routes, &self.clock);
-            self.link(&mut span, meta, &ex.request.target, ex.resp_last_exit.max(ex.req_last_exit));
-            self.spans.push(span);
+            match ex {
+                Exchange::Http1(ex) => {
+                    let mut span = http_span(ex, meta, &self.routes, &self.clock);
+                    self.link(&mut span, meta, &ex.request.target, ex.resp_last_exit.max(ex.req_last_exit));
+                    self.spans.push(span);
+                }
+                Exchange::Http2(ex) => {
+                    let mut span = h2_span(ex, meta, &self.routes, &self.clock);
+                    let target = ex.path.as_deref().unwrap_or("");
+                    self.link(&mut span, meta, target, ex.resp_last_exit.max(ex.req_last_exit));
+                    self.spans.push(span);
+                }
+                Exchange::Db(ex) => self.spans.push(db_span(ex, meta, &self.clock, self.db_full_text)),
+            }
         }
         self.exchanges = exchanges;
         self.exchanges.clear();

@@ -5,7 +5,10 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::protocol::db::{DbExchange, DbSystem};
 use crate::protocol::http1::Exchange;
+use crate::protocol::http2::H2Exchange;
+use crate::protocol::sql;
 use crate::route::RouteMatcher;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,33 +293,73 @@ fn version_str(v: u8) -> &'static str {
     }
 }
 
+/// What an HTTP exchange of any version contributes to its span.
+pub struct HttpView<'a> {
+    pub method: &'a str,
+    /// Request target: origin-form path and query, or absolute-form URI.
+    pub target: &'a str,
+    pub version: &'static str,
+    pub scheme: &'a str,
+    pub host: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub status: Option<u16>,
+    pub request_body_size: Option<u64>,
+    pub response_body_size: Option<u64>,
+    pub parent: Option<ParentContext>,
+    pub req_first_enter: u64,
+    pub req_first_exit: u64,
+    pub req_last_exit: u64,
+    pub resp_last_exit: u64,
+}
+
 /// Build the span for one HTTP/1.x exchange.
 pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &Clock) -> Span {
     let req = &ex.request;
-    let method: &'static str = known_method(&req.method).unwrap_or("_OTHER");
-    let path = target_path(&req.target);
-    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(16);
-    attrs.push(("http.request.method", Value::from(method)));
-    if method == "_OTHER" {
-        attrs.push(("http.request.method_original", Value::from(req.method.clone())));
-    }
-    attrs.push(("url.path", Value::from(path.to_string())));
-    attrs.push(("url.scheme", Value::from("http")));
-    attrs.push(("network.protocol.name", Value::from("http")));
     // The version both ends speak: an HTTP/1.0 answer to an HTTP/1.1 request is HTTP/1.0.
     let version = ex.response.as_ref().map_or(req.version, |r| r.version.min(req.version));
-    attrs.push(("network.protocol.version", Value::from(version_str(version))));
+    let view = HttpView {
+        method: &req.method,
+        target: &req.target,
+        version: version_str(version),
+        scheme: "http",
+        host: req.host.as_deref(),
+        user_agent: req.user_agent.as_deref(),
+        status: ex.response.as_ref().map(|r| r.status),
+        request_body_size: (ex.request_body_size > 0 || req.content_length.is_some()).then_some(ex.request_body_size),
+        response_body_size: ex.response.is_some().then_some(ex.response_body_size),
+        parent: parent_from_request(req),
+        req_first_enter: ex.req_first_enter,
+        req_first_exit: ex.req_first_exit,
+        req_last_exit: ex.req_last_exit,
+        resp_last_exit: ex.resp_last_exit,
+    };
+    http_view_span(&view, conn, routes, clock)
+}
+
+/// Build an HTTP span (any HTTP version) per the HTTP semantic conventions.
+pub fn http_view_span(v: &HttpView<'_>, conn: &ConnMeta, routes: &RouteMatcher, clock: &Clock) -> Span {
+    let method: &'static str = known_method(v.method).unwrap_or("_OTHER");
+    let path = target_path(v.target);
+    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(18);
+    attrs.push(("http.request.method", Value::from(method)));
+    if method == "_OTHER" {
+        attrs.push(("http.request.method_original", Value::from(v.method.to_string())));
+    }
+    attrs.push(("url.path", Value::from(path.to_string())));
+    attrs.push(("url.scheme", Value::from(if v.scheme == "https" { "https" } else { "http" })));
+    attrs.push(("network.protocol.name", Value::from("http")));
+    attrs.push(("network.protocol.version", Value::from(v.version)));
     attrs.push(("network.transport", Value::from("tcp")));
     attrs.push(("network.peer.address", Value::Shared(conn.remote_str.clone())));
     attrs.push(("network.peer.port", Value::Int(conn.remote_port as i64)));
-    let host = req.host.as_deref().map(split_host);
-    let status = ex.response.as_ref().map(|r| r.status);
+    let host = v.host.map(split_host);
+    let status = v.status;
     let mut span_status = Status::Unset;
     let name;
-    let (start, end);
+    let start;
     match conn.kind {
         SpanKind::Server => {
-            let route = routes.route(&req.target);
+            let route = routes.route(v.target);
             name = format!("{method} {route}");
             attrs.push(("http.route", Value::from(route)));
             let (addr, port) = match host {
@@ -327,12 +370,10 @@ pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
             attrs.push(("server.port", Value::Int(port as i64)));
             attrs.push(("client.address", Value::Shared(conn.remote_str.clone())));
             attrs.push(("client.port", Value::Int(conn.remote_port as i64)));
-            if let Some(s) = status {
-                if s >= 500 {
-                    span_status = Status::Error;
-                }
+            if status.is_some_and(|s| s >= 500) {
+                span_status = Status::Error;
             }
-            start = ex.req_first_exit;
+            start = v.req_first_exit;
         }
         SpanKind::Client => {
             name = method.to_string();
@@ -340,11 +381,14 @@ pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
                 Some((h, p)) if !h.is_empty() => (h, p.unwrap_or(conn.remote_port)),
                 _ => (&*conn.remote_str, conn.remote_port),
             };
-            let target = if req.target.starts_with('/') { req.target.as_str() } else { path };
+            let target = if v.target.starts_with('/') { v.target } else { path };
+            let scheme = if v.scheme == "https" { "https" } else { "http" };
+            let default_port = if scheme == "https" { 443 } else { 80 };
             let mut full = String::with_capacity(8 + addr.len() + 6 + target.len());
-            full.push_str("http://");
+            full.push_str(scheme);
+            full.push_str("://");
             full.push_str(addr);
-            if port != 80 {
+            if port != default_port {
                 full.push(':');
                 full.push_str(itoa_u16(port).as_str());
             }
@@ -352,15 +396,13 @@ pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
             attrs.push(("url.full", Value::from(full)));
             attrs.push(("server.address", Value::from(addr.to_string())));
             attrs.push(("server.port", Value::Int(port as i64)));
-            if let Some(s) = status {
-                if s >= 400 {
-                    span_status = Status::Error;
-                }
+            if status.is_some_and(|s| s >= 400) {
+                span_status = Status::Error;
             }
-            start = ex.req_first_enter;
+            start = v.req_first_enter;
         }
     }
-    end = if ex.resp_last_exit > 0 { ex.resp_last_exit } else { ex.req_last_exit };
+    let end = if v.resp_last_exit > 0 { v.resp_last_exit } else { v.req_last_exit };
     match status {
         Some(s) => {
             attrs.push(("http.response.status_code", Value::Int(s as i64)));
@@ -374,16 +416,29 @@ pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
             attrs.push(("error.type", Value::from("no_response")));
         }
     }
-    if let Some(ua) = &req.user_agent {
-        attrs.push(("user_agent.original", Value::from(ua.clone())));
+    if let Some(ua) = v.user_agent {
+        attrs.push(("user_agent.original", Value::from(ua.to_string())));
     }
-    if ex.request_body_size > 0 || req.content_length.is_some() {
-        attrs.push(("http.request.body.size", Value::Int(ex.request_body_size as i64)));
+    if let Some(n) = v.request_body_size {
+        attrs.push(("http.request.body.size", Value::Int(n as i64)));
     }
-    if ex.response.is_some() {
-        attrs.push(("http.response.body.size", Value::Int(ex.response_body_size as i64)));
+    if let Some(n) = v.response_body_size {
+        attrs.push(("http.response.body.size", Value::Int(n as i64)));
     }
-    let parent = parent_from_request(req);
+    finish_span(name, attrs, span_status, v.parent, start, end, conn, clock)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish_span(
+    name: String,
+    attributes: Vec<(&'static str, Value)>,
+    status: Status,
+    parent: Option<ParentContext>,
+    start: u64,
+    end: u64,
+    conn: &ConnMeta,
+    clock: &Clock,
+) -> Span {
     let (trace_id, parent_span_id, sampled) = match parent {
         Some(p) => (p.trace_id, Some(p.span_id), p.sampled),
         None => (new_trace_id(), None, true),
@@ -399,12 +454,249 @@ pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
         kind: conn.kind,
         start_unix_ns: start_unix,
         end_unix_ns: end_unix,
-        attributes: attrs,
-        status: span_status,
+        attributes,
+        status,
         pid: conn.pid,
         comm: conn.comm.clone(),
         server_port: (conn.kind == SpanKind::Server).then_some(conn.local_port),
     }
+}
+
+/// `grpc-trace-bin`: version 0, then fields 0 (trace id, 16 bytes), 1 (span
+/// id, 8 bytes) and 2 (trace options, 1 byte).
+pub fn parse_grpc_trace_bin(b: &[u8]) -> Option<ParentContext> {
+    if b.first() != Some(&0) {
+        return None;
+    }
+    let mut i = 1;
+    let (mut trace_id, mut span_id, mut sampled) = (None, None, true);
+    while i < b.len() {
+        match b[i] {
+            0 => {
+                trace_id = Some(<[u8; 16]>::try_from(b.get(i + 1..i + 17)?).ok()?);
+                i += 17;
+            }
+            1 => {
+                span_id = Some(<[u8; 8]>::try_from(b.get(i + 1..i + 9)?).ok()?);
+                i += 9;
+            }
+            2 => {
+                sampled = b.get(i + 1)? & 1 == 1;
+                i += 2;
+            }
+            _ => break,
+        }
+    }
+    let (trace_id, span_id) = (trace_id?, span_id?);
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some(ParentContext { trace_id, span_id, sampled })
+}
+
+/// gRPC status code names, by number.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Whether a gRPC status makes the span an error, per the gRPC semantic
+/// conventions: every non-OK status on clients; on servers only those that
+/// point at the server.
+pub fn grpc_is_error(kind: SpanKind, code: u32) -> bool {
+    match kind {
+        SpanKind::Client => code != 0,
+        SpanKind::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+    }
+}
+
+/// Build the span for one HTTP/2 stream: a gRPC span when the request is
+/// gRPC, an HTTP span otherwise.
+pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &Clock) -> Span {
+    let parent = ex
+        .traceparent
+        .as_deref()
+        .and_then(parse_traceparent)
+        .or_else(|| ex.b3.as_deref().and_then(parse_b3))
+        .or_else(|| match (&ex.x_b3_trace_id, &ex.x_b3_span_id) {
+            (Some(t), Some(s)) => parse_b3_multi(t, s, ex.x_b3_sampled.as_deref()),
+            _ => None,
+        })
+        .or_else(|| ex.grpc_trace_bin.as_deref().and_then(parse_grpc_trace_bin));
+    let is_grpc = ex.content_type.as_deref().is_some_and(|c| c.starts_with("application/grpc"))
+        || ex.grpc_status.is_some();
+    if !is_grpc {
+        let view = HttpView {
+            method: ex.method.as_deref().unwrap_or("_OTHER"),
+            target: ex.path.as_deref().unwrap_or(""),
+            version: "2",
+            scheme: ex.scheme.as_deref().unwrap_or("http"),
+            host: ex.authority.as_deref(),
+            user_agent: ex.user_agent.as_deref(),
+            status: ex.status,
+            request_body_size: Some(ex.request_body_size),
+            response_body_size: ex.status.map(|_| ex.response_body_size),
+            parent,
+            req_first_enter: ex.req_first_enter,
+            req_first_exit: ex.req_first_enter,
+            req_last_exit: ex.req_last_exit,
+            resp_last_exit: ex.resp_last_exit,
+        };
+        let mut span = http_view_span(&view, conn, routes, clock);
+        if ex.headers_incomplete {
+            span.attributes.push(("tracer.headers_incomplete", Value::Int(1)));
+        }
+        return span;
+    }
+    let path = ex.path.as_deref().unwrap_or("");
+    let full = path.strip_prefix('/').unwrap_or(path);
+    let (service, method) = match full.rsplit_once('/') {
+        Some((s, m)) if !s.is_empty() && !m.is_empty() => (Some(s), Some(m)),
+        _ => (None, None),
+    };
+    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(14);
+    attrs.push(("rpc.system", Value::from("grpc")));
+    attrs.push(("rpc.system.name", Value::from("grpc")));
+    if let Some(s) = service {
+        attrs.push(("rpc.service", Value::from(s.to_string())));
+    }
+    if let Some(m) = method {
+        attrs.push(("rpc.method", Value::from(m.to_string())));
+    }
+    attrs.push(("network.transport", Value::from("tcp")));
+    attrs.push(("network.protocol.name", Value::from("http")));
+    attrs.push(("network.protocol.version", Value::from("2")));
+    attrs.push(("network.peer.address", Value::Shared(conn.remote_str.clone())));
+    attrs.push(("network.peer.port", Value::Int(conn.remote_port as i64)));
+    let host = ex.authority.as_deref().map(split_host);
+    match conn.kind {
+        SpanKind::Server => {
+            attrs.push(("server.address", Value::Shared(conn.local_str.clone())));
+            attrs.push(("server.port", Value::Int(conn.local_port as i64)));
+            attrs.push(("client.address", Value::Shared(conn.remote_str.clone())));
+            attrs.push(("client.port", Value::Int(conn.remote_port as i64)));
+        }
+        SpanKind::Client => {
+            let (addr, port) = match host {
+                Some((h, p)) if !h.is_empty() => (h.to_string(), p.unwrap_or(conn.remote_port)),
+                _ => (conn.remote_str.to_string(), conn.remote_port),
+            };
+            attrs.push(("server.address", Value::from(addr)));
+            attrs.push(("server.port", Value::Int(port as i64)));
+        }
+    }
+    let mut status = Status::Unset;
+    match ex.grpc_status {
+        Some(code) => {
+            attrs.push(("rpc.grpc.status_code", Value::Int(code as i64)));
+            if grpc_is_error(conn.kind, code) {
+                status = Status::Error;
+                let name = GRPC_CODES.get(code as usize).copied().unwrap_or("UNKNOWN");
+                attrs.push(("error.type", Value::from(name)));
+            }
+        }
+        None => {
+            status = Status::Error;
+            let why = if ex.reset.is_some() { "cancelled" } else { "no_response" };
+            attrs.push(("error.type", Value::from(why)));
+        }
+    }
+    if ex.headers_incomplete {
+        attrs.push(("tracer.headers_incomplete", Value::Int(1)));
+    }
+    let name = if full.is_empty() { "grpc".to_string() } else { full.to_string() };
+    let start = match conn.kind {
+        SpanKind::Server => ex.req_first_enter.max(1),
+        SpanKind::Client => ex.req_first_enter,
+    };
+    let end = if ex.resp_last_exit > 0 { ex.resp_last_exit } else { ex.req_last_exit };
+    finish_span(name, attrs, status, parent, start, end, conn, clock)
+}
+
+/// Redis command text for `db.query.text`: the command and its key, other
+/// arguments replaced by `?`.
+fn redis_query_text(raw: &str) -> String {
+    let mut parts = raw.split(' ');
+    let mut out = String::with_capacity(raw.len().min(128));
+    if let Some(cmd) = parts.next() {
+        out.push_str(cmd);
+    }
+    if let Some(key) = parts.next() {
+        out.push(' ');
+        out.push_str(key);
+    }
+    for _ in parts {
+        out.push_str(" ?");
+    }
+    out
+}
+
+/// Build the client span for one database or cache command, per the
+/// database semantic conventions. Query text is sanitised unless `full_text`.
+pub fn db_span(ex: &DbExchange, conn: &ConnMeta, clock: &Clock, full_text: bool) -> Span {
+    let system = ex.system.as_str();
+    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(12);
+    attrs.push(("db.system.name", Value::from(system)));
+    let (operation, collection) = match ex.system {
+        DbSystem::Redis => (ex.operation.clone(), None),
+        _ => match &ex.query_text {
+            Some(q) => sql::operation_and_collection(q),
+            None => (ex.operation.clone(), None),
+        },
+    };
+    if let Some(op) = &operation {
+        attrs.push(("db.operation.name", Value::from(op.clone())));
+    }
+    if let Some(c) = &collection {
+        attrs.push(("db.collection.name", Value::from(c.clone())));
+    }
+    if let Some(ns) = &ex.namespace {
+        attrs.push(("db.namespace", Value::from(ns.clone())));
+    }
+    if let Some(q) = &ex.query_text {
+        let text = if full_text {
+            q.clone()
+        } else if ex.system == DbSystem::Redis {
+            redis_query_text(q)
+        } else {
+            sql::sanitize(q)
+        };
+        attrs.push(("db.query.text", Value::from(text)));
+    }
+    if let Some(rows) = ex.rows {
+        attrs.push(("db.response.returned_rows", Value::Int(rows as i64)));
+    }
+    attrs.push(("server.address", Value::Shared(conn.remote_str.clone())));
+    attrs.push(("server.port", Value::Int(conn.remote_port as i64)));
+    attrs.push(("network.peer.address", Value::Shared(conn.remote_str.clone())));
+    attrs.push(("network.peer.port", Value::Int(conn.remote_port as i64)));
+    let mut status = Status::Unset;
+    if let Some(e) = &ex.error {
+        status = Status::Error;
+        attrs.push(("db.response.status_code", Value::from(e.code.clone())));
+        attrs.push(("error.type", Value::from(e.code.clone())));
+    } else if ex.no_response {
+        status = Status::Error;
+        attrs.push(("error.type", Value::from("no_response")));
+    }
+    let name = sql::span_name(operation.as_deref(), collection.as_deref(), ex.namespace.as_deref(), system);
+    let end = if ex.resp_last_exit > 0 { ex.resp_last_exit } else { ex.req_last_exit };
+    finish_span(name, attrs, status, None, ex.req_first_enter, end, conn, clock)
 }
 
 /// The method as a static string when it is a known one.

@@ -6,12 +6,63 @@ use crate::build::{self, Paths};
 use crate::util::{self, note, step, warn, Cmd};
 
 /// Programs the integration tests drive, with the Debian package for each.
+/// An absolute path is checked as a file, a bare name on PATH.
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("wrk", "wrk"),
     ("curl", "curl"),
     ("python3", "python3"),
+    ("h2load", "nghttp2-client"),
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+    ("psql", "postgresql-client"),
+    ("pgbench", "postgresql-contrib"),
+    ("/usr/lib/postgresql/15/bin/initdb", "postgresql"),
+    ("mariadbd", "mariadb-server"),
+    ("mariadb", "mariadb-client"),
+    ("go", "golang-go"),
+    ("/usr/share/gocode/src/google.golang.org/grpc/server.go", "golang-google-grpc-dev"),
+    ("/usr/share/gocode/src/github.com/golang/protobuf/proto/proto.go", "golang-github-golang-protobuf-1-5-dev"),
 ];
+
+/// Python modules the integration tests use, with the pip requirement for each.
+const PYTHON_MODULES: &[(&str, &str)] = &[("grpc", "grpcio"), ("psycopg", "psycopg[binary]"), ("pymysql", "pymysql")];
+
+fn present(bin: &str) -> bool {
+    if bin.starts_with('/') {
+        std::path::Path::new(bin).exists()
+    } else {
+        util::which(bin).is_some()
+    }
+}
+
+/// Installs missing Python modules with pip. Never fails the run.
+fn ensure_python_modules() {
+    step("checking Python modules (grpcio, psycopg, pymysql)");
+    let missing: Vec<&str> = PYTHON_MODULES
+        .iter()
+        .filter(|(module, _)| {
+            !std::process::Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(_, req)| *req)
+        .collect();
+    if missing.is_empty() {
+        note("all present");
+        return;
+    }
+    step(format!("installing Python modules with pip: {}", missing.join(" ")));
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing);
+    match cmd.status() {
+        Ok(s) if s.success() => note("installed"),
+        _ => warn(format!("pip could not install: {}; tests that use them may fail", missing.join(" "))),
+    }
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Outcome {
@@ -37,6 +88,7 @@ pub fn test(paths: &Paths, unit_only: bool, extra: &[String]) -> Result<()> {
 
     if run_integration {
         ensure_test_programs();
+        ensure_python_modules();
     }
 
     step("running unit tests");
@@ -118,11 +170,11 @@ fn separator(extra: &[String]) -> &'static [&'static str] {
 /// Installs missing test programs with apt on Debian/Ubuntu (as root).
 /// Never fails the run: an unavailable package only produces a warning.
 fn ensure_test_programs() {
-    step("checking test programs (nginx, wrk, curl, python3)");
+    step("checking test programs (nginx, wrk, curl, h2load, redis, postgresql, mariadb, go)");
     let missing: Vec<(&str, &str)> = TEST_PROGRAMS
         .iter()
         .copied()
-        .filter(|(bin, _)| util::which(bin).is_none())
+        .filter(|(bin, _)| !present(bin))
         .collect();
     if missing.is_empty() {
         note("all present");
@@ -136,7 +188,8 @@ fn ensure_test_programs() {
         ));
         return;
     }
-    let packages: Vec<&str> = missing.iter().map(|(_, pkg)| *pkg).collect();
+    let mut packages: Vec<&str> = missing.iter().map(|(_, pkg)| *pkg).collect();
+    packages.dedup();
     step(format!(
         "installing test programs with apt: {}",
         packages.join(" ")
@@ -146,10 +199,7 @@ fn ensure_test_programs() {
     if !failed.is_empty() {
         warn(format!("apt could not install: {}", failed.join(" ")));
     }
-    let still: Vec<&str> = names
-        .into_iter()
-        .filter(|bin| util::which(bin).is_none())
-        .collect();
+    let still: Vec<&str> = names.into_iter().filter(|bin| !present(bin)).collect();
     if !still.is_empty() {
         warn(format!(
             "still missing: {}; integration tests that use them may fail",

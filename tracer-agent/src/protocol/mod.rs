@@ -11,3 +11,11 @@ pub mod redis;
 pub mod sql;
 
 pub use http1::Segment;
+
+/// A finished request/response exchange of any protocol.
+#[derive(Debug)]
+pub enum Exchange {
+    Http1(http1::Exchange),
+    Http2(http2::H2Exchange),
+    Db(db::DbExchange),
+}

@@ -1,0 +1,1 @@
+//! Helpers for the database and cache tests (being written).

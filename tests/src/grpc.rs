@@ -1,0 +1,1 @@
+//! Helpers for the HTTP/2 and gRPC tests (being written).
