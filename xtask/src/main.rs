@@ -7,6 +7,7 @@
 //! Bootstrap (shared by all commands) makes sure a nightly toolchain with
 //! `rust-src` exists and that bpf-linker matches the nightly's LLVM.
 
+mod bench;
 mod bootstrap;
 mod build;
 mod test;
@@ -58,6 +59,18 @@ enum Command {
         #[arg(last = true, value_name = "TEST_ARGS")]
         args: Vec<String>,
     },
+    /// Measure the agent's overhead: OFF/KERNEL/FULL rounds against real servers (as root)
+    Bench {
+        /// Rounds of the three modes per workload
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Seconds per load run
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Only the nginx workload
+        #[arg(long)]
+        skip_gin: bool,
+    },
     /// Only run the toolchain bootstrap steps
     #[command(hide = true)]
     Bootstrap,
@@ -93,6 +106,9 @@ fn run_command(command: Command) -> Result<()> {
             run_agent(&bin, &args)
         }
         Command::Test { unit, args } => test::test(&paths, unit, &args),
+        Command::Bench { rounds, seconds, skip_gin } => {
+            bench::bench(&paths, &bench::Options { rounds: rounds.max(1), seconds: seconds.max(1), skip_gin })
+        }
         Command::Bootstrap => {
             bootstrap::bootstrap()?;
             step("bootstrap complete");
