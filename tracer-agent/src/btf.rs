@@ -204,6 +204,8 @@ impl Btf {
             sk_num: self.offset("sock_common", "skc_num")?,
             sk_v6_daddr: self.offset("sock_common", "skc_v6_daddr")?,
             sk_v6_rcv_saddr: self.offset("sock_common", "skc_v6_rcv_saddr")?,
+            task_group_leader: self.offset("task_struct", "group_leader")?,
+            task_comm: self.offset("task_struct", "comm")?,
             _pad: 0,
         })
     }

@@ -73,6 +73,9 @@ impl ConnMeta {
 }
 
 pub struct Tracker {
+    /// Looks up listening sockets for connections whose opening was not seen
+    /// (None in replays and tests: the traffic alone decides).
+    pub listeners: Option<crate::listeners::Listeners>,
     /// Reused for the HTTP/1 exchanges finished by one segment.
     done: Vec<http1::Exchange>,
     conns: HashMap<u64, Conn>,
@@ -99,7 +102,7 @@ fn meta_for(ev: &Event<'_>, kind: SpanKind) -> ConnMeta {
 
 impl Tracker {
     pub fn new(max_conns: usize, idle_ns: u64) -> Self {
-        Self { done: Vec::new(), conns: HashMap::new(), by_tuple: HashMap::new(), max_conns: max_conns.max(16), idle_ns, stats: TrackerStats::default() }
+        Self { listeners: None, done: Vec::new(), conns: HashMap::new(), by_tuple: HashMap::new(), max_conns: max_conns.max(16), idle_ns, stats: TrackerStats::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -211,8 +214,18 @@ impl Tracker {
         let now = ev.header.ts_exit;
         if !self.conns.contains_key(&key) {
             // A connection already open when tracing started, or whose
-            // accept/connect was not seen.
-            let r = ev.header.sock.role;
+            // accept/connect was not seen: a process listening on the local
+            // port is the server.
+            let mut r = ev.header.sock.role;
+            if r == role::UNKNOWN {
+                if let Some(l) = self.listeners.as_mut() {
+                    match l.listens(ev.header.pid, ev.header.sock.lport) {
+                        Some(true) => r = role::SERVER,
+                        Some(false) => r = role::CLIENT,
+                        None => {}
+                    }
+                }
+            }
             let kind = if r == role::CLIENT { SpanKind::Client } else { SpanKind::Server };
             self.insert(key, Conn { meta: meta_for(ev, kind), role: r, last_seen: now, proto: Proto::Detecting(0) });
         }

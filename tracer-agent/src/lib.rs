@@ -10,6 +10,7 @@ pub mod config;
 pub mod conntrack;
 pub mod event;
 pub mod export;
+pub mod listeners;
 pub mod otlp;
 pub mod pipeline;
 pub mod probes;

@@ -139,6 +139,7 @@ async fn run(args: Args) -> Result<()> {
         clock,
     );
     pipe.discard = args.discard;
+    pipe.tracker.listeners = Some(tracer_agent::listeners::Listeners::default());
     pipe.db_full_text = args.db_full_query_text;
     if let Some(path) = &args.record {
         pipe.recorder = Some(tracer_agent::record::Recorder::create(path, clock.offset)?);

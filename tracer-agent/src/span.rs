@@ -538,8 +538,19 @@ pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
             _ => None,
         })
         .or_else(|| ex.grpc_trace_bin.as_deref().and_then(parse_grpc_trace_bin));
+    // gRPC by content-type or trailers; when the headers could not all be
+    // decoded (joined mid-connection), a POST to `/package.Service/Method`.
+    let grpc_path = |p: &str| {
+        p.strip_prefix('/').and_then(|r| r.split_once('/')).is_some_and(|(svc, m)| {
+            svc.contains('.') && !m.is_empty() && !m.contains('/') && !svc.contains('?') && !m.contains('?')
+        })
+    };
     let is_grpc = ex.content_type.as_deref().is_some_and(|c| c.starts_with("application/grpc"))
-        || ex.grpc_status.is_some();
+        || ex.grpc_status.is_some()
+        || (ex.headers_incomplete
+            && ex.content_type.is_none()
+            && ex.method.as_deref().is_none_or(|m| m == "POST")
+            && (ex.grpc_framed || ex.path.as_deref().is_some_and(grpc_path)));
     if !is_grpc {
         let view = HttpView {
             method: ex.method.as_deref().unwrap_or("_OTHER"),
@@ -629,21 +640,50 @@ pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
 }
 
 /// Redis command text for `db.query.text`: the command and its key, other
-/// arguments replaced by `?`.
+/// arguments replaced by `?`. Commands whose first argument is not a key
+/// (and may be a secret, like `AUTH`'s password) keep no argument; container
+/// commands (`CONFIG GET`, `CLIENT SETNAME`) keep their subcommand only.
 fn redis_query_text(raw: &str) -> String {
     let mut parts = raw.split(' ');
     let mut out = String::with_capacity(raw.len().min(128));
-    if let Some(cmd) = parts.next() {
-        out.push_str(cmd);
-    }
-    if let Some(key) = parts.next() {
-        out.push(' ');
-        out.push_str(key);
-    }
-    for _ in parts {
-        out.push_str(" ?");
+    let Some(cmd) = parts.next() else { return out };
+    out.push_str(cmd);
+    let upper = cmd.to_ascii_uppercase();
+    // Arguments kept: the key, or a container command's subcommand; none
+    // for commands without keys.
+    let keep = match upper.as_str() {
+        "AUTH" | "HELLO" | "ECHO" | "SELECT" | "PING" | "MIGRATE" | "SWAPDB" | "QUIT" | "RESET" | "FAILOVER"
+        | "REPLICAOF" | "SLAVEOF" | "SHUTDOWN" => 0,
+        _ => 1,
+    };
+    for (i, p) in parts.enumerate() {
+        if i < keep {
+            out.push(' ');
+            out.push_str(p);
+        } else {
+            out.push_str(" ?");
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod redis_text_tests {
+    use super::redis_query_text;
+
+    #[test]
+    fn secrets_and_values_are_hidden() {
+        assert_eq!(redis_query_text("SET foo bar"), "SET foo ?");
+        assert_eq!(redis_query_text("GET foo"), "GET foo");
+        assert_eq!(redis_query_text("AUTH s3cret"), "AUTH ?");
+        assert_eq!(redis_query_text("auth user s3cret"), "auth ? ?");
+        assert_eq!(redis_query_text("HELLO 3 AUTH default pw"), "HELLO ? ? ? ?");
+        assert_eq!(redis_query_text("ECHO private"), "ECHO ?");
+        assert_eq!(redis_query_text("SELECT 5"), "SELECT ?");
+        assert_eq!(redis_query_text("CONFIG GET save"), "CONFIG GET ?");
+        assert_eq!(redis_query_text("CONFIG SET requirepass pw"), "CONFIG SET ? ?");
+        assert_eq!(redis_query_text("PING"), "PING");
+    }
 }
 
 /// Build the client span for one database or cache command, per the
@@ -678,7 +718,9 @@ pub fn db_span(ex: &DbExchange, conn: &ConnMeta, clock: &Clock, full_text: bool)
         };
         attrs.push(("db.query.text", Value::from(text)));
     }
-    if let Some(rows) = ex.rows {
+    // Rows affected by data changes are not returned rows.
+    let changes_data = matches!(operation.as_deref(), Some("INSERT" | "UPDATE" | "DELETE" | "MERGE" | "REPLACE" | "UPSERT"));
+    if let (Some(rows), false) = (ex.rows, changes_data) {
         attrs.push(("db.response.returned_rows", Value::Int(rows as i64)));
     }
     attrs.push(("server.address", Value::Shared(conn.remote_str.clone())));

@@ -10,7 +10,7 @@ pub const MAX_CAPTURE: usize = 4096;
 /// Default number of payload bytes captured per syscall.
 pub const DEFAULT_CAPTURE: u32 = 2048;
 /// How many iovec entries of a `readv`/`writev`/`sendmsg`/`recvmsg` are walked.
-pub const MAX_IOV: usize = 8;
+pub const MAX_IOV: usize = 64;
 
 /// Stable numeric event kinds.
 #[repr(u32)]
@@ -151,6 +151,8 @@ pub struct KernelOffsets {
     pub sk_num: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
+    pub task_group_leader: u32,
+    pub task_comm: u32,
     pub _pad: u32,
 }
 

@@ -119,6 +119,19 @@ unsafe fn rk<T: Copy>(addr: u64) -> Option<T> {
     aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const T).ok()
 }
 
+/// The process's name: the comm of its main thread (threads often rename
+/// themselves, e.g. a runtime's worker threads).
+#[inline(always)]
+fn process_comm(cfg: &Config) -> [u8; 16] {
+    let o = &cfg.offsets;
+    let task = unsafe { bpf_get_current_task() };
+    let leader: Option<u64> = unsafe { rk(task + o.task_group_leader as u64) };
+    match leader.and_then(|l| unsafe { rk::<[u8; 16]>(l + o.task_comm as u64) }) {
+        Some(c) => c,
+        None => bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
 /// Process-level filters: own pid, pid and comm allow/deny lists.
 #[inline(always)]
 fn process_wanted(cfg: &Config, tgid: u32) -> bool {
@@ -134,7 +147,7 @@ fn process_wanted(cfg: &Config, tgid: u32) -> bool {
         }
     }
     if cfg.flags & (filter::COMM_ALLOW | filter::COMM_DENY) != 0 {
-        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        let comm = process_comm(cfg);
         match unsafe { COMMS.get(&comm) } {
             Some(v) if *v == filter::DENY => return false,
             Some(_) => {}
@@ -230,7 +243,7 @@ fn v4(a: u32) -> [u8; 16] {
 }
 
 #[inline(always)]
-fn header(kind: EventKind, sc: u16, ts_enter: u64, fd: i32, ret: i64, sock: &SockInfo) -> EventHeader {
+fn header(cfg: &Config, kind: EventKind, sc: u16, ts_enter: u64, fd: i32, ret: i64, sock: &SockInfo) -> EventHeader {
     let id = bpf_get_current_pid_tgid();
     EventHeader {
         kind: kind as u32,
@@ -243,7 +256,7 @@ fn header(kind: EventKind, sc: u16, ts_enter: u64, fd: i32, ret: i64, sock: &Soc
         fd,
         captured: 0,
         ret,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: process_comm(cfg),
         sock: *sock,
     }
 }
@@ -324,7 +337,7 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, sc: u16, iov: bool, msg: b
 }
 
 #[inline(always)]
-fn exit_io(ctx: &TracePointContext) -> u32 {
+fn exit_io<const IOV: bool>(ctx: &TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(a) = (unsafe { ACTIVE.get(&id) }).copied() else { return 0 };
     let _ = ACTIVE.remove(&id);
@@ -336,12 +349,14 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
     let Some(kind) = EventKind::from_u32(a.kind) else { return 0 };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 0 };
     let scratch = unsafe { &mut *scratch };
-    scratch.header = header(kind, a.syscall, a.ts_enter, a.fd, ret, &a.sock);
+    scratch.header = header(cfg, kind, a.syscall, a.ts_enter, a.fd, ret, &a.sock);
     let limit = if (cfg.capture_bytes as usize) < MAX_CAPTURE { cfg.capture_bytes as u64 } else { MAX_CAPTURE as u64 };
     let want = if (ret as u64) < limit { ret as u64 } else { limit };
+    // Only the vectored syscalls carry the iovec walk, which is what makes
+    // their programs slow to verify.
     let captured = if a.buf == 0 {
         0
-    } else if a.iov_len == 0 {
+    } else if !IOV {
         copy_user(scratch, 0, a.buf, want)
     } else {
         copy_iov(scratch, a.buf, a.iov_len, want)
@@ -363,8 +378,11 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
 /// Copy `n` user bytes from `src` to `payload[off..]`; returns bytes copied.
 #[inline(always)]
 fn copy_user(s: &mut Scratch, off: u64, src: u64, n: u64) -> u64 {
-    let off = off & (MAX_CAPTURE as u64 - 1);
-    let n = n & (MAX_CAPTURE as u64 * 2 - 1);
+    // The masks are for the verifier, which cannot follow the arithmetic
+    // that bounds these values; opaque() keeps the compiler from dropping
+    // them as redundant.
+    let off = opaque(off) & (MAX_CAPTURE as u64 - 1);
+    let n = opaque(n) & (MAX_CAPTURE as u64 * 2 - 1);
     if n == 0 || n > MAX_CAPTURE as u64 {
         return 0;
     }
@@ -377,28 +395,52 @@ fn copy_user(s: &mut Scratch, off: u64, src: u64, n: u64) -> u64 {
     n
 }
 
+/// A value the compiler cannot reason about.
 #[inline(always)]
-fn copy_iov(s: &mut Scratch, iov: u64, iov_len: u64, want: u64) -> u64 {
+fn opaque(x: u64) -> u64 {
+    unsafe { core::ptr::read_volatile(&x) }
+}
+
+#[inline(always)]
+fn copy_iov(_s: &mut Scratch, iov: u64, iov_len: u64, want: u64) -> u64 {
     let mut done: u64 = 0;
     for i in 0..MAX_IOV as u64 {
         if i >= iov_len || done >= want {
             break;
         }
-        let Ok(v) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user((iov + i * 16) as *const Iovec) }) else {
-            break;
-        };
-        let left = want - done;
-        let n = if v.len < left { v.len } else { left };
-        if n == 0 {
-            continue;
-        }
-        let c = copy_user(s, done, v.base, n);
-        if c == 0 {
+        let c = tracer_copy_iovec(iov + i * 16, done, want);
+        if c == u64::MAX {
             break;
         }
         done += c;
     }
     done
+}
+
+/// Copy the iovec at `iov` into the scratch payload at offset `done`, at most
+/// up to `want` bytes in all. Returns the bytes copied, or `u64::MAX` to stop.
+/// A global function: the verifier checks it once, not once per iovec.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn tracer_copy_iovec(iov: u64, done: u64, want: u64) -> u64 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return u64::MAX };
+    let s = unsafe { &mut *s };
+    let Ok(v) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(iov as *const Iovec) }) else {
+        return u64::MAX;
+    };
+    if done >= want || want > MAX_CAPTURE as u64 {
+        return u64::MAX;
+    }
+    let left = want - done;
+    let n = if v.len < left { v.len } else { left };
+    if n == 0 {
+        return 0;
+    }
+    let c = copy_user(s, done, v.base, n);
+    if c == 0 {
+        return u64::MAX;
+    }
+    c
 }
 
 macro_rules! io_pair {
@@ -409,7 +451,7 @@ macro_rules! io_pair {
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_io(&ctx)
+            exit_io::<{ $iov || $msg }>(&ctx)
         }
     };
 }
@@ -480,7 +522,7 @@ fn exit_conn(ctx: &TracePointContext) -> u32 {
     if !port_wanted(cfg, &sock) {
         return 0;
     }
-    emit_header(cfg, &header(kind, p.sc, p.ts_enter, fd, ret, &sock));
+    emit_header(cfg, &header(cfg, kind, p.sc, p.ts_enter, fd, ret, &sock));
     0
 }
 
@@ -528,7 +570,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let ts = unsafe { bpf_ktime_get_ns() };
-    emit_header(cfg, &header(EventKind::Close, syscall::CLOSE, ts, fd as i32, 0, &sock));
+    emit_header(cfg, &header(cfg, EventKind::Close, syscall::CLOSE, ts, fd as i32, 0, &sock));
     0
 }
 

@@ -135,6 +135,9 @@ pub struct H2Exchange {
     pub resp_last_exit: u64,
     /// RST_STREAM error code, if the stream was reset.
     pub reset: Option<u32>,
+    /// The request body is framed as gRPC messages (a hint when the
+    /// content-type could not be decoded).
+    pub grpc_framed: bool,
     /// Some header fields could not be decoded (unknown dynamic table entry,
     /// truncated capture, encoding error).
     pub headers_incomplete: bool,
@@ -253,6 +256,12 @@ struct Stream {
     resp_grpc_type: bool,
     req_grpc: GrpcReader,
     resp_grpc: GrpcReader,
+    /// Whether the first request DATA bytes look like gRPC message framing
+    /// (None until seen): identifies gRPC when the headers that say so
+    /// could not be decoded.
+    req_framed: Option<bool>,
+    probe: [u8; 5],
+    probe_len: u8,
 }
 
 impl Stream {
@@ -915,6 +924,34 @@ impl H2Conn {
         let Some(st) = self.streams.get_mut(&fh.stream) else {
             return;
         };
+        if side == CLIENT && st.req_framed.is_none() {
+            // Collect the first five payload bytes of the first DATA frame,
+            // wherever the segment boundaries fall.
+            let have = st.probe_len as u64;
+            if s == start + have {
+                match chunk {
+                    Some(c) => {
+                        let a = (s - off) as usize;
+                        let b = ((e - off) as usize).min(a + (5 - have as usize));
+                        for &x in c.get(a..b).unwrap_or(&[]) {
+                            st.probe[st.probe_len as usize] = x;
+                            st.probe_len += 1;
+                        }
+                    }
+                    None => st.req_framed = Some(false),
+                }
+                if st.probe_len == 5 {
+                    let h = st.probe;
+                    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+                    let frame_data = end.saturating_sub(start);
+                    // Compressed flag, then a length that fits this frame
+                    // exactly or continues past it.
+                    st.req_framed = Some(h[0] <= 1 && len <= 16 << 20 && u64::from(len) + 5 >= frame_data);
+                }
+            } else if s > start + have {
+                st.req_framed = Some(false);
+            }
+        }
         if !st.is_grpc() {
             return;
         }
@@ -1243,6 +1280,7 @@ impl H2Conn {
         };
         let mut ex = st.ex;
         ex.ended = ended;
+        ex.grpc_framed = st.req_framed == Some(true);
         ex.request_messages = st.req_grpc.messages;
         ex.response_messages = st.resp_grpc.messages;
         ex.first_request_message_size = st.req_grpc.first;
