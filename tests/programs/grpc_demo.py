@@ -185,21 +185,30 @@ def run_client(port, plan):
 
 def run_long(port, interval_ms):
     """Calls SayHello and CollectHellos alternately on one channel until
-    stdin yields a line or closes."""
+    stdin yields "stop" or closes. After a "phase2" line, every third call is
+    StreamHellos, a method this connection has not used before."""
     channel = open_channel(port)
     grpc.channel_ready_future(channel).result(timeout=10)
     stubs = Stubs(channel)
     stop = threading.Event()
+    phase2 = threading.Event()
 
     def watch_stdin():
-        sys.stdin.readline()
+        for line in sys.stdin:
+            if line.strip() == "phase2":
+                phase2.set()
+            else:
+                break
         stop.set()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
     i = 0
     ok = True
     while not stop.is_set():
-        scenario = "unary" if i % 2 == 0 else "client_stream"
+        if phase2.is_set() and i % 3 == 2:
+            scenario = "server_stream"
+        else:
+            scenario = "unary" if i % 2 == 0 else "client_stream"
         start = now_ns()
         code = run_call(stubs, scenario, i)
         end = now_ns()

@@ -477,6 +477,14 @@ impl LongClient {
 
     /// Tells the client to stop, waits for it and returns every call it
     /// logged. Panics if it failed or did not finish cleanly.
+    /// From now on every third call uses a method the connection has not used yet.
+    pub fn start_new_method(&mut self) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(b"phase2\n");
+            let _ = stdin.flush();
+        }
+    }
+
     pub fn stop(mut self) -> Vec<CallRecord> {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.write_all(b"stop\n");

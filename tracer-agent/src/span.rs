@@ -621,6 +621,10 @@ pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
                 attrs.push(("error.type", Value::from(name)));
             }
         }
+        // Trailers came but their status could not be decoded (a dynamic
+        // table entry from before the agent joined): unknown, not an error.
+        None if ex.ended && ex.reset.is_none() && ex.status.is_some() && ex.headers_incomplete => {}
+        None if ex.ended && ex.reset.is_none() && ex.headers_incomplete && conn.kind == SpanKind::Server => {}
         None => {
             status = Status::Error;
             let why = if ex.reset.is_some() { "cancelled" } else { "no_response" };

@@ -96,6 +96,7 @@ pub fn test(paths: &Paths, unit_only: bool, extra: &[String]) -> Result<()> {
         .args([
             "test",
             "--release",
+            "--no-fail-fast",
             "--workspace",
             "--exclude",
             "tracer-tests",
@@ -123,6 +124,7 @@ pub fn test(paths: &Paths, unit_only: bool, extra: &[String]) -> Result<()> {
             .args([
                 "test",
                 "--release",
+                "--no-fail-fast",
                 "-p",
                 "tracer-tests",
                 "--",
