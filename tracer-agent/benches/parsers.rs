@@ -185,7 +185,7 @@ fn mysql_bench(n: u64) {
 fn redis_bench(n: u64) {
     let mut conn = RedisConn::new();
     let mut out: Vec<DbExchange> = Vec::new();
-    let cmd = b"*3\r\n$3\r\nSET\r\n$8\r\nuser:42\r\n$16\r\n{\"name\":\"bob\"}  \r\n";
+    let cmd = b"*3\r\n$3\r\nSET\r\n$7\r\nuser:42\r\n$16\r\n{\"name\":\"bob\"}  \r\n";
     let reply = b"+OK\r\n";
     report("Redis SET", n, cmd.len() + reply.len(), |i| {
         conn.on_client_segment(seg(cmd, i * 10 + 2), &mut out);
