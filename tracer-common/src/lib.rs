@@ -181,9 +181,9 @@ pub mod mode {
 }
 
 /// Size of each per-CPU ring buffer (bytes; a power of two, multiple of the page size).
-pub const PER_CPU_RING_BYTES: u32 = 4 << 20;
+pub const PER_CPU_RING_BYTES: u32 = 2 << 20;
 /// Size of the shared ring buffer.
-pub const SHARED_RING_BYTES: u32 = 16 << 20;
+pub const SHARED_RING_BYTES: u32 = 8 << 20;
 /// Highest number of CPUs the per-CPU ring buffers cover.
 pub const MAX_CPUS: u32 = 512;
 
