@@ -309,11 +309,25 @@ impl Tracker {
                 }
                 if h.upgraded() {
                     c.proto = match upgraded_to_h2 {
-                        Some(ex) => Proto::Http2(Box::new(H2Conn::new_after_upgrade(
-                            &ex.request,
-                            ex.req_first_enter,
-                            ex.req_last_exit,
-                        ))),
+                        Some(ex) => {
+                            let mut h2 = H2Conn::new_after_upgrade(&ex.request, ex.req_first_enter, ex.req_last_exit);
+                            // Servers usually write their first HTTP/2 frames in
+                            // the same write as the 101: hand them over.
+                            if !client_dir {
+                                if let Some(rest) = after_101_head(ev.payload) {
+                                    let mut done = Vec::new();
+                                    let tail = Segment {
+                                        data: rest,
+                                        uncaptured: ret.saturating_sub(ev.payload.len() as u64),
+                                        ts_enter: ev.header.ts_enter,
+                                        ts_exit: ev.header.ts_exit,
+                                    };
+                                    h2.on_server_segment(tail, &mut done);
+                                    out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Http2(ex))));
+                                }
+                            }
+                            Proto::Http2(Box::new(h2))
+                        }
                         None => Proto::Opaque,
                     };
                 }
@@ -359,6 +373,15 @@ impl Tracker {
         }
         self.stats.exchanges += (out.len() - before) as u64;
     }
+}
+
+/// The bytes after a `101 Switching Protocols` head in a segment, if any.
+fn after_101_head(data: &[u8]) -> Option<&[u8]> {
+    let start = data.windows(12).position(|w| w.starts_with(b"HTTP/1.1 101") || w.starts_with(b"HTTP/1.0 101"))?;
+    let head = data.get(start..)?;
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let rest = head.get(end + 4..)?;
+    (!rest.is_empty()).then_some(rest)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

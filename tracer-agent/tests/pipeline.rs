@@ -246,3 +246,47 @@ fn large_response_with_uncaptured_bytes() {
     assert_eq!(int_attr(&spans[0], "http.response.body.size"), 1_048_576);
     assert_eq!(int_attr(&spans[1], "http.response.status_code"), 204);
 }
+
+/// An HTTP/2 frame header followed by its payload.
+fn h2_frame(out: &mut Vec<u8>, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let n = payload.len();
+    out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8, ty, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+#[test]
+fn h2c_upgrade_becomes_an_http2_stream() {
+    let mut p = pipeline();
+    let mut c = Conn::new(10, "h2server", 6, 8080, 40004, role::SERVER);
+    p.on_record(&c.event(EventKind::Accept, b"", 7));
+    p.on_record(&c.data(
+        EventKind::Recv,
+        b"GET /upgraded HTTP/1.1\r\nHost: svc:8080\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    ));
+    // 101, then the server's SETTINGS and the response to stream 1.
+    let mut resp = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    h2_frame(&mut resp, 4, 0, 0, &[]);
+    h2_frame(&mut resp, 1, 0x4, 1, &[0x88]); // HEADERS :status 200, END_HEADERS
+    h2_frame(&mut resp, 0, 0x1, 1, b"hello"); // DATA, END_STREAM
+    p.on_record(&c.data(EventKind::Send, &resp));
+    // The client's preface and SETTINGS follow the 101.
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2_frame(&mut preface, 4, 0, 0, &[]);
+    p.on_record(&c.data(EventKind::Recv, &preface));
+    // A second request on the same connection, now plain HTTP/2 (stream 3).
+    let mut req = Vec::new();
+    h2_frame(&mut req, 1, 0x5, 3, &[0x82, 0x86, 0x84, 0x41, 0x03, b'a', b'p', b'i']); // GET http / :authority api
+    p.on_record(&c.data(EventKind::Recv, &req));
+    let mut resp2 = Vec::new();
+    h2_frame(&mut resp2, 1, 0x5, 3, &[0x8d]); // :status 404, END_STREAM
+    p.on_record(&c.data(EventKind::Send, &resp2));
+    let spans = p.take_spans();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    assert_eq!(str_attr(&spans[0], "url.path"), "/upgraded");
+    assert_eq!(str_attr(&spans[0], "network.protocol.version"), "2");
+    assert_eq!(int_attr(&spans[0], "http.response.status_code"), 200);
+    assert_eq!(str_attr(&spans[1], "url.path"), "/");
+    assert_eq!(int_attr(&spans[1], "http.response.status_code"), 404);
+    assert_eq!(spans[1].status, Status::Unset);
+}
