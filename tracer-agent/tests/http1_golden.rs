@@ -5,185 +5,20 @@
 //! `Http1Conn`; the resulting exchanges are rendered as text and compared with
 //! `NAME.expected`. Run with `UPDATE_GOLDEN=1` to (re)write the expected files.
 //!
-//! Script format, one directive per line:
-//!
-//! ```text
-//! # comment                 (blank lines are ignored too)
-//! > DATA                    new client -> server segment
-//! < DATA                    new server -> client segment
-//! + DATA                    append DATA to the previous segment
-//! .fill N [C]               append N bytes C (default 'x') to the previous segment
-//! ~N                        the previous segment has N uncaptured bytes after its data
-//! @ENTER,EXIT               explicit timestamps for the previous segment
-//! .repeat K                 K more copies of the previous segment
-//! !close                    the connection closes
-//! ```
-//!
-//! DATA starts after the single space following the marker and runs to the
-//! end of the line. Escapes: `\r`, `\n`, `\t`, `\0`, `\s` (space), `\\` and
-//! `\xNN`; a literal trailing space should be written as `\s`. `N` may use
-//! `_` separators. Event i (1-based, counting segments and closes) gets
-//! enter = 1000 * i and exit = 1000 * i + 500 unless `@` says otherwise;
-//! a close happens at 1000 * i.
+//! The script format is described in `common/mod.rs`.
+
+mod common;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
 use tracer_agent::protocol::http1::{
-    parse_request, parse_response, BodyFraming, Exchange, Http1Conn, Parse, Segment, MAX_HEAD_LEN,
+    parse_request, parse_response, BodyFraming, Exchange, Http1Conn, Parse, MAX_HEAD_LEN,
     MAX_PENDING,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Request,
-    Response,
-}
+use common::{mangle, split, XorShift};
 
-#[derive(Debug, Clone)]
-enum Event {
-    Segment {
-        dir: Dir,
-        data: Vec<u8>,
-        uncaptured: u64,
-        ts: Option<(u64, u64)>,
-    },
-    Close,
-}
-
-fn unescape(s: &str, line_no: usize) -> Result<Vec<u8>, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b != b'\\' {
-            out.push(b);
-            i += 1;
-            continue;
-        }
-        let esc = *bytes
-            .get(i + 1)
-            .ok_or_else(|| format!("line {line_no}: dangling backslash"))?;
-        i += 2;
-        match esc {
-            b'r' => out.push(b'\r'),
-            b'n' => out.push(b'\n'),
-            b't' => out.push(b'\t'),
-            b'0' => out.push(0),
-            b's' => out.push(b' '),
-            b'\\' => out.push(b'\\'),
-            b'x' => {
-                let hex = s
-                    .get(i..i + 2)
-                    .ok_or_else(|| format!("line {line_no}: short \\x escape"))?;
-                let v = u8::from_str_radix(hex, 16)
-                    .map_err(|_| format!("line {line_no}: bad \\x escape {hex:?}"))?;
-                out.push(v);
-                i += 2;
-            }
-            other => {
-                return Err(format!(
-                    "line {line_no}: unknown escape \\{}",
-                    other as char
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn number(s: &str, line_no: usize) -> Result<u64, String> {
-    s.trim()
-        .replace('_', "")
-        .parse::<u64>()
-        .map_err(|_| format!("line {line_no}: bad number {s:?}"))
-}
-
-fn parse_script(text: &str) -> Result<Vec<Event>, String> {
-    let mut events: Vec<Event> = Vec::new();
-    for (idx, raw) in text.lines().enumerate() {
-        let line_no = idx + 1;
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let data_of = |marker: &str| -> Result<Vec<u8>, String> {
-            let rest = &line[marker.len()..];
-            let rest = rest.strip_prefix(' ').unwrap_or(rest);
-            unescape(rest, line_no)
-        };
-        let last_segment = |events: &mut Vec<Event>| -> Result<usize, String> {
-            match events.last() {
-                Some(Event::Segment { .. }) => Ok(events.len() - 1),
-                _ => Err(format!("line {line_no}: no previous segment")),
-            }
-        };
-        if line.starts_with('>') || line.starts_with('<') {
-            let dir = if line.starts_with('>') {
-                Dir::Request
-            } else {
-                Dir::Response
-            };
-            events.push(Event::Segment {
-                dir,
-                data: data_of(&line[..1])?,
-                uncaptured: 0,
-                ts: None,
-            });
-        } else if line.starts_with('+') {
-            let add = data_of("+")?;
-            let i = last_segment(&mut events)?;
-            if let Some(Event::Segment { data, .. }) = events.get_mut(i) {
-                data.extend_from_slice(&add);
-            }
-        } else if let Some(rest) = line.strip_prefix(".fill") {
-            let mut parts = rest.split_whitespace();
-            let n = number(parts.next().unwrap_or(""), line_no)?;
-            let fill = match parts.next() {
-                Some(c) => {
-                    let b = unescape(c, line_no)?;
-                    if b.len() != 1 {
-                        return Err(format!("line {line_no}: fill byte must be one byte"));
-                    }
-                    b[0]
-                }
-                None => b'x',
-            };
-            let i = last_segment(&mut events)?;
-            if let Some(Event::Segment { data, .. }) = events.get_mut(i) {
-                data.extend(std::iter::repeat_n(fill, n as usize));
-            }
-        } else if let Some(rest) = line.strip_prefix(".repeat") {
-            let k = number(rest, line_no)?;
-            let i = last_segment(&mut events)?;
-            let ev = events[i].clone();
-            for _ in 0..k {
-                events.push(ev.clone());
-            }
-        } else if let Some(rest) = line.strip_prefix('~') {
-            let n = number(rest, line_no)?;
-            let i = last_segment(&mut events)?;
-            if let Some(Event::Segment { uncaptured, .. }) = events.get_mut(i) {
-                *uncaptured = uncaptured.saturating_add(n);
-            }
-        } else if let Some(rest) = line.strip_prefix('@') {
-            let (a, b) = rest
-                .split_once(',')
-                .ok_or_else(|| format!("line {line_no}: expected @ENTER,EXIT"))?;
-            let pair = (number(a, line_no)?, number(b, line_no)?);
-            let i = last_segment(&mut events)?;
-            if let Some(Event::Segment { ts, .. }) = events.get_mut(i) {
-                *ts = Some(pair);
-            }
-        } else if line.trim() == "!close" {
-            events.push(Event::Close);
-        } else {
-            return Err(format!("line {line_no}: unrecognised line {line:?}"));
-        }
-    }
-    Ok(events)
-}
+common::script_types!(Http1Conn, Exchange, Request => on_request_segment, Response => on_response_segment);
 
 fn framing(b: BodyFraming) -> String {
     match b {
@@ -273,39 +108,7 @@ fn render_exchange(out: &mut String, n: usize, at: usize, e: &Exchange) {
 fn run_script(events: &[Event]) -> String {
     let mut conn = Http1Conn::new();
     let mut out = String::new();
-    let mut emitted: Vec<Exchange> = Vec::new();
-    let mut count = 0usize;
-    for (i, ev) in events.iter().enumerate() {
-        let idx = (i + 1) as u64;
-        match ev {
-            Event::Segment {
-                dir,
-                data,
-                uncaptured,
-                ts,
-            } => {
-                let (ts_enter, ts_exit) = ts.unwrap_or((idx * 1000, idx * 1000 + 500));
-                let seg = Segment {
-                    data,
-                    uncaptured: *uncaptured,
-                    ts_enter,
-                    ts_exit,
-                };
-                match dir {
-                    Dir::Request => conn.on_request_segment(seg, &mut emitted),
-                    Dir::Response => conn.on_response_segment(seg, &mut emitted),
-                }
-            }
-            Event::Close => conn.on_close(idx * 1000, &mut emitted),
-        }
-        for e in emitted.drain(..) {
-            count += 1;
-            render_exchange(&mut out, count, i + 1, &e);
-        }
-    }
-    if count == 0 {
-        out.push_str("no exchanges\n");
-    }
+    common::render_replay(events, &mut conn, &mut out, render_exchange);
     let st = conn.stats();
     let _ = writeln!(
         out,
@@ -336,127 +139,24 @@ fn run_script(events: &[Event]) -> String {
     out
 }
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/http1")
-}
-
-fn first_difference(expected: &str, actual: &str) -> String {
-    let mut e = expected.lines();
-    let mut a = actual.lines();
-    let mut n = 1;
-    loop {
-        match (e.next(), a.next()) {
-            (None, None) => return "identical".to_string(),
-            (x, y) if x == y => n += 1,
-            (x, y) => {
-                return format!(
-                    "line {n}:\n  expected: {}\n  actual:   {}",
-                    x.unwrap_or("<end>"),
-                    y.unwrap_or("<end>")
-                )
-            }
-        }
-    }
-}
-
 #[test]
 fn golden_fixtures() {
-    let dir = fixture_dir();
-    let mut scripts: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "http"))
-        .collect();
-    scripts.sort();
-    assert!(
-        scripts.len() >= 25,
-        "expected at least 25 fixtures, found {}",
-        scripts.len()
-    );
-    let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
-    let mut failures = Vec::new();
-    for script in &scripts {
-        let text = std::fs::read_to_string(script).expect("read fixture");
-        let events = match parse_script(&text) {
-            Ok(ev) => ev,
-            Err(e) => {
-                failures.push(format!("{}: {e}", script.display()));
-                continue;
-            }
-        };
-        let actual = run_script(&events);
-        let expected_path = script.with_extension("expected");
-        if update {
-            std::fs::write(&expected_path, &actual).expect("write expected");
-            continue;
-        }
-        match std::fs::read_to_string(&expected_path) {
-            Ok(expected) if expected == actual => {}
-            Ok(expected) => failures.push(format!(
-                "{} differs at {}\n--- actual output ---\n{actual}",
-                script.display(),
-                first_difference(&expected, &actual)
-            )),
-            Err(_) => failures.push(format!(
-                "{}: missing; run with UPDATE_GOLDEN=1\n--- actual output ---\n{actual}",
-                expected_path.display()
-            )),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    common::check_fixtures(&common::fixture_dir("http1"), "http", 25, run_script);
 }
 
 #[test]
 fn script_format_escapes() {
-    let ev =
-        parse_script("> a\\r\\n\\x41\\s\\\\\n+ b\n.fill 3 z\n~1_000\n@7,9\n.repeat 1\n!close\n")
-            .expect("valid script");
-    assert_eq!(ev.len(), 3);
-    match &ev[1] {
-        Event::Segment {
-            dir,
-            data,
-            uncaptured,
-            ts,
-        } => {
-            assert_eq!(*dir, Dir::Request);
-            assert_eq!(data.as_slice(), b"a\r\nA \\bzzz");
-            assert_eq!(*uncaptured, 1000);
-            assert_eq!(*ts, Some((7, 9)));
-        }
-        Event::Close => panic!("segment expected"),
-    }
-    assert!(parse_script("~5\n").is_err());
-    assert!(parse_script("> \\q\n").is_err());
-    assert!(parse_script("what\n").is_err());
+    common::check_script_format(
+        "> a\\r\\n\\x41\\s\\\\\n+ b\n.fill 3 z\n~1_000\n@7,9\n.repeat 1\n!close\n",
+        Dir::Request,
+        b"a\r\nA \\bzzz",
+        &["~5\n", "> \\q\n", "what\n"],
+    );
 }
 
 // ---------------------------------------------------------------------------
 // Randomised robustness
 // ---------------------------------------------------------------------------
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Expect {
@@ -546,25 +246,6 @@ fn append_chunked(rng: &mut XorShift, out: &mut Vec<u8>, mut len: u64) {
     }
 }
 
-/// Splits `bytes` into random segments; with `capture` set, each segment
-/// keeps at most that many captured bytes and reports the rest as
-/// uncaptured.
-fn split(rng: &mut XorShift, bytes: &[u8], capture: Option<usize>) -> Vec<(Vec<u8>, u64)> {
-    let mut segs = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let max = if rng.chance(20) { 4 } else { 2048 };
-        let n = (1 + rng.below(max) as usize).min(bytes.len() - i);
-        let part = &bytes[i..i + n];
-        match capture {
-            Some(c) if part.len() > c => segs.push((part[..c].to_vec(), (part.len() - c) as u64)),
-            _ => segs.push((part.to_vec(), 0)),
-        }
-        i += n;
-    }
-    segs
-}
-
 fn memory_bound() -> usize {
     // Two head buffers plus pending request heads (each bounded by a head).
     2 * MAX_HEAD_LEN + 8192 + MAX_PENDING * 1024
@@ -597,46 +278,22 @@ fn random_traffic_never_panics_and_stays_consistent() {
             let mut bytes = bytes.to_vec();
             if mode == 2 {
                 // Garbage: random byte flips, cuts and insertions.
-                for _ in 0..1 + rng.below(4) {
-                    if bytes.is_empty() {
-                        break;
-                    }
-                    let at = rng.below(bytes.len() as u64) as usize;
-                    match rng.below(3) {
-                        0 => bytes[at] = rng.next() as u8,
-                        1 => bytes.truncate(at),
-                        _ => {
-                            let junk: Vec<u8> =
-                                (0..rng.below(20)).map(|_| rng.next() as u8).collect();
-                            bytes.splice(at..at, junk);
-                        }
-                    }
-                }
+                mangle(rng, &mut bytes);
             }
             if mode == 3 && rng.chance(30) {
                 // Truncation: drop a random tail of the message.
                 let keep = rng.below(bytes.len() as u64 + 1) as usize;
                 bytes.truncate(keep);
             }
-            for (data, gap) in split(rng, &bytes, capture) {
-                ts += 1000;
-                let seg = Segment {
-                    data: &data,
-                    uncaptured: gap,
-                    ts_enter: ts,
-                    ts_exit: ts + 500,
-                };
-                if request {
-                    conn.on_request_segment(seg, out);
-                } else {
-                    conn.on_response_segment(seg, out);
-                }
+            let segs = split(rng, &bytes, capture, 2048);
+            let dir = if request { Dir::Request } else { Dir::Response };
+            common::feed_segments(conn, out, segs, dir, &mut ts, |conn| {
                 assert!(
                     conn.buffered_bytes() <= memory_bound(),
                     "iteration {iteration}: {} bytes buffered",
                     conn.buffered_bytes()
                 );
-            }
+            });
         };
         if pipelined {
             for (req, _, _) in &exchanges {

@@ -8,28 +8,12 @@
 //! nghttp and h2load against nginx) through `capture_proxy.py`, which logs
 //! every recv() as one segment.
 //!
-//! Script format, one directive per line:
-//!
-//! ```text
-//! # comment                 (blank lines are ignored too)
-//! > DATA                    new client -> server segment
-//! < DATA                    new server -> client segment
-//! + DATA                    append DATA to the previous segment
-//! .fill N [C]               append N bytes C (default 'x') to the previous segment
-//! ~N                        the previous segment has N uncaptured bytes after its data
-//! @ENTER,EXIT               explicit timestamps for the previous segment
-//! .repeat K                 K more copies of the previous segment
-//! !close                    the connection closes
-//! ```
-//!
-//! DATA starts after the single space following the marker and runs to the
-//! end of the line. Escapes: `\r`, `\n`, `\t`, `\0`, `\s` (space), `\\` and
-//! `\xNN`. `N` may use `_` separators. Event i (1-based, counting segments
-//! and closes) gets enter = 1000 * i and exit = 1000 * i + 500 unless `@`
-//! says otherwise; a close happens at 1000 * i.
+//! The script format is described in `common/mod.rs`.
+
+mod common;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tracer_agent::protocol::http2::{
     looks_like_client_start, looks_like_server_start, H2Conn, H2Exchange, MAX_HEADER_BLOCK,
@@ -37,156 +21,12 @@ use tracer_agent::protocol::http2::{
 };
 use tracer_agent::protocol::Segment;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Client,
-    Server,
-}
+use common::{replay, XorShift};
 
-#[derive(Debug, Clone)]
-enum Event {
-    Segment {
-        dir: Dir,
-        data: Vec<u8>,
-        uncaptured: u64,
-        ts: Option<(u64, u64)>,
-    },
-    Close,
-}
-
-fn unescape(s: &str, line_no: usize) -> Result<Vec<u8>, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b != b'\\' {
-            out.push(b);
-            i += 1;
-            continue;
-        }
-        let esc = *bytes
-            .get(i + 1)
-            .ok_or_else(|| format!("line {line_no}: dangling backslash"))?;
-        i += 2;
-        match esc {
-            b'r' => out.push(b'\r'),
-            b'n' => out.push(b'\n'),
-            b't' => out.push(b'\t'),
-            b'0' => out.push(0),
-            b's' => out.push(b' '),
-            b'\\' => out.push(b'\\'),
-            b'x' => {
-                let hex = s
-                    .get(i..i + 2)
-                    .ok_or_else(|| format!("line {line_no}: short \\x escape"))?;
-                let v = u8::from_str_radix(hex, 16)
-                    .map_err(|_| format!("line {line_no}: bad \\x escape {hex:?}"))?;
-                out.push(v);
-                i += 2;
-            }
-            other => {
-                return Err(format!(
-                    "line {line_no}: unknown escape \\{}",
-                    other as char
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn number(s: &str, line_no: usize) -> Result<u64, String> {
-    s.trim()
-        .replace('_', "")
-        .parse::<u64>()
-        .map_err(|_| format!("line {line_no}: bad number {s:?}"))
-}
-
-fn last_segment(events: &[Event], line_no: usize) -> Result<usize, String> {
-    match events.last() {
-        Some(Event::Segment { .. }) => Ok(events.len() - 1),
-        _ => Err(format!("line {line_no}: no previous segment")),
-    }
-}
+common::script_types!(H2Conn, H2Exchange, Client => on_client_segment, Server => on_server_segment);
 
 fn parse_script(text: &str) -> Result<Vec<Event>, String> {
-    let mut events: Vec<Event> = Vec::new();
-    for (idx, raw) in text.lines().enumerate() {
-        let line_no = idx + 1;
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let data_of = |marker_len: usize| -> Result<Vec<u8>, String> {
-            let rest = &line[marker_len..];
-            let rest = rest.strip_prefix(' ').unwrap_or(rest);
-            unescape(rest, line_no)
-        };
-        if line.starts_with('>') || line.starts_with('<') {
-            let dir = if line.starts_with('>') {
-                Dir::Client
-            } else {
-                Dir::Server
-            };
-            events.push(Event::Segment {
-                dir,
-                data: data_of(1)?,
-                uncaptured: 0,
-                ts: None,
-            });
-        } else if line.starts_with('+') {
-            let add = data_of(1)?;
-            let i = last_segment(&events, line_no)?;
-            if let Some(Event::Segment { data, .. }) = events.get_mut(i) {
-                data.extend_from_slice(&add);
-            }
-        } else if let Some(rest) = line.strip_prefix(".fill") {
-            let mut parts = rest.split_whitespace();
-            let n = number(parts.next().unwrap_or(""), line_no)?;
-            let fill = match parts.next() {
-                Some(c) => {
-                    let b = unescape(c, line_no)?;
-                    if b.len() != 1 {
-                        return Err(format!("line {line_no}: fill byte must be one byte"));
-                    }
-                    b[0]
-                }
-                None => b'x',
-            };
-            let i = last_segment(&events, line_no)?;
-            if let Some(Event::Segment { data, .. }) = events.get_mut(i) {
-                data.extend(std::iter::repeat_n(fill, n as usize));
-            }
-        } else if let Some(rest) = line.strip_prefix(".repeat") {
-            let k = number(rest, line_no)?;
-            let i = last_segment(&events, line_no)?;
-            let ev = events[i].clone();
-            for _ in 0..k {
-                events.push(ev.clone());
-            }
-        } else if let Some(rest) = line.strip_prefix('~') {
-            let n = number(rest, line_no)?;
-            let i = last_segment(&events, line_no)?;
-            if let Some(Event::Segment { uncaptured, .. }) = events.get_mut(i) {
-                *uncaptured = uncaptured.saturating_add(n);
-            }
-        } else if let Some(rest) = line.strip_prefix('@') {
-            let (a, b) = rest
-                .split_once(',')
-                .ok_or_else(|| format!("line {line_no}: expected @ENTER,EXIT"))?;
-            let pair = (number(a, line_no)?, number(b, line_no)?);
-            let i = last_segment(&events, line_no)?;
-            if let Some(Event::Segment { ts, .. }) = events.get_mut(i) {
-                *ts = Some(pair);
-            }
-        } else if line.trim() == "!close" {
-            events.push(Event::Close);
-        } else {
-            return Err(format!("line {line_no}: unrecognised line {line:?}"));
-        }
-    }
-    Ok(events)
+    common::parse_script(text)
 }
 
 fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
@@ -254,39 +94,9 @@ fn render_exchange(out: &mut String, n: usize, at: usize, e: &H2Exchange) {
     );
 }
 
-fn replay(events: &[Event], conn: &mut H2Conn, mut each: impl FnMut(usize, Vec<H2Exchange>)) {
-    for (i, ev) in events.iter().enumerate() {
-        let idx = (i as u64 + 1) * 1000;
-        let mut emitted = Vec::new();
-        match ev {
-            Event::Segment {
-                dir,
-                data,
-                uncaptured,
-                ts,
-            } => {
-                let (ts_enter, ts_exit) = ts.unwrap_or((idx, idx + 500));
-                let seg = Segment {
-                    data,
-                    uncaptured: *uncaptured,
-                    ts_enter,
-                    ts_exit,
-                };
-                match dir {
-                    Dir::Client => conn.on_client_segment(seg, &mut emitted),
-                    Dir::Server => conn.on_server_segment(seg, &mut emitted),
-                }
-            }
-            Event::Close => conn.on_close(idx, &mut emitted),
-        }
-        each(i, emitted);
-    }
-}
-
 fn run_script(events: &[Event]) -> String {
     let mut conn = H2Conn::new();
     let mut out = String::new();
-    let mut count = 0usize;
     let first_client = events.iter().find_map(|e| match e {
         Event::Segment {
             dir: Dir::Client,
@@ -309,15 +119,7 @@ fn run_script(events: &[Event]) -> String {
         first_client.is_some_and(|d| looks_like_client_start(&d)),
         first_server.is_some_and(|d| looks_like_server_start(&d)),
     );
-    replay(events, &mut conn, |i, emitted| {
-        for e in emitted {
-            count += 1;
-            render_exchange(&mut out, count, i + 1, &e);
-        }
-    });
-    if count == 0 {
-        out.push_str("no exchanges\n");
-    }
+    common::render_replay(events, &mut conn, &mut out, render_exchange);
     let st = conn.stats();
     let _ = writeln!(out, "state: open_streams={}", conn.open_streams());
     let _ = writeln!(
@@ -346,132 +148,28 @@ fn run_script(events: &[Event]) -> String {
     out
 }
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/http2")
-}
-
-fn first_difference(expected: &str, actual: &str) -> String {
-    let mut e = expected.lines();
-    let mut a = actual.lines();
-    let mut n = 1;
-    loop {
-        match (e.next(), a.next()) {
-            (None, None) => return "identical".to_string(),
-            (x, y) if x == y => n += 1,
-            (x, y) => {
-                return format!(
-                    "line {n}:\n  expected: {}\n  actual:   {}",
-                    x.unwrap_or("<end>"),
-                    y.unwrap_or("<end>")
-                )
-            }
-        }
-    }
-}
-
 fn scripts() -> Vec<PathBuf> {
-    let dir = fixture_dir();
-    let mut scripts: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "h2"))
-        .collect();
-    scripts.sort();
-    scripts
+    common::scripts(&common::fixture_dir("http2"), "h2")
 }
 
 #[test]
 fn golden_fixtures() {
-    let scripts = scripts();
-    assert!(
-        scripts.len() >= 12,
-        "expected at least 12 fixtures, found {}",
-        scripts.len()
-    );
-    let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
-    let mut failures = Vec::new();
-    for script in &scripts {
-        let text = std::fs::read_to_string(script).expect("read fixture");
-        let events = match parse_script(&text) {
-            Ok(ev) => ev,
-            Err(e) => {
-                failures.push(format!("{}: {e}", script.display()));
-                continue;
-            }
-        };
-        let actual = run_script(&events);
-        let expected_path = script.with_extension("expected");
-        if update {
-            std::fs::write(&expected_path, &actual).expect("write expected");
-            continue;
-        }
-        match std::fs::read_to_string(&expected_path) {
-            Ok(expected) if expected == actual => {}
-            Ok(expected) => failures.push(format!(
-                "{} differs at {}\n--- actual output ---\n{actual}",
-                script.display(),
-                first_difference(&expected, &actual)
-            )),
-            Err(_) => failures.push(format!(
-                "{}: missing; run with UPDATE_GOLDEN=1\n--- actual output ---\n{actual}",
-                expected_path.display()
-            )),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    common::check_fixtures(&common::fixture_dir("http2"), "h2", 12, run_script);
 }
 
 #[test]
 fn script_format_escapes() {
-    let ev =
-        parse_script("> a\\r\\n\\x41\\s\\\\\n+ b\n.fill 3 z\n~1_000\n@7,9\n.repeat 1\n!close\n")
-            .expect("valid script");
-    assert_eq!(ev.len(), 3);
-    match &ev[1] {
-        Event::Segment {
-            dir,
-            data,
-            uncaptured,
-            ts,
-        } => {
-            assert_eq!(*dir, Dir::Client);
-            assert_eq!(data.as_slice(), b"a\r\nA \\bzzz");
-            assert_eq!(*uncaptured, 1000);
-            assert_eq!(*ts, Some((7, 9)));
-        }
-        Event::Close => panic!("segment expected"),
-    }
-    assert!(parse_script("~5\n").is_err());
-    assert!(parse_script("> \\q\n").is_err());
-    assert!(parse_script("what\n").is_err());
+    common::check_script_format(
+        "> a\\r\\n\\x41\\s\\\\\n+ b\n.fill 3 z\n~1_000\n@7,9\n.repeat 1\n!close\n",
+        Dir::Client,
+        b"a\r\nA \\bzzz",
+        &["~5\n", "> \\q\n", "what\n"],
+    );
 }
 
 // ---------------------------------------------------------------------------
 // Randomised robustness over the recorded fixtures
 // ---------------------------------------------------------------------------
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// What an exchange says, without timestamps (which depend on splitting).
 fn summary(e: &H2Exchange) -> H2Exchange {

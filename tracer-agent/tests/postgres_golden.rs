@@ -6,32 +6,14 @@
 //! helpers' view of each query) and compared with `NAME.expected`. Run with
 //! `UPDATE_GOLDEN=1` to (re)write the expected files.
 //!
-//! Script format, one directive per line:
-//!
-//! ```text
-//! # comment                 (blank lines are ignored too)
-//! > DATA                    new client -> server segment
-//! < DATA                    new server -> client segment
-//! + DATA                    append DATA to the previous segment
-//! .fill N [C]               append N bytes C (default 'x') to the previous segment
-//! ~N                        the previous segment has N uncaptured bytes after its data
-//! @ENTER,EXIT               explicit timestamps for the previous segment
-//! .repeat K                 K more copies of the previous segment
-//! !close                    the connection closes
-//! ```
-//!
-//! DATA starts after the single space following the marker and runs to the
-//! end of the line. Escapes: `\r`, `\n`, `\t`, `\0`, `\s` (space), `\\` and
-//! `\xNN`; a literal trailing space should be written as `\s`. `N` may use
-//! `_` separators. Event i (1-based, counting segments and closes) gets
-//! enter = 1000 * i and exit = 1000 * i + 500 unless `@` says otherwise;
-//! a close happens at 1000 * i.
+//! The script format is described in `common/mod.rs`.
 //!
 //! Most fixtures were recorded from a PostgreSQL 15 server through a TCP
 //! relay that wrote each `recv` as one segment, cut to 2048 captured bytes.
 
+mod common;
+
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
 use tracer_agent::protocol::db::DbExchange;
 use tracer_agent::protocol::postgres::{
@@ -40,144 +22,9 @@ use tracer_agent::protocol::postgres::{
 use tracer_agent::protocol::sql::{operation_and_collection, sanitize, span_name};
 use tracer_agent::protocol::Segment;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Client,
-    Server,
-}
+use common::{mangle, split, XorShift};
 
-#[derive(Debug, Clone)]
-enum Event {
-    Segment {
-        dir: Dir,
-        data: Vec<u8>,
-        uncaptured: u64,
-        ts: Option<(u64, u64)>,
-    },
-    Close,
-}
-
-fn unescape(s: &str, line_no: usize) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut it = s.bytes().enumerate();
-    while let Some((i, b)) = it.next() {
-        if b != b'\\' {
-            out.push(b);
-            continue;
-        }
-        let Some((_, e)) = it.next() else {
-            return Err(format!("line {line_no}: dangling backslash"));
-        };
-        match e {
-            b'r' => out.push(b'\r'),
-            b'n' => out.push(b'\n'),
-            b't' => out.push(b'\t'),
-            b'0' => out.push(0),
-            b's' => out.push(b' '),
-            b'\\' => out.push(b'\\'),
-            b'x' => {
-                let hex = s
-                    .get(i + 2..i + 4)
-                    .ok_or_else(|| format!("line {line_no}: short \\x escape"))?;
-                let v = u8::from_str_radix(hex, 16)
-                    .map_err(|_| format!("line {line_no}: bad \\x escape {hex:?}"))?;
-                out.push(v);
-                it.next();
-                it.next();
-            }
-            other => {
-                return Err(format!(
-                    "line {line_no}: unknown escape \\{}",
-                    other as char
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn number(s: &str, line_no: usize) -> Result<u64, String> {
-    s.trim()
-        .replace('_', "")
-        .parse()
-        .map_err(|_| format!("line {line_no}: bad number {s:?}"))
-}
-
-fn last_segment(events: &mut [Event], line_no: usize) -> Result<&mut Event, String> {
-    match events.last_mut() {
-        Some(ev @ Event::Segment { .. }) => Ok(ev),
-        _ => Err(format!("line {line_no}: no previous segment")),
-    }
-}
-
-fn parse_script(text: &str) -> Result<Vec<Event>, String> {
-    let mut events: Vec<Event> = Vec::new();
-    for (idx, raw) in text.lines().enumerate() {
-        let line_no = idx + 1;
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let payload = |marker_len: usize| -> Result<Vec<u8>, String> {
-            let rest = &line[marker_len..];
-            unescape(rest.strip_prefix(' ').unwrap_or(rest), line_no)
-        };
-        if let Some(dir) = match line.as_bytes()[0] {
-            b'>' => Some(Dir::Client),
-            b'<' => Some(Dir::Server),
-            _ => None,
-        } {
-            events.push(Event::Segment {
-                dir,
-                data: payload(1)?,
-                uncaptured: 0,
-                ts: None,
-            });
-        } else if line.starts_with('+') {
-            let add = payload(1)?;
-            if let Event::Segment { data, .. } = last_segment(&mut events, line_no)? {
-                data.extend_from_slice(&add);
-            }
-        } else if let Some(rest) = line.strip_prefix(".fill") {
-            let mut parts = rest.split_whitespace();
-            let n = number(parts.next().unwrap_or(""), line_no)?;
-            let fill = match parts.next() {
-                Some(c) => match unescape(c, line_no)?.as_slice() {
-                    [b] => *b,
-                    _ => return Err(format!("line {line_no}: fill byte must be one byte")),
-                },
-                None => b'x',
-            };
-            if let Event::Segment { data, .. } = last_segment(&mut events, line_no)? {
-                data.extend(std::iter::repeat_n(fill, n as usize));
-            }
-        } else if let Some(rest) = line.strip_prefix(".repeat") {
-            let k = number(rest, line_no)?;
-            let ev = last_segment(&mut events, line_no)?.clone();
-            for _ in 0..k {
-                events.push(ev.clone());
-            }
-        } else if let Some(rest) = line.strip_prefix('~') {
-            let n = number(rest, line_no)?;
-            if let Event::Segment { uncaptured, .. } = last_segment(&mut events, line_no)? {
-                *uncaptured = uncaptured.saturating_add(n);
-            }
-        } else if let Some(rest) = line.strip_prefix('@') {
-            let (a, b) = rest
-                .split_once(',')
-                .ok_or_else(|| format!("line {line_no}: expected @ENTER,EXIT"))?;
-            let pair = (number(a, line_no)?, number(b, line_no)?);
-            if let Event::Segment { ts, .. } = last_segment(&mut events, line_no)? {
-                *ts = Some(pair);
-            }
-        } else if line.trim() == "!close" {
-            events.push(Event::Close);
-        } else {
-            return Err(format!("line {line_no}: unrecognised line {line:?}"));
-        }
-    }
-    Ok(events)
-}
+common::script_types!(PgConn, DbExchange, Client => on_client_segment, Server => on_server_segment);
 
 fn render_exchange(out: &mut String, n: usize, at: usize, e: &DbExchange) {
     let text = e
@@ -222,39 +69,7 @@ fn render_exchange(out: &mut String, n: usize, at: usize, e: &DbExchange) {
 fn run_script(events: &[Event]) -> String {
     let mut conn = PgConn::new();
     let mut out = String::new();
-    let mut emitted = Vec::new();
-    let mut count = 0usize;
-    for (i, ev) in events.iter().enumerate() {
-        let idx = (i + 1) as u64;
-        match ev {
-            Event::Segment {
-                dir,
-                data,
-                uncaptured,
-                ts,
-            } => {
-                let (ts_enter, ts_exit) = ts.unwrap_or((idx * 1000, idx * 1000 + 500));
-                let seg = Segment {
-                    data,
-                    uncaptured: *uncaptured,
-                    ts_enter,
-                    ts_exit,
-                };
-                match dir {
-                    Dir::Client => conn.on_client_segment(seg, &mut emitted),
-                    Dir::Server => conn.on_server_segment(seg, &mut emitted),
-                }
-            }
-            Event::Close => conn.on_close(idx * 1000, &mut emitted),
-        }
-        for e in emitted.drain(..) {
-            count += 1;
-            render_exchange(&mut out, count, i + 1, &e);
-        }
-    }
-    if count == 0 {
-        out.push_str("no exchanges\n");
-    }
+    common::render_replay(events, &mut conn, &mut out, render_exchange);
     let st = conn.stats();
     let _ = writeln!(
         out,
@@ -287,128 +102,24 @@ fn run_script(events: &[Event]) -> String {
     out
 }
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/postgres")
-}
-
-fn first_difference(expected: &str, actual: &str) -> String {
-    let mut e = expected.lines();
-    let mut a = actual.lines();
-    let mut n = 1;
-    loop {
-        match (e.next(), a.next()) {
-            (None, None) => return "identical".to_string(),
-            (x, y) if x == y => n += 1,
-            (x, y) => {
-                return format!(
-                    "line {n}:\n  expected: {}\n  actual:   {}",
-                    x.unwrap_or("<end>"),
-                    y.unwrap_or("<end>")
-                )
-            }
-        }
-    }
-}
-
 #[test]
 fn golden_fixtures() {
-    let dir = fixture_dir();
-    let mut scripts: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "pg"))
-        .collect();
-    scripts.sort();
-    assert!(
-        scripts.len() >= 15,
-        "expected at least 15 fixtures, found {}",
-        scripts.len()
-    );
-    let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
-    let mut failures = Vec::new();
-    for script in &scripts {
-        let text = std::fs::read_to_string(script).expect("read fixture");
-        let events = match parse_script(&text) {
-            Ok(ev) => ev,
-            Err(e) => {
-                failures.push(format!("{}: {e}", script.display()));
-                continue;
-            }
-        };
-        let actual = run_script(&events);
-        let expected_path = script.with_extension("expected");
-        if update {
-            std::fs::write(&expected_path, &actual).expect("write expected");
-            continue;
-        }
-        match std::fs::read_to_string(&expected_path) {
-            Ok(expected) if expected == actual => {}
-            Ok(expected) => failures.push(format!(
-                "{} differs at {}\n--- actual output ---\n{actual}",
-                script.display(),
-                first_difference(&expected, &actual)
-            )),
-            Err(_) => failures.push(format!(
-                "{}: missing; run with UPDATE_GOLDEN=1\n--- actual output ---\n{actual}",
-                expected_path.display()
-            )),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    common::check_fixtures(&common::fixture_dir("postgres"), "pg", 15, run_script);
 }
 
 #[test]
 fn script_format_escapes() {
-    let ev =
-        parse_script("> a\\r\\n\\x41\\s\\\\\\0\n+ b\n.fill 3 z\n~1_000\n@7,9\n.repeat 1\n!close\n")
-            .expect("valid script");
-    assert_eq!(ev.len(), 3);
-    match &ev[1] {
-        Event::Segment {
-            dir,
-            data,
-            uncaptured,
-            ts,
-        } => {
-            assert_eq!(*dir, Dir::Client);
-            assert_eq!(data.as_slice(), b"a\r\nA \\\0bzzz");
-            assert_eq!(*uncaptured, 1000);
-            assert_eq!(*ts, Some((7, 9)));
-        }
-        Event::Close => panic!("segment expected"),
-    }
-    assert!(parse_script("~5\n").is_err());
-    assert!(parse_script("> \\q\n").is_err());
-    assert!(parse_script("> \\x4\n").is_err());
-    assert!(parse_script("what\n").is_err());
+    common::check_script_format(
+        "> a\\r\\n\\x41\\s\\\\\\0\n+ b\n.fill 3 z\n~1_000\n@7,9\n.repeat 1\n!close\n",
+        Dir::Client,
+        b"a\r\nA \\\0bzzz",
+        &["~5\n", "> \\q\n", "> \\x4\n", "what\n"],
+    );
 }
 
 // ---------------------------------------------------------------------------
 // Randomised robustness
 // ---------------------------------------------------------------------------
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 fn msg(ty: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![ty];
@@ -531,22 +242,6 @@ fn random_request(rng: &mut XorShift, n: usize) -> (Vec<u8>, Vec<u8>, Option<Wan
     (client, server, Some(want))
 }
 
-fn split(rng: &mut XorShift, bytes: &[u8], capture: Option<usize>) -> Vec<(Vec<u8>, u64)> {
-    let mut segs = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let max = if rng.chance(20) { 4 } else { 512 };
-        let n = (1 + rng.below(max) as usize).min(bytes.len() - i);
-        let part = &bytes[i..i + n];
-        match capture {
-            Some(c) if part.len() > c => segs.push((part[..c].to_vec(), (part.len() - c) as u64)),
-            _ => segs.push((part.to_vec(), 0)),
-        }
-        i += n;
-    }
-    segs
-}
-
 fn memory_bound() -> usize {
     2 * MAX_KEPT
         + 2 * MAX_STATEMENT_BYTES
@@ -573,48 +268,24 @@ fn random_traffic_never_panics_and_stays_bounded() {
                         rng: &mut XorShift,
                         bytes: &[u8],
                         client: bool,
-                        mangle: bool| {
+                        damage: bool| {
             let mut bytes = bytes.to_vec();
-            if mangle && mode == 2 {
-                for _ in 0..1 + rng.below(4) {
-                    if bytes.is_empty() {
-                        break;
-                    }
-                    let at = rng.below(bytes.len() as u64) as usize;
-                    match rng.below(3) {
-                        0 => bytes[at] = rng.next() as u8,
-                        1 => bytes.truncate(at),
-                        _ => {
-                            let junk: Vec<u8> =
-                                (0..rng.below(20)).map(|_| rng.next() as u8).collect();
-                            bytes.splice(at..at, junk);
-                        }
-                    }
-                }
+            if damage && mode == 2 {
+                mangle(rng, &mut bytes);
             }
-            if mangle && mode == 3 && rng.chance(30) {
+            if damage && mode == 3 && rng.chance(30) {
                 let keep = rng.below(bytes.len() as u64 + 1) as usize;
                 bytes.truncate(keep);
             }
-            for (data, gap) in split(rng, &bytes, capture) {
-                ts += 1000;
-                let seg = Segment {
-                    data: &data,
-                    uncaptured: gap,
-                    ts_enter: ts,
-                    ts_exit: ts + 500,
-                };
-                if client {
-                    conn.on_client_segment(seg, out);
-                } else {
-                    conn.on_server_segment(seg, out);
-                }
+            let segs = split(rng, &bytes, capture, 512);
+            let dir = if client { Dir::Client } else { Dir::Server };
+            common::feed_segments(conn, out, segs, dir, &mut ts, |conn| {
                 assert!(
                     conn.buffered_bytes() <= memory_bound(),
                     "iteration {iteration}: {} bytes buffered",
                     conn.buffered_bytes()
                 );
-            }
+            });
         };
         // Clients write the startup packet in one piece.
         let auth = [msg(b'R', &[0, 0, 0, 0]), msg(b'Z', b"I")].concat();
