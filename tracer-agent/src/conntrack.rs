@@ -332,42 +332,10 @@ impl Tracker {
                     };
                 }
             }
-            Proto::Http2(h) => {
-                let mut done = Vec::new();
-                if client_dir {
-                    h.on_client_segment(seg, &mut done);
-                } else {
-                    h.on_server_segment(seg, &mut done);
-                }
-                out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Http2(ex))));
-            }
-            Proto::Postgres(p) => {
-                let mut done = Vec::new();
-                if client_dir {
-                    p.on_client_segment(seg, &mut done);
-                } else {
-                    p.on_server_segment(seg, &mut done);
-                }
-                out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Db(ex))));
-            }
-            Proto::Mysql(p) => {
-                let mut done = Vec::new();
-                if client_dir {
-                    p.on_client_segment(seg, &mut done);
-                } else {
-                    p.on_server_segment(seg, &mut done);
-                }
-                out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Db(ex))));
-            }
-            Proto::Redis(p) => {
-                let mut done = Vec::new();
-                if client_dir {
-                    p.on_client_segment(seg, &mut done);
-                } else {
-                    p.on_server_segment(seg, &mut done);
-                }
-                out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Db(ex))));
-            }
+            Proto::Http2(h) => feed(h.as_mut(), client_dir, seg, &c.meta, Exchange::Http2, out),
+            Proto::Postgres(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, out),
+            Proto::Mysql(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, out),
+            Proto::Redis(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, out),
             Proto::Opaque => self.stats.bytes_ignored += ret,
             Proto::Detecting(_) => {}
         }
@@ -445,6 +413,59 @@ fn detect(hint: u8, inbound: bool, p: &[u8]) -> Option<(Kind, u8)> {
     None
 }
 
+/// A protocol state machine fed with client and server segments.
+trait StreamParser {
+    type Out;
+    fn client(&mut self, seg: Segment<'_>, out: &mut Vec<Self::Out>);
+    fn server(&mut self, seg: Segment<'_>, out: &mut Vec<Self::Out>);
+    fn close(&mut self, ts: u64, out: &mut Vec<Self::Out>);
+}
+
+macro_rules! stream_parser {
+    ($t:ty, $out:ty) => {
+        impl StreamParser for $t {
+            type Out = $out;
+            fn client(&mut self, seg: Segment<'_>, out: &mut Vec<$out>) {
+                self.on_client_segment(seg, out)
+            }
+            fn server(&mut self, seg: Segment<'_>, out: &mut Vec<$out>) {
+                self.on_server_segment(seg, out)
+            }
+            fn close(&mut self, ts: u64, out: &mut Vec<$out>) {
+                self.on_close(ts, out)
+            }
+        }
+    };
+}
+
+stream_parser!(H2Conn, http2::H2Exchange);
+stream_parser!(PgConn, crate::protocol::db::DbExchange);
+stream_parser!(MysqlConn, crate::protocol::db::DbExchange);
+stream_parser!(RedisConn, crate::protocol::db::DbExchange);
+
+fn feed<P: StreamParser>(
+    p: &mut P,
+    client_dir: bool,
+    seg: Segment<'_>,
+    meta: &ConnMeta,
+    wrap: fn(P::Out) -> Exchange,
+    out: &mut Vec<(ConnMeta, Exchange)>,
+) {
+    let mut done = Vec::new();
+    if client_dir {
+        p.client(seg, &mut done);
+    } else {
+        p.server(seg, &mut done);
+    }
+    out.extend(done.into_iter().map(|ex| (meta.clone(), wrap(ex))));
+}
+
+fn close<P: StreamParser>(mut p: Box<P>, now: u64, meta: &ConnMeta, wrap: fn(P::Out) -> Exchange, out: &mut Vec<(ConnMeta, Exchange)>) {
+    let mut done = Vec::new();
+    p.close(now, &mut done);
+    out.extend(done.into_iter().map(|ex| (meta.clone(), wrap(ex))));
+}
+
 fn finish(c: Conn, now: u64, out: &mut Vec<(ConnMeta, Exchange)>) {
     match c.proto {
         Proto::Http1(mut h) => {
@@ -452,26 +473,10 @@ fn finish(c: Conn, now: u64, out: &mut Vec<(ConnMeta, Exchange)>) {
             h.on_close(now, &mut done);
             out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Http1(ex))));
         }
-        Proto::Http2(mut h) => {
-            let mut done = Vec::new();
-            h.on_close(now, &mut done);
-            out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Http2(ex))));
-        }
-        Proto::Postgres(mut p) => {
-            let mut done = Vec::new();
-            p.on_close(now, &mut done);
-            out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Db(ex))));
-        }
-        Proto::Mysql(mut p) => {
-            let mut done = Vec::new();
-            p.on_close(now, &mut done);
-            out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Db(ex))));
-        }
-        Proto::Redis(mut p) => {
-            let mut done = Vec::new();
-            p.on_close(now, &mut done);
-            out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Db(ex))));
-        }
+        Proto::Http2(p) => close(p, now, &c.meta, Exchange::Http2, out),
+        Proto::Postgres(p) => close(p, now, &c.meta, Exchange::Db, out),
+        Proto::Mysql(p) => close(p, now, &c.meta, Exchange::Db, out),
+        Proto::Redis(p) => close(p, now, &c.meta, Exchange::Db, out),
         Proto::Detecting(_) | Proto::Opaque => {}
     }
 }
