@@ -92,7 +92,7 @@ pub struct Args {
     #[arg(long = "ring-buffer", value_enum, default_value = "shared")]
     pub ring_buffer: crate::probes::RingMode,
     /// Also write every raw kernel event to FILE (for `--replay` and bug reports).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "TRACER_RECORD")]
     pub record: Option<std::path::PathBuf>,
     /// Do not load probes: feed the events recorded in FILE through the pipeline, export, print figures and exit.
     #[arg(long, value_name = "FILE", conflicts_with = "record")]

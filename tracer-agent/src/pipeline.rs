@@ -71,6 +71,8 @@ pub struct PipelineStats {
     pub spans: u64,
     /// Spans joined to their same-host peer.
     pub linked: u64,
+    /// HTTP/2 streams seen only from their response (joined mid-stream).
+    pub orphan_streams: u64,
     pub tracker: TrackerStats,
     pub connections: usize,
 }
@@ -143,6 +145,10 @@ impl Pipeline {
                     self.link(&mut span, meta, &ex.request.target, ex.resp_last_exit.max(ex.req_last_exit));
                     self.spans.push(span);
                 }
+                // A stream whose request was sent before the agent joined:
+                // nothing is known of the request, so no span (as for an
+                // HTTP/1 response without its request).
+                Exchange::Http2(ex) if ex.req_first_enter == 0 => self.stats.orphan_streams += 1,
                 Exchange::Http2(ex) => {
                     let mut span = h2_span(ex, meta, &self.routes, &self.clock);
                     let target = ex.path.as_deref().unwrap_or("");
