@@ -816,6 +816,33 @@ mod tests {
     }
 
     #[test]
+    fn grpc_trace_bin() {
+        let mut b = vec![0u8, 0];
+        b.extend_from_slice(&[0x4b; 16]);
+        b.push(1);
+        b.extend_from_slice(&[0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        b.extend_from_slice(&[2, 1]);
+        let p = parse_grpc_trace_bin(&b).unwrap();
+        assert_eq!(p.trace_id, [0x4b; 16]);
+        assert_eq!(hex(&p.span_id), "00f067aa0ba902b7");
+        assert!(p.sampled);
+        assert!(parse_grpc_trace_bin(&b[..10]).is_none());
+        assert!(parse_grpc_trace_bin(&[1, 0]).is_none());
+        let mut zero = b.clone();
+        zero[2..18].fill(0);
+        assert!(parse_grpc_trace_bin(&zero).is_none());
+    }
+
+    #[test]
+    fn grpc_error_rules() {
+        for code in 0..17 {
+            assert_eq!(grpc_is_error(SpanKind::Client, code), code != 0);
+        }
+        let server: Vec<u32> = (0..17).filter(|c| grpc_is_error(SpanKind::Server, *c)).collect();
+        assert_eq!(server, vec![2, 4, 12, 13, 14, 15]);
+    }
+
+    #[test]
     fn paths_and_hosts() {
         assert_eq!(target_path("/a/b?x=1#f"), "/a/b");
         assert_eq!(target_path("http://h:8080/p?q"), "/p");
