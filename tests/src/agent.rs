@@ -28,11 +28,7 @@ pub fn agent_bin() -> PathBuf {
         )
     });
     let bin = PathBuf::from(bin);
-    assert!(
-        bin.is_file(),
-        "TRACER_AGENT_BIN={} does not name an existing file",
-        bin.display()
-    );
+    assert!(bin.is_file(), "TRACER_AGENT_BIN={} does not name an existing file", bin.display());
     bin
 }
 
@@ -67,11 +63,7 @@ impl OutputShared {
     }
 }
 
-fn pump(
-    stream: impl Read + Send + 'static,
-    shared: Arc<OutputShared>,
-    is_stderr: bool,
-) -> JoinHandle<()> {
+fn pump(stream: impl Read + Send + 'static, shared: Arc<OutputShared>, is_stderr: bool) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut line = Vec::new();
@@ -195,22 +187,14 @@ impl AgentBuilder {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("failed to spawn {}: {e}", bin.display()));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("failed to spawn {}: {e}", bin.display()));
         let shared = Arc::new(OutputShared::default());
         let readers = vec![
             pump(child.stdout.take().unwrap(), shared.clone(), false),
             pump(child.stderr.take().unwrap(), shared.clone(), true),
         ];
-        let mut agent = Agent {
-            child,
-            shared,
-            readers,
-            args: self.args,
-            stopped: false,
-            reported: std::cell::Cell::new(false),
-        };
+        let mut agent =
+            Agent { child, shared, readers, args: self.args, stopped: false, reported: std::cell::Cell::new(false) };
         agent.wait_ready();
         agent
     }
@@ -227,9 +211,7 @@ pub struct AgentExit {
 impl AgentExit {
     /// The `tracer-agent: stats` line written at shutdown.
     pub fn stats_line(&self) -> Option<&str> {
-        self.stderr
-            .lines()
-            .find(|l| l.trim_start().starts_with(STATS_PREFIX) || l.contains(STATS_PREFIX))
+        self.stderr.lines().find(|l| l.trim_start().starts_with(STATS_PREFIX) || l.contains(STATS_PREFIX))
     }
 }
 
@@ -287,21 +269,14 @@ impl Agent {
             if let Ok(Some(status)) = self.child.try_wait() {
                 self.stopped = true;
                 self.wait_for_eof(Duration::from_secs(2));
-                self.fail(format!(
-                    "tracer-agent exited with {status} before writing {READY_MARKER:?}"
-                ));
+                self.fail(format!("tracer-agent exited with {status} before writing {READY_MARKER:?}"));
             }
             if Instant::now() >= deadline {
-                self.fail(format!(
-                    "tracer-agent did not write {READY_MARKER:?} within {READY_TIMEOUT:?}"
-                ));
+                self.fail(format!("tracer-agent did not write {READY_MARKER:?} within {READY_TIMEOUT:?}"));
             }
             let out = self.shared.lock();
             if !out.ready {
-                let _ = self
-                    .shared
-                    .changed
-                    .wait_timeout(out, Duration::from_millis(100));
+                let _ = self.shared.changed.wait_timeout(out, Duration::from_millis(100));
             }
         }
     }
@@ -340,12 +315,7 @@ impl Agent {
             if now >= deadline {
                 break;
             }
-            out = self
-                .shared
-                .changed
-                .wait_timeout(out, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            out = self.shared.changed.wait_timeout(out, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
@@ -356,18 +326,11 @@ impl Agent {
         if let Ok(Some(status)) = self.child.try_wait() {
             self.stopped = true;
             self.wait_for_eof(Duration::from_secs(2));
-            self.fail(format!(
-                "tracer-agent had already exited with {status} before SIGTERM"
-            ));
+            self.fail(format!("tracer-agent had already exited with {status} before SIGTERM"));
         }
         // SAFETY: plain signal delivery to our own child process.
         let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(
-            rc,
-            0,
-            "kill(SIGTERM) failed: {}",
-            std::io::Error::last_os_error()
-        );
+        assert_eq!(rc, 0, "kill(SIGTERM) failed: {}", std::io::Error::last_os_error());
         let deadline = Instant::now() + STOP_TIMEOUT;
         let status = loop {
             match self.child.try_wait() {
@@ -380,9 +343,7 @@ impl Agent {
                 let _ = self.child.wait();
                 self.stopped = true;
                 self.wait_for_eof(Duration::from_secs(2));
-                self.fail(format!(
-                    "tracer-agent did not exit within {STOP_TIMEOUT:?} after SIGTERM"
-                ));
+                self.fail(format!("tracer-agent did not exit within {STOP_TIMEOUT:?} after SIGTERM"));
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -395,21 +356,13 @@ impl Agent {
         }
         let exit = {
             let out = self.shared.lock();
-            AgentExit {
-                status,
-                stdout: out.stdout.clone(),
-                stderr: out.stderr.clone(),
-            }
+            AgentExit { status, stdout: out.stdout.clone(), stderr: out.stderr.clone() }
         };
         if !status.success() {
-            self.fail(format!(
-                "tracer-agent exited with {status} after SIGTERM (expected 0)"
-            ));
+            self.fail(format!("tracer-agent exited with {status} after SIGTERM (expected 0)"));
         }
         if exit.stats_line().is_none() {
-            self.fail(format!(
-                "tracer-agent exited without a {STATS_PREFIX:?} line on stderr"
-            ));
+            self.fail(format!("tracer-agent exited without a {STATS_PREFIX:?} line on stderr"));
         }
         exit
     }
@@ -433,9 +386,5 @@ fn tail(text: &str, lines: usize) -> String {
     if all.len() <= lines {
         return text.to_string();
     }
-    format!(
-        "[... {} earlier lines ...]\n{}",
-        all.len() - lines,
-        all[all.len() - lines..].join("\n")
-    )
+    format!("[... {} earlier lines ...]\n{}", all.len() - lines, all[all.len() - lines..].join("\n"))
 }

@@ -38,10 +38,7 @@ fn output_text(out: &Output) -> String {
 
 /// Runs `cmd` to completion, panicking (with its output) unless it exits 0.
 fn run_ok(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("running {what}: {e}"));
     assert!(out.status.success(), "{what} failed\n{}", output_text(&out));
     out
 }
@@ -72,17 +69,13 @@ fn user_ids(name: &str) -> (u32, u32) {
     // SAFETY: getpwnam returns a pointer into static storage or null; the
     // fields are copied out before any other call that could overwrite it.
     let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
-    assert!(
-        !pw.is_null(),
-        "system user `{name}` does not exist (it comes with the PostgreSQL server package)"
-    );
+    assert!(!pw.is_null(), "system user `{name}` does not exist (it comes with the PostgreSQL server package)");
     // SAFETY: checked non-null above.
     unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
 }
 
 fn temp_dir(prefix: &str) -> TempDir {
@@ -143,9 +136,7 @@ pub fn run_client(cmd: &mut Command, what: &str) -> ClientRun {
 
 fn wait_client(child: Child, what: &str) -> ClientRun {
     let pid = child.id();
-    let output = child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
+    let output = child.wait_with_output().unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
     ClientRun { pid, output }
 }
 
@@ -224,12 +215,7 @@ impl Postgres {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawning postgres: {e}"));
-        let mut pg = Postgres {
-            child: Some(child),
-            dir,
-            port,
-            bin,
-        };
+        let mut pg = Postgres { child: Some(child), dir, port, bin };
         pg.wait_ready();
         pg
     }
@@ -282,44 +268,29 @@ impl Postgres {
 
     /// psql/pgbench connection arguments over TCP (traced).
     pub fn tcp_args(&self, db: &str) -> Vec<String> {
-        [
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-        ]
-        .map(String::from)
-        .to_vec()
+        ["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db].map(String::from).to_vec()
     }
 
     /// psql connection arguments over the unix socket (not traced by a
     /// `--port` agent).
     pub fn local_args(&self, db: &str) -> Vec<String> {
-        [
-            "-h",
-            &self.dir.path().display().to_string(),
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-        ]
-        .map(String::from)
-        .to_vec()
+        ["-h", &self.dir.path().display().to_string(), "-p", &self.port.to_string(), "-U", "postgres", "-d", db]
+            .map(String::from)
+            .to_vec()
     }
 
     /// Runs SQL through the unix socket (setup that must not be traced);
     /// panics unless it succeeds.
     pub fn setup_sql(&self, db: &str, sql: &str) {
         run_ok(
-            Command::new(require_program("psql"))
-                .args(self.local_args(db))
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+            Command::new(require_program("psql")).args(self.local_args(db)).args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ]),
             &format!("psql (setup) {sql:?}"),
         );
     }
@@ -375,9 +346,7 @@ impl MariaDb {
     pub fn start() -> MariaDb {
         let install = find_program("mariadb-install-db")
             .or_else(|| find_program("mysql_install_db"))
-            .unwrap_or_else(|| {
-                panic!("mariadb-install-db was not found; install the mariadb-server package")
-            });
+            .unwrap_or_else(|| panic!("mariadb-install-db was not found; install the mariadb-server package"));
         let server = find_program("mariadbd").unwrap_or_else(|| require_program("mysqld"));
         let dir = temp_dir("tracer-mariadb-");
         let data = dir.path().join("data");
@@ -411,11 +380,7 @@ impl MariaDb {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning mariadbd: {e}"));
-        let mut db = MariaDb {
-            child: Some(child),
-            dir,
-            port,
-        };
+        let mut db = MariaDb { child: Some(child), dir, port };
         db.wait_ready();
         db
     }
@@ -485,9 +450,7 @@ impl MariaDb {
     /// Runs SQL through the unix socket (setup that must not be traced).
     pub fn setup_sql(&self, sql: &str) {
         run_ok(
-            Command::new(require_program("mariadb"))
-                .args(self.local_args())
-                .args(["-e", sql]),
+            Command::new(require_program("mariadb")).args(self.local_args()).args(["-e", sql]),
             &format!("mariadb (setup) {sql:?}"),
         );
     }
@@ -550,11 +513,7 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning redis-server: {e}"));
-        let mut redis = Redis {
-            child: Some(child),
-            dir,
-            port,
-        };
+        let mut redis = Redis { child: Some(child), dir, port };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Ok(Some(status)) = redis.child.as_mut().unwrap().try_wait() {
@@ -565,10 +524,7 @@ impl Redis {
                 .stdin(Stdio::null())
                 .output()
                 // Without the password the reply is NOAUTH: still up.
-                .map(|o| {
-                    o.status.success()
-                        && (o.stdout.starts_with(b"PONG") || o.stdout.starts_with(b"NOAUTH"))
-                })
+                .map(|o| o.status.success() && (o.stdout.starts_with(b"PONG") || o.stdout.starts_with(b"NOAUTH")))
                 .unwrap_or(false);
             if ok && wait_for_port(port, Duration::from_secs(1)) {
                 break;
@@ -611,9 +567,7 @@ impl Redis {
     /// Runs a command through the unix socket (setup, not traced).
     pub fn setup(&self, args: &[&str]) {
         run_ok(
-            Command::new(require_program("redis-cli"))
-                .args(["-s", &self.socket().display().to_string()])
-                .args(args),
+            Command::new(require_program("redis-cli")).args(["-s", &self.socket().display().to_string()]).args(args),
             &format!("redis-cli (setup) {args:?}"),
         );
     }
@@ -735,25 +689,13 @@ pub struct DbAgent {
 impl DbAgent {
     /// Starts an agent with `--port port --record <record_path(test)>`,
     /// configured further by `configure`.
-    pub fn start(
-        test: &str,
-        port: u16,
-        configure: impl FnOnce(AgentBuilder) -> AgentBuilder,
-    ) -> DbAgent {
+    pub fn start(test: &str, port: u16, configure: impl FnOnce(AgentBuilder) -> AgentBuilder) -> DbAgent {
         let receiver = Receiver::start();
         let record = record_path(test);
         let _ = fs::remove_file(&record);
-        let builder = AgentBuilder::new(&receiver)
-            .port(port)
-            .arg("--record")
-            .arg(record.display().to_string());
+        let builder = AgentBuilder::new(&receiver).port(port).arg("--record").arg(record.display().to_string());
         let agent = configure(builder).start();
-        DbAgent {
-            agent: Some(agent),
-            exit: None,
-            receiver,
-            record,
-        }
+        DbAgent { agent: Some(agent), exit: None, receiver, record }
     }
 
     /// Waits (bounded) until `expected` spans arrived, lets a little more
@@ -772,10 +714,7 @@ impl DbAgent {
 
     /// The agent's shutdown statistics line.
     pub fn stats(&self) -> &str {
-        self.exit
-            .as_ref()
-            .and_then(|e| e.stats_line())
-            .unwrap_or("<agent not stopped>")
+        self.exit.as_ref().and_then(|e| e.stats_line()).unwrap_or("<agent not stopped>")
     }
 
     /// Raw event record of this scenario.
@@ -828,10 +767,7 @@ pub struct DbSpan<'a> {
 
 /// Database spans whose `db.query.text` is `query`.
 pub fn with_query<'s>(spans: &'s [ReceivedSpan], query: &str) -> Vec<&'s ReceivedSpan> {
-    spans
-        .iter()
-        .filter(|s| s.attr_str("db.query.text").as_deref() == Some(query))
-        .collect()
+    spans.iter().filter(|s| s.attr_str("db.query.text").as_deref() == Some(query)).collect()
 }
 
 /// Checks one span against `want`: kind CLIENT, name, system, operation,
@@ -843,12 +779,7 @@ pub fn assert_db_span(span: &ReceivedSpan, want: &DbSpan, server_port: u16) {
     assert_eq!(span.kind(), SpanKind::Client, "{}", ctx("span kind"));
     assert_eq!(span.name(), want.name, "{}", ctx("span name"));
     let opt = |key: &str, value: Option<&str>| {
-        assert_eq!(
-            span.attr_str(key).as_deref(),
-            value,
-            "{}",
-            ctx(&format!("attribute {key}"))
-        );
+        assert_eq!(span.attr_str(key).as_deref(), value, "{}", ctx(&format!("attribute {key}")));
     };
     opt("db.system.name", Some(want.system));
     opt("db.operation.name", want.operation);
@@ -856,12 +787,7 @@ pub fn assert_db_span(span: &ReceivedSpan, want: &DbSpan, server_port: u16) {
     opt("db.namespace", want.namespace);
     opt("db.query.text", Some(want.query));
     if let Some(rows) = want.rows {
-        assert_eq!(
-            span.attr_int("db.response.returned_rows"),
-            rows,
-            "{}",
-            ctx("attribute db.response.returned_rows")
-        );
+        assert_eq!(span.attr_int("db.response.returned_rows"), rows, "{}", ctx("attribute db.response.returned_rows"));
     }
     match want.error {
         Some(code) => {
@@ -877,18 +803,8 @@ pub fn assert_db_span(span: &ReceivedSpan, want: &DbSpan, server_port: u16) {
     }
     opt("server.address", Some("127.0.0.1"));
     opt("network.peer.address", Some("127.0.0.1"));
-    assert_eq!(
-        span.attr_int("server.port"),
-        Some(server_port as i64),
-        "{}",
-        ctx("attribute server.port")
-    );
-    assert_eq!(
-        span.attr_int("network.peer.port"),
-        Some(server_port as i64),
-        "{}",
-        ctx("attribute network.peer.port")
-    );
+    assert_eq!(span.attr_int("server.port"), Some(server_port as i64), "{}", ctx("attribute server.port"));
+    assert_eq!(span.attr_int("network.peer.port"), Some(server_port as i64), "{}", ctx("attribute network.peer.port"));
 }
 
 /// Checks the spans of one client, in time order, against `want`, one
@@ -933,11 +849,8 @@ pub fn assert_client_process(spans: &[ReceivedSpan], service: &str, pid: u32, co
 
 /// Spans of `service`, in time order.
 pub fn of_service(spans: &[ReceivedSpan], service: &str) -> Vec<ReceivedSpan> {
-    let mut out: Vec<ReceivedSpan> = spans
-        .iter()
-        .filter(|s| s.service_name().as_deref() == Some(service))
-        .cloned()
-        .collect();
+    let mut out: Vec<ReceivedSpan> =
+        spans.iter().filter(|s| s.service_name().as_deref() == Some(service)).cloned().collect();
     crate::sort_by_time(&mut out);
     out
 }

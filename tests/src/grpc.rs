@@ -125,11 +125,7 @@ impl Lines {
             if guard.1 || now >= deadline {
                 return false;
             }
-            guard = self
-                .changed
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            guard = self.changed.wait_timeout(guard, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 }
@@ -164,10 +160,7 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     fn spawn(mut cmd: Command, port: u16, what: &str) -> ServerProcess {
-        let dir = tempfile::Builder::new()
-            .prefix("tracer-grpc-server-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("tracer-grpc-server-").tempdir().unwrap();
         let log_path = dir.path().join("server.log");
         let log = fs::File::create(&log_path).unwrap();
         let child = cmd
@@ -176,13 +169,7 @@ impl ServerProcess {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
-        let mut server = ServerProcess {
-            child: Some(child),
-            port,
-            what: what.to_string(),
-            log_path,
-            _dir: dir,
-        };
+        let mut server = ServerProcess { child: Some(child), port, what: what.to_string(), log_path, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if server.log().contains("listening") && wait_for_port(port, Duration::from_secs(1)) {
@@ -190,10 +177,7 @@ impl ServerProcess {
             }
             let status = server.child.as_mut().unwrap().try_wait();
             if !matches!(status, Ok(None)) || Instant::now() >= deadline {
-                panic!(
-                    "{what} did not start listening on port {port} (status {status:?})\nlog:\n{}",
-                    server.log()
-                );
+                panic!("{what} did not start listening on port {port} (status {status:?})\nlog:\n{}", server.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -265,16 +249,9 @@ pub fn grpc_python() -> PathBuf {
 /// Clears proxy settings that would make grpcio route loopback calls
 /// elsewhere.
 fn without_proxies(cmd: &mut Command) {
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "grpc_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "GRPC_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
+    for var in
+        ["http_proxy", "https_proxy", "grpc_proxy", "HTTP_PROXY", "HTTPS_PROXY", "GRPC_PROXY", "all_proxy", "ALL_PROXY"]
+    {
         cmd.env_remove(var);
     }
 }
@@ -285,10 +262,7 @@ fn without_proxies(cmd: &mut Command) {
 /// `grpc_demo.py server PORT` (comm `python3`).
 pub fn start_python_grpc_server(port: u16) -> ServerProcess {
     let mut cmd = Command::new(grpc_python());
-    cmd.arg(grpc_demo_script())
-        .arg("server")
-        .arg(port.to_string())
-        .env("PYTHONUNBUFFERED", "1");
+    cmd.arg(grpc_demo_script()).arg("server").arg(port.to_string()).env("PYTHONUNBUFFERED", "1");
     without_proxies(&mut cmd);
     ServerProcess::spawn(cmd, port, "python gRPC server")
 }
@@ -359,20 +333,13 @@ pub struct PyClientRun {
 
 /// Runs `grpc_demo.py client PORT S1 N1 S2 N2 ...` with `env` added, and
 /// asserts it succeeded and logged one line per planned call.
-pub fn run_python_grpc_client(
-    port: u16,
-    plan: &[(&str, usize)],
-    env: &[(&str, &str)],
-) -> PyClientRun {
+pub fn run_python_grpc_client(port: u16, plan: &[(&str, usize)], env: &[(&str, &str)]) -> PyClientRun {
     let mut cmd = Command::new(grpc_python());
-    cmd.arg(grpc_demo_script())
-        .arg("client")
-        .arg(port.to_string());
+    cmd.arg(grpc_demo_script()).arg("client").arg(port.to_string());
     for (scenario, n) in plan {
         cmd.arg(scenario).arg(n.to_string());
     }
-    cmd.env("PYTHONUNBUFFERED", "1")
-        .env_remove("GRPC_DEMO_TRACEPARENT");
+    cmd.env("PYTHONUNBUFFERED", "1").env_remove("GRPC_DEMO_TRACEPARENT");
     without_proxies(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
@@ -384,9 +351,7 @@ pub fn run_python_grpc_client(
         .spawn()
         .unwrap_or_else(|e| panic!("spawning the python gRPC client: {e}"));
     let pid = child.id();
-    let out = child
-        .wait_with_output()
-        .expect("waiting for the python gRPC client");
+    let out = child.wait_with_output().expect("waiting for the python gRPC client");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -396,18 +361,8 @@ pub fn run_python_grpc_client(
     );
     let calls: Vec<CallRecord> = stdout.lines().filter_map(CallRecord::parse).collect();
     let planned: usize = plan.iter().map(|(_, n)| n).sum();
-    assert_eq!(
-        calls.len(),
-        planned,
-        "python gRPC client logged {} calls, planned {planned}\n{stdout}",
-        calls.len()
-    );
-    PyClientRun {
-        pid,
-        calls,
-        stdout,
-        stderr,
-    }
+    assert_eq!(calls.len(), planned, "python gRPC client logged {} calls, planned {planned}\n{stdout}", calls.len());
+    PyClientRun { pid, calls, stdout, stderr }
 }
 
 /// `grpc_demo.py client PORT long INTERVAL_MS`: one channel, one call every
@@ -440,13 +395,7 @@ impl LongClient {
         let stdin = child.stdin.take();
         let (stdout, r1) = Lines::pump(child.stdout.take().unwrap());
         let (stderr, r2) = Lines::pump(child.stderr.take().unwrap());
-        LongClient {
-            child: Some(child),
-            stdin,
-            stdout,
-            stderr,
-            readers: vec![r1, r2],
-        }
+        LongClient { child: Some(child), stdin, stdout, stderr, readers: vec![r1, r2] }
     }
 
     pub fn pid(&self) -> u32 {
@@ -455,18 +404,12 @@ impl LongClient {
 
     /// Calls logged so far.
     pub fn calls(&self) -> Vec<CallRecord> {
-        self.stdout
-            .snapshot()
-            .iter()
-            .filter_map(|l| CallRecord::parse(l))
-            .collect()
+        self.stdout.snapshot().iter().filter_map(|l| CallRecord::parse(l)).collect()
     }
 
     /// Waits until at least `n` calls were logged.
     pub fn wait_for_calls(&self, n: usize, timeout: Duration) {
-        let ok = self.stdout.wait(timeout, |lines| {
-            lines.iter().filter(|l| l.starts_with("call ")).count() >= n
-        });
+        let ok = self.stdout.wait(timeout, |lines| lines.iter().filter(|l| l.starts_with("call ")).count() >= n);
         assert!(
             ok,
             "long-running gRPC client did not log {n} calls within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
@@ -542,10 +485,7 @@ fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(dir);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent directory")
-        .join("target")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent directory").join("target")
 }
 
 /// Path of the gRPC-Go server binary, building it on first use.
@@ -564,11 +504,7 @@ fn build_go_server() -> PathBuf {
     let main_go = src_dir.join("main.go");
     let src = fs::read(&main_go).unwrap_or_else(|e| panic!("reading {}: {e}", main_go.display()));
     let go = require_program("go");
-    let version = Command::new(&go)
-        .arg("version")
-        .output()
-        .map(|o| o.stdout)
-        .unwrap_or_default();
+    let version = Command::new(&go).arg("version").output().map(|o| o.stdout).unwrap_or_default();
     let hash = fnv1a(&version, fnv1a(&src, 0xcbf2_9ce4_8422_2325));
     let base = target_dir().join(GO_SERVER_NAME);
     let dir = base.join(format!("{hash:016x}"));
@@ -642,10 +578,7 @@ pub struct NginxH2 {
 impl NginxH2 {
     pub fn start(port: u16, root: &Path) -> NginxH2 {
         let nginx = require_program("nginx");
-        let dir = tempfile::Builder::new()
-            .prefix("tracer-nginx-h2-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("tracer-nginx-h2-").tempdir().unwrap();
         let d = dir.path();
         for sub in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
             fs::create_dir(d.join(sub)).unwrap();
@@ -705,11 +638,7 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", nginx.display()));
-        let mut server = NginxH2 {
-            child: Some(child),
-            dir,
-            port,
-        };
+        let mut server = NginxH2 { child: Some(child), dir, port };
         if !wait_for_port(port, Duration::from_secs(15)) {
             let status = server.child.as_mut().unwrap().try_wait();
             panic!(
@@ -819,8 +748,7 @@ pub fn parse_h2load(pid: u32, stdout: &str) -> H2loadRun {
         }
     }
     let get = |m: &HashMap<String, u64>, k: &str| -> u64 {
-        *m.get(k)
-            .unwrap_or_else(|| panic!("no {k:?} count in h2load output:\n{stdout}"))
+        *m.get(k).unwrap_or_else(|| panic!("no {k:?} count in h2load output:\n{stdout}"))
     };
     H2loadRun {
         pid,
@@ -841,11 +769,7 @@ pub fn parse_h2load(pid: u32, stdout: &str) -> H2loadRun {
 
 /// Spans of `kind` exported for process `pid`.
 pub fn spans_of_pid(spans: &[ReceivedSpan], kind: SpanKind, pid: u32) -> Vec<ReceivedSpan> {
-    spans
-        .iter()
-        .filter(|s| s.kind() == kind && s.resource_int("process.pid") == Some(pid as i64))
-        .cloned()
-        .collect()
+    spans.iter().filter(|s| s.kind() == kind && s.resource_int("process.pid") == Some(pid as i64)).cloned().collect()
 }
 
 /// Checks the gRPC attributes, name and status of one span: method
@@ -853,11 +777,7 @@ pub fn spans_of_pid(spans: &[ReceivedSpan], kind: SpanKind, pid: u32) -> Vec<Rec
 #[track_caller]
 pub fn assert_grpc_span(span: &ReceivedSpan, kind: SpanKind, method: &str, code: i64, port: u16) {
     assert_eq!(span.kind(), kind, "span kind\n{span}");
-    assert_eq!(
-        span.name(),
-        format!("{GRPC_SERVICE}/{method}"),
-        "span name\n{span}"
-    );
+    assert_eq!(span.name(), format!("{GRPC_SERVICE}/{method}"), "span name\n{span}");
     assert_attr_str(span, "rpc.system", "grpc");
     assert_attr_str(span, "rpc.system.name", "grpc");
     assert_attr_str(span, "rpc.service", GRPC_SERVICE);
@@ -883,10 +803,7 @@ pub fn assert_grpc_span(span: &ReceivedSpan, kind: SpanKind, method: &str, code:
         !span.has_attr("tracer.headers_incomplete"),
         "headers of a connection traced from its start must be complete\n{span}"
     );
-    assert!(
-        span.start_ns() < span.end_ns(),
-        "span must have start < end\n{span}"
-    );
+    assert!(span.start_ns() < span.end_ns(), "span must have start < end\n{span}");
 }
 
 /// Span status and `error.type` for gRPC status `code` seen from `kind`.
@@ -919,8 +836,7 @@ pub fn assert_grpc_status(span: &ReceivedSpan, kind: SpanKind, code: i64) {
 pub fn name_code_counts(spans: &[ReceivedSpan]) -> Vec<(String, Option<i64>, usize)> {
     let mut m: HashMap<(String, Option<i64>), usize> = HashMap::new();
     for s in spans {
-        *m.entry((s.name().to_string(), s.attr_int("rpc.grpc.status_code")))
-            .or_default() += 1;
+        *m.entry((s.name().to_string(), s.attr_int("rpc.grpc.status_code"))).or_default() += 1;
     }
     let mut v: Vec<_> = m.into_iter().map(|((n, c), k)| (n, c, k)).collect();
     v.sort();
@@ -934,33 +850,17 @@ pub fn name_code_counts(spans: &[ReceivedSpan]) -> Vec<(String, Option<i64>, usi
 #[track_caller]
 pub fn assert_linked_one_to_one(servers: &[ReceivedSpan], clients: &[ReceivedSpan]) {
     let all: Vec<ReceivedSpan> = servers.iter().chain(clients).cloned().collect();
-    let by_id: HashMap<Vec<u8>, &ReceivedSpan> = clients
-        .iter()
-        .map(|c| (c.span.span_id.clone(), c))
-        .collect();
+    let by_id: HashMap<Vec<u8>, &ReceivedSpan> = clients.iter().map(|c| (c.span.span_id.clone(), c)).collect();
     let mut used = std::collections::HashSet::new();
     for c in clients {
-        assert!(
-            c.span.parent_span_id.is_empty(),
-            "a client span without incoming context must be a root span\n{c}"
-        );
+        assert!(c.span.parent_span_id.is_empty(), "a client span without incoming context must be a root span\n{c}");
     }
     for s in servers {
         let Some(c) = by_id.get(&s.span.parent_span_id) else {
-            panic!(
-                "server span's parent is not one of the client spans\n{s}\n{}",
-                dump(&all)
-            );
+            panic!("server span's parent is not one of the client spans\n{s}\n{}", dump(&all));
         };
-        assert_eq!(
-            s.span.trace_id, c.span.trace_id,
-            "trace ids differ\n{s}\n{c}"
-        );
-        assert_eq!(
-            s.name(),
-            c.name(),
-            "linked spans name different calls\n{s}\n{c}"
-        );
+        assert_eq!(s.span.trace_id, c.span.trace_id, "trace ids differ\n{s}\n{c}");
+        assert_eq!(s.name(), c.name(), "linked spans name different calls\n{s}\n{c}");
         assert!(
             used.insert(c.span.span_id.clone()),
             "two server spans have the same client span as parent\n{}",

@@ -44,10 +44,7 @@ pub fn serial() -> MutexGuard<'static, ()> {
 
 /// URL paths of `spans`, in the given order.
 pub fn span_paths(spans: &[ReceivedSpan]) -> Vec<String> {
-    spans
-        .iter()
-        .map(|s| s.url_path().unwrap_or_else(|| "<no url.path>".to_string()))
-        .collect()
+    spans.iter().map(|s| s.url_path().unwrap_or_else(|| "<no url.path>".to_string())).collect()
 }
 
 /// Sorts spans by start time, then end time.
@@ -60,10 +57,7 @@ pub fn sort_by_time(spans: &mut [ReceivedSpan]) {
 /// for clock conversion).
 pub fn assert_timing(span: &ReceivedSpan, not_before: u64, not_after: u64) {
     const SLACK: u64 = 2_000_000_000;
-    assert!(
-        span.start_ns() < span.end_ns(),
-        "span must have start < end (duration > 0): {span}"
-    );
+    assert!(span.start_ns() < span.end_ns(), "span must have start < end (duration > 0): {span}");
     assert!(
         span.start_ns() + SLACK >= not_before,
         "span starts before the traffic was generated (start {} < {}): {span}",
@@ -85,42 +79,25 @@ pub fn assert_paths_once(spans: &[ReceivedSpan], expected: &[String]) {
     got.sort();
     let mut want = expected.to_vec();
     want.sort();
-    assert_eq!(
-        got,
-        want,
-        "each expected url.path must appear exactly once\n{}",
-        dump(spans)
-    );
+    assert_eq!(got, want, "each expected url.path must appear exactly once\n{}", dump(spans));
 }
 
 /// Asserts the span attribute `key` is the string `value`.
 #[track_caller]
 pub fn assert_attr_str(span: &ReceivedSpan, key: &str, value: &str) {
-    assert_eq!(
-        span.attr_str(key).as_deref(),
-        Some(value),
-        "span attribute {key} (string)\n{span}"
-    );
+    assert_eq!(span.attr_str(key).as_deref(), Some(value), "span attribute {key} (string)\n{span}");
 }
 
 /// Asserts the span attribute `key` is the integer `value`.
 #[track_caller]
 pub fn assert_attr_int(span: &ReceivedSpan, key: &str, value: i64) {
-    assert_eq!(
-        span.attr_int(key),
-        Some(value),
-        "span attribute {key} (int)\n{span}"
-    );
+    assert_eq!(span.attr_int(key), Some(value), "span attribute {key} (int)\n{span}");
 }
 
 /// Asserts the resource attribute `key` is the string `value`.
 #[track_caller]
 pub fn assert_resource_str(span: &ReceivedSpan, key: &str, value: &str) {
-    assert_eq!(
-        span.resource_str(key).as_deref(),
-        Some(value),
-        "resource attribute {key} (string)\n{span}"
-    );
+    assert_eq!(span.resource_str(key).as_deref(), Some(value), "resource attribute {key} (string)\n{span}");
 }
 
 /// Asserts the span status and `error.type` for an HTTP status code:
@@ -130,22 +107,11 @@ pub fn assert_resource_str(span: &ReceivedSpan, key: &str, value: &str) {
 pub fn assert_status(span: &ReceivedSpan, code: u16, expect_error: bool) {
     assert_attr_int(span, "http.response.status_code", code as i64);
     if expect_error {
-        assert_eq!(
-            span.status_code(),
-            StatusCode::Error,
-            "status must be ERROR for HTTP {code}\n{span}"
-        );
+        assert_eq!(span.status_code(), StatusCode::Error, "status must be ERROR for HTTP {code}\n{span}");
         assert_attr_str(span, "error.type", &code.to_string());
     } else {
-        assert_eq!(
-            span.status_code(),
-            StatusCode::Unset,
-            "status must be UNSET for HTTP {code}\n{span}"
-        );
-        assert!(
-            !span.has_attr("error.type"),
-            "error.type must be absent for HTTP {code}\n{span}"
-        );
+        assert_eq!(span.status_code(), StatusCode::Unset, "status must be UNSET for HTTP {code}\n{span}");
+        assert!(!span.has_attr("error.type"), "error.type must be absent for HTTP {code}\n{span}");
     }
 }
 
@@ -153,9 +119,7 @@ pub fn assert_status(span: &ReceivedSpan, code: u16, expect_error: bool) {
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-    use opentelemetry_proto::tonic::collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
@@ -165,9 +129,7 @@ mod tests {
     fn kv_str(k: &str, v: &str) -> KeyValue {
         KeyValue {
             key: k.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(v.into())),
-            }),
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
             ..Default::default()
         }
     }
@@ -175,9 +137,7 @@ mod tests {
     fn kv_int(k: &str, v: i64) -> KeyValue {
         KeyValue {
             key: k.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::IntValue(v)),
-            }),
+            value: Some(AnyValue { value: Some(any_value::Value::IntValue(v)) }),
             ..Default::default()
         }
     }
@@ -191,10 +151,7 @@ mod tests {
                 kind: kind as i32,
                 start_time_unix_nano: 1,
                 end_time_unix_nano: 2,
-                attributes: vec![
-                    kv_str("url.path", &format!("/{i}")),
-                    kv_int("http.response.status_code", 200),
-                ],
+                attributes: vec![kv_str("url.path", &format!("/{i}")), kv_int("http.response.status_code", 200)],
                 status: Some(Status::default()),
                 ..Default::default()
             })
@@ -205,10 +162,7 @@ mod tests {
                     attributes: vec![kv_str("service.name", service), kv_int("process.pid", 42)],
                     ..Default::default()
                 }),
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
                 ..Default::default()
             }],
         }
@@ -218,23 +172,13 @@ mod tests {
     fn receiver_accepts_grpc_and_http() {
         let receiver = Receiver::start();
 
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let mut client = TraceServiceClient::connect(receiver.endpoint(Protocol::Grpc))
-                .await
-                .expect("connecting gRPC client");
-            client
-                .export(export("curl", SpanKind::Client, 2))
-                .await
-                .expect("gRPC export");
+            let mut client =
+                TraceServiceClient::connect(receiver.endpoint(Protocol::Grpc)).await.expect("connecting gRPC client");
+            client.export(export("curl", SpanKind::Client, 2)).await.expect("gRPC export");
             let mut client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
-            client
-                .export(export("curl", SpanKind::Client, 1))
-                .await
-                .expect("compressed gRPC export");
+            client.export(export("curl", SpanKind::Client, 1)).await.expect("compressed gRPC export");
         });
 
         let body = export("nginx", SpanKind::Server, 3).encode_to_vec();
@@ -251,10 +195,7 @@ mod tests {
         let responses = parse_responses(&reply);
         assert_eq!(responses.len(), 1);
         assert_eq!(responses[0].status, 200);
-        assert_eq!(
-            responses[0].header("content-type"),
-            Some("application/x-protobuf")
-        );
+        assert_eq!(responses[0].header("content-type"), Some("application/x-protobuf"));
         ExportTraceServiceResponse::decode(&responses[0].body[..]).expect("empty response decodes");
 
         assert!(receiver.wait_for_count(6, Duration::from_secs(5), |_| true));
@@ -274,11 +215,8 @@ mod tests {
 
         // Wrong path is reported as a receiver error.
         let mut stream = std::net::TcpStream::connect(receiver.http_addr()).unwrap();
-        write!(
-            stream,
-            "POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
+        write!(stream, "POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut reply = Vec::new();
         stream.read_to_end(&mut reply).unwrap();
         assert_eq!(parse_responses(&reply)[0].status, 404);

@@ -11,18 +11,13 @@ use tempfile::TempDir;
 
 /// Finds `name` on `PATH`, panicking with a clear message if it is missing.
 pub fn require_program(name: &str) -> PathBuf {
-    find_program(name).unwrap_or_else(|| {
-        panic!("required program `{name}` was not found on PATH; install it to run these tests")
-    })
+    find_program(name)
+        .unwrap_or_else(|| panic!("required program `{name}` was not found on PATH; install it to run these tests"))
 }
 
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    for dir in std::env::split_paths(&path).chain(
-        ["/usr/sbin", "/sbin", "/usr/local/sbin"]
-            .iter()
-            .map(PathBuf::from),
-    ) {
+    for dir in std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].iter().map(PathBuf::from)) {
         let candidate = dir.join(name);
         if let Ok(meta) = fs::metadata(&candidate) {
             use std::os::unix::fs::PermissionsExt;
@@ -55,10 +50,7 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
 
 /// Current wall-clock time in nanoseconds since the Unix epoch.
 pub fn now_unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 /// `n` random bytes from the kernel.
@@ -67,13 +59,7 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut filled = 0;
     while filled < n {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`.
-        let rc = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr() as *mut libc::c_void,
-                n - filled,
-                0,
-            )
-        };
+        let rc = unsafe { libc::getrandom(buf[filled..].as_mut_ptr() as *mut libc::c_void, n - filled, 0) };
         if rc < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
@@ -110,16 +96,12 @@ pub fn host_name() -> String {
 
 /// `comm` of a process (kernel task name).
 pub fn proc_comm(pid: u32) -> Option<String> {
-    fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim_end().to_string())
+    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
 }
 
 /// Base name of `/proc/<pid>/exe`.
 pub fn proc_exe_name(pid: u32) -> Option<String> {
-    fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    fs::read_link(format!("/proc/{pid}/exe")).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
 /// Children of `pid` (by the ppid field of /proc/<child>/stat).
@@ -129,11 +111,7 @@ pub fn child_pids(pid: u32) -> Vec<u32> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else {
@@ -192,15 +170,11 @@ pub struct WebRoot {
 }
 
 pub const HELLO_BODY: &str = "hello from the tracer integration tests\n";
-pub const INDEX_BODY: &str =
-    "<!doctype html><html><head><title>tracer</title></head><body>index</body></html>\n";
+pub const INDEX_BODY: &str = "<!doctype html><html><head><title>tracer</title></head><body>index</body></html>\n";
 
 impl WebRoot {
     pub fn new() -> WebRoot {
-        let dir = tempfile::Builder::new()
-            .prefix("tracer-webroot-")
-            .tempdir()
-            .expect("creating web root");
+        let dir = tempfile::Builder::new().prefix("tracer-webroot-").tempdir().expect("creating web root");
         let root = dir.path();
         fs::write(root.join("index.html"), INDEX_BODY).unwrap();
         fs::write(root.join("hello.txt"), HELLO_BODY).unwrap();
@@ -222,9 +196,7 @@ impl WebRoot {
         let mut text = String::new();
         let mut n = 0;
         while text.len() < 64 * 1024 {
-            text.push_str(&format!(
-                "line {n}: the quick brown fox jumps over the lazy dog\n"
-            ));
+            text.push_str(&format!("line {n}: the quick brown fox jumps over the lazy dog\n"));
             n += 1;
         }
         fs::write(root.join("gz/text.txt"), text).unwrap();
@@ -295,10 +267,7 @@ impl Nginx {
 
     pub fn start_with(port: u16, root: &Path, sendfile: bool) -> Nginx {
         let nginx = require_program("nginx");
-        let dir = tempfile::Builder::new()
-            .prefix("tracer-nginx-")
-            .tempdir()
-            .expect("creating nginx dir");
+        let dir = tempfile::Builder::new().prefix("tracer-nginx-").tempdir().expect("creating nginx dir");
         let d = dir.path();
         for sub in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
             fs::create_dir(d.join(sub)).unwrap();
@@ -366,11 +335,7 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", nginx.display()));
-        let mut server = Nginx {
-            child: Some(child),
-            dir,
-            port,
-        };
+        let mut server = Nginx { child: Some(child), dir, port };
         if !wait_for_port(port, Duration::from_secs(15)) {
             let status = server.child.as_mut().unwrap().try_wait();
             panic!(
@@ -442,20 +407,11 @@ pub fn python3() -> PathBuf {
 impl PyHttpServer {
     pub fn start(port: u16, dir: &Path) -> PyHttpServer {
         let python = python3();
-        let log_dir = tempfile::Builder::new()
-            .prefix("tracer-pyhttp-")
-            .tempdir()
-            .unwrap();
+        let log_dir = tempfile::Builder::new().prefix("tracer-pyhttp-").tempdir().unwrap();
         let stderr_path = log_dir.path().join("stderr.log");
         let stderr = fs::File::create(&stderr_path).unwrap();
         let child = Command::new(&python)
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
             .current_dir(dir)
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
@@ -463,17 +419,9 @@ impl PyHttpServer {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {} -m http.server: {e}", python.display()));
-        let server = PyHttpServer {
-            child: Some(child),
-            port,
-            stderr_path,
-            _log_dir: log_dir,
-        };
+        let server = PyHttpServer { child: Some(child), port, stderr_path, _log_dir: log_dir };
         if !wait_for_port(port, Duration::from_secs(15)) {
-            panic!(
-                "python3 -m http.server did not listen on port {port}\n{}",
-                server.log()
-            );
+            panic!("python3 -m http.server did not listen on port {port}\n{}", server.log());
         }
         server
     }
@@ -526,12 +474,7 @@ impl CurlRun {
 /// Runs `curl -sS <args>` and asserts it exits 0.
 pub fn curl(args: &[&str]) -> CurlRun {
     let run = curl_spawn(args).wait();
-    assert!(
-        run.output.status.success(),
-        "curl {args:?} failed with {}\nstderr: {}",
-        run.output.status,
-        run.stderr()
-    );
+    assert!(run.output.status.success(), "curl {args:?} failed with {}\nstderr: {}", run.output.status, run.stderr());
     run
 }
 
@@ -548,10 +491,7 @@ impl CurlChild {
 
     pub fn wait(self) -> CurlRun {
         let pid = self.child.id();
-        let output = self
-            .child
-            .wait_with_output()
-            .unwrap_or_else(|e| panic!("waiting for curl {:?}: {e}", self.args));
+        let output = self.child.wait_with_output().unwrap_or_else(|e| panic!("waiting for curl {:?}: {e}", self.args));
         CurlRun { pid, output }
     }
 }
@@ -567,23 +507,15 @@ pub fn curl_spawn(args: &[&str]) -> CurlChild {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawning curl: {e}"));
-    CurlChild {
-        child,
-        args: args.iter().map(|s| s.to_string()).collect(),
-    }
+    CurlChild { child, args: args.iter().map(|s| s.to_string()).collect() }
 }
 
 /// The User-Agent curl sends by default: `curl/<version>`.
 pub fn curl_user_agent() -> String {
-    let out = Command::new(require_program("curl"))
-        .arg("--version")
-        .output()
-        .expect("running curl --version");
+    let out = Command::new(require_program("curl")).arg("--version").output().expect("running curl --version");
     let text = String::from_utf8_lossy(&out.stdout);
-    let version = text
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("unexpected `curl --version` output: {text}"));
+    let version =
+        text.split_whitespace().nth(1).unwrap_or_else(|| panic!("unexpected `curl --version` output: {text}"));
     format!("curl/{version}")
 }
 
@@ -605,11 +537,7 @@ pub struct WrkRun {
 /// Runs wrk with `args` and parses its summary.
 pub fn wrk(args: &[&str]) -> WrkRun {
     let wrk = require_program("wrk");
-    let out = Command::new(wrk)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running wrk");
+    let out = Command::new(wrk).args(args).stdin(Stdio::null()).output().expect("running wrk");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -632,11 +560,7 @@ pub fn parse_wrk(stdout: &str) -> WrkRun {
         } else if let Some(rest) = line.strip_prefix("Socket errors:") {
             // "Socket errors: connect 0, read 0, write 0, timeout 0"
             for part in rest.split(',') {
-                if let Some(n) = part
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|n| n.parse::<u64>().ok())
-                {
+                if let Some(n) = part.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()) {
                     socket_errors += n;
                 }
             }
@@ -645,8 +569,7 @@ pub fn parse_wrk(stdout: &str) -> WrkRun {
         }
     }
     WrkRun {
-        requests: requests
-            .unwrap_or_else(|| panic!("no \"N requests in\" line in wrk output:\n{stdout}")),
+        requests: requests.unwrap_or_else(|| panic!("no \"N requests in\" line in wrk output:\n{stdout}")),
         socket_errors,
         non_2xx,
         stdout: stdout.to_string(),

@@ -22,10 +22,7 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -41,24 +38,18 @@ pub fn get_request(path: &str, host: &str, close: bool) -> String {
 /// `127.0.0.1:port`, half-closes nothing, and reads until the peer closes
 /// (the last request should carry `Connection: close`).
 pub fn send_raw(port: u16, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
     stream.set_nodelay(true).ok();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let n = stream.write(bytes).expect("writing request bytes");
     if n < bytes.len() {
         // A single write normally takes everything on loopback; finish the
         // rest if the kernel accepted only part of it.
-        stream
-            .write_all(&bytes[n..])
-            .expect("writing request bytes");
+        stream.write_all(&bytes[n..]).expect("writing request bytes");
     }
     let mut out = Vec::new();
-    stream
-        .read_to_end(&mut out)
-        .unwrap_or_else(|e| panic!("reading responses from 127.0.0.1:{port}: {e}"));
+    stream.read_to_end(&mut out).unwrap_or_else(|e| panic!("reading responses from 127.0.0.1:{port}: {e}"));
     out
 }
 
@@ -67,43 +58,30 @@ pub fn send_raw(port: u16, bytes: &[u8]) -> Vec<u8> {
 pub fn parse_responses(mut data: &[u8]) -> Vec<RawResponse> {
     let mut out = Vec::new();
     while !data.is_empty() {
-        let head_end = find(data, b"\r\n\r\n").unwrap_or_else(|| {
-            panic!(
-                "truncated response head: {:?}",
-                String::from_utf8_lossy(data)
-            )
-        });
+        let head_end = find(data, b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("truncated response head: {:?}", String::from_utf8_lossy(data)));
         let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
         data = &data[head_end + 4..];
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap_or_default();
         let mut parts = status_line.splitn(3, ' ');
         let version = parts.next().unwrap_or_default().to_string();
-        let status: u16 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let status: u16 =
+            parts.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {status_line:?}"));
         let headers: Vec<(String, String)> = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
             .collect();
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
-        let chunked = get("transfer-encoding")
-            .map(|v| v.to_ascii_lowercase().contains("chunked"))
-            .unwrap_or(false);
+        let get = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+        let chunked = get("transfer-encoding").map(|v| v.to_ascii_lowercase().contains("chunked")).unwrap_or(false);
         let mut body = Vec::new();
         if chunked {
             loop {
                 let line_end = find(data, b"\r\n").expect("truncated chunk size line");
                 let size_text = String::from_utf8_lossy(&data[..line_end]).into_owned();
                 let size_text = size_text.split(';').next().unwrap().trim().to_string();
-                let size = usize::from_str_radix(&size_text, 16)
-                    .unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
+                let size =
+                    usize::from_str_radix(&size_text, 16).unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
                 data = &data[line_end + 2..];
                 if size == 0 {
                     // Trailers, then an empty line.
@@ -129,13 +107,7 @@ pub fn parse_responses(mut data: &[u8]) -> Vec<RawResponse> {
             body.extend_from_slice(data);
             data = &[];
         }
-        out.push(RawResponse {
-            version,
-            status,
-            headers,
-            body,
-            chunked,
-        });
+        out.push(RawResponse { version, status, headers, body, chunked });
     }
     out
 }
@@ -192,12 +164,7 @@ impl EchoServer {
                 }
             })
         };
-        EchoServer {
-            port,
-            stop,
-            echoed,
-            thread: Some(thread),
-        }
+        EchoServer { port, stop, echoed, thread: Some(thread) }
     }
 
     pub fn port(&self) -> u16 {
@@ -222,11 +189,9 @@ impl Drop for EchoServer {
 /// Sends `payload` to an echo server in `chunk`-sized writes and reads the
 /// same number of bytes back; returns what was read.
 pub fn echo_roundtrip(port: u16, payload: &[u8], chunk: usize) -> Vec<u8> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connecting to echo server on {port}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connecting to echo server on {port}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     stream.set_nodelay(true).ok();
     let mut received = Vec::with_capacity(payload.len());
     let mut buf = vec![0u8; 64 * 1024];

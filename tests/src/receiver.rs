@@ -15,12 +15,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as OtlpStatusCode;
@@ -69,11 +65,7 @@ pub struct ReceivedSpan {
 }
 
 fn find_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
-    attrs
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v| v.value.as_ref())
 }
 
 fn value_as_string(v: &any_value::Value) -> Option<String> {
@@ -173,11 +165,7 @@ impl ReceivedSpan {
 
     /// Status code of the span (`Unset` when no status was sent).
     pub fn status_code(&self) -> OtlpStatusCode {
-        self.span
-            .status
-            .as_ref()
-            .and_then(|s| OtlpStatusCode::try_from(s.code).ok())
-            .unwrap_or(OtlpStatusCode::Unset)
+        self.span.status.as_ref().and_then(|s| OtlpStatusCode::try_from(s.code).ok()).unwrap_or(OtlpStatusCode::Unset)
     }
 
     pub fn url_path(&self) -> Option<String> {
@@ -231,14 +219,8 @@ pub fn assert_unique_span_ids(spans: &[ReceivedSpan]) {
     for s in spans {
         assert_eq!(s.span.trace_id.len(), 16, "trace id must be 16 bytes: {s}");
         assert_eq!(s.span.span_id.len(), 8, "span id must be 8 bytes: {s}");
-        assert!(
-            s.span.trace_id.iter().any(|b| *b != 0),
-            "trace id must not be all zero: {s}"
-        );
-        assert!(
-            s.span.span_id.iter().any(|b| *b != 0),
-            "span id must not be all zero: {s}"
-        );
+        assert!(s.span.trace_id.iter().any(|b| *b != 0), "trace id must not be all zero: {s}");
+        assert!(s.span.span_id.iter().any(|b| *b != 0), "span id must not be all zero: {s}");
         assert!(
             pairs.insert((s.span.trace_id.clone(), s.span.span_id.clone())),
             "duplicate (trace_id, span_id) {}/{}\n{}",
@@ -246,12 +228,7 @@ pub fn assert_unique_span_ids(spans: &[ReceivedSpan]) {
             s.span_id_hex(),
             dump(spans)
         );
-        assert!(
-            seen.insert(s.span.span_id.clone()),
-            "duplicate span id {} in\n{}",
-            s.span_id_hex(),
-            dump(spans)
-        );
+        assert!(seen.insert(s.span.span_id.clone()), "duplicate span id {} in\n{}", s.span_id_hex(), dump(spans));
     }
 }
 
@@ -329,18 +306,10 @@ async fn handle_http(
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let content_type = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let encoding = req
-        .headers()
-        .get("content-encoding")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity")
-        .to_ascii_lowercase();
+    let content_type =
+        req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let encoding =
+        req.headers().get("content-encoding").and_then(|v| v.to_str().ok()).unwrap_or("identity").to_ascii_lowercase();
 
     if method != Method::POST || path != "/v1/traces" {
         shared.error(format!("http receiver: unexpected {method} {path}"));
@@ -350,11 +319,7 @@ async fn handle_http(
         Ok(b) => b.to_bytes(),
         Err(e) => {
             shared.error(format!("http receiver: reading body failed: {e}"));
-            return Ok(http_reply(
-                StatusCode::BAD_REQUEST,
-                Vec::new(),
-                "text/plain",
-            ));
+            return Ok(http_reply(StatusCode::BAD_REQUEST, Vec::new(), "text/plain"));
         }
     };
     let body: Vec<u8> = match encoding.as_str() {
@@ -363,34 +328,20 @@ async fn handle_http(
             let mut out = Vec::new();
             if let Err(e) = flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out) {
                 shared.error(format!("http receiver: bad gzip body: {e}"));
-                return Ok(http_reply(
-                    StatusCode::BAD_REQUEST,
-                    Vec::new(),
-                    "text/plain",
-                ));
+                return Ok(http_reply(StatusCode::BAD_REQUEST, Vec::new(), "text/plain"));
             }
             out
         }
         other => {
-            shared.error(format!(
-                "http receiver: unsupported content-encoding {other}"
-            ));
-            return Ok(http_reply(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Vec::new(),
-                "text/plain",
-            ));
+            shared.error(format!("http receiver: unsupported content-encoding {other}"));
+            return Ok(http_reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new(), "text/plain"));
         }
     };
     if !content_type.starts_with("application/x-protobuf") {
         shared.error(format!(
             "http receiver: unsupported content-type {content_type:?} (expected application/x-protobuf)"
         ));
-        return Ok(http_reply(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Vec::new(),
-            "text/plain",
-        ));
+        return Ok(http_reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new(), "text/plain"));
     }
     match ExportTraceServiceRequest::decode(&body[..]) {
         Ok(export) => {
@@ -403,20 +354,12 @@ async fn handle_http(
         }
         Err(e) => {
             shared.error(format!("http receiver: undecodable protobuf body: {e}"));
-            Ok(http_reply(
-                StatusCode::BAD_REQUEST,
-                Vec::new(),
-                "text/plain",
-            ))
+            Ok(http_reply(StatusCode::BAD_REQUEST, Vec::new(), "text/plain"))
         }
     }
 }
 
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: oneshot::Receiver<()>,
-) {
+async fn serve_http(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut shutdown: oneshot::Receiver<()>) {
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => return,
@@ -436,9 +379,7 @@ async fn serve_http(
             let svc = hyper::service::service_fn(move |req| handle_http(shared.clone(), req));
             // Errors here are connection resets from the exporter side; the
             // spans that did arrive are already stored.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
         });
     }
 }
@@ -467,20 +408,14 @@ impl Receiver {
         let (http_tx, http_rx) = oneshot::channel::<()>();
 
         let (grpc_addr, http_addr) = runtime.block_on(async {
-            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("binding the gRPC receiver");
-            let http = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("binding the HTTP receiver");
+            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the gRPC receiver");
+            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the HTTP receiver");
             let grpc_addr = grpc.local_addr().unwrap();
             let http_addr = http.local_addr().unwrap();
 
-            let svc = TraceServiceServer::new(GrpcService {
-                shared: shared.clone(),
-            })
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-            .max_decoding_message_size(256 * 1024 * 1024);
+            let svc = TraceServiceServer::new(GrpcService { shared: shared.clone() })
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                .max_decoding_message_size(256 * 1024 * 1024);
             let incoming = tonic::transport::server::TcpIncoming::from(grpc);
             let grpc_shared = shared.clone();
             tokio::spawn(async move {
@@ -498,13 +433,7 @@ impl Receiver {
             (grpc_addr, http_addr)
         });
 
-        Receiver {
-            grpc_addr,
-            http_addr,
-            shared,
-            shutdown: vec![grpc_tx, http_tx],
-            runtime: Some(runtime),
-        }
+        Receiver { grpc_addr, http_addr, shared, shutdown: vec![grpc_tx, http_tx], runtime: Some(runtime) }
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -529,10 +458,7 @@ impl Receiver {
     }
 
     pub fn spans_of_kind(&self, kind: SpanKind) -> Vec<ReceivedSpan> {
-        self.spans()
-            .into_iter()
-            .filter(|s| s.kind() == kind)
-            .collect()
+        self.spans().into_iter().filter(|s| s.kind() == kind).collect()
     }
 
     pub fn server_spans(&self) -> Vec<ReceivedSpan> {
@@ -545,18 +471,12 @@ impl Receiver {
 
     /// Spans whose resource has `service.name == service`.
     pub fn spans_of_service(&self, service: &str) -> Vec<ReceivedSpan> {
-        self.spans()
-            .into_iter()
-            .filter(|s| s.service_name().as_deref() == Some(service))
-            .collect()
+        self.spans().into_iter().filter(|s| s.service_name().as_deref() == Some(service)).collect()
     }
 
     /// Spans of the given kind whose resource has `service.name == service`.
     pub fn spans_of(&self, kind: SpanKind, service: &str) -> Vec<ReceivedSpan> {
-        self.spans()
-            .into_iter()
-            .filter(|s| s.kind() == kind && s.service_name().as_deref() == Some(service))
-            .collect()
+        self.spans().into_iter().filter(|s| s.kind() == kind && s.service_name().as_deref() == Some(service)).collect()
     }
 
     /// Number of export requests received per transport.
@@ -587,25 +507,13 @@ impl Receiver {
             if now >= deadline {
                 return false;
             }
-            store = self
-                .shared
-                .changed
-                .wait_timeout(store, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            store = self.shared.changed.wait_timeout(store, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
     /// Waits until at least `count` spans satisfying `filter` arrived.
-    pub fn wait_for_count(
-        &self,
-        count: usize,
-        timeout: Duration,
-        filter: impl Fn(&ReceivedSpan) -> bool,
-    ) -> bool {
-        self.wait_until(timeout, |spans| {
-            spans.iter().filter(|s| filter(s)).count() >= count
-        })
+    pub fn wait_for_count(&self, count: usize, timeout: Duration, filter: impl Fn(&ReceivedSpan) -> bool) -> bool {
+        self.wait_until(timeout, |spans| spans.iter().filter(|s| filter(s)).count() >= count)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {

@@ -107,11 +107,7 @@ fn postgres_psql_statements() {
     // psql's exit status is that of the last statement; the failure shows
     // on stderr.
     run.assert_success("psql");
-    assert!(
-        run.stderr().contains("relation \"nosuch\" does not exist"),
-        "psql stderr:\n{}",
-        run.stderr()
-    );
+    assert!(run.stderr().contains("relation \"nosuch\" does not exist"), "psql stderr:\n{}", run.stderr());
     let out = run.stdout();
     assert!(out.contains("it's") && out.contains("DELETE 1"), "psql output:\n{out}");
 
@@ -168,11 +164,7 @@ fn postgres_namespace_and_operation_only_names() {
     assert_no_server_spans(&spans, &ctx);
     assert_eq!(spans.len(), 4, "one span per statement\n{ctx}");
     let by_pid = |pid: u32| -> Vec<ReceivedSpan> {
-        spans
-            .iter()
-            .filter(|s| s.resource_int("process.pid") == Some(pid as i64))
-            .cloned()
-            .collect()
+        spans.iter().filter(|s| s.resource_int("process.pid") == Some(pid as i64)).cloned().collect()
     };
     let shop_spans = by_pid(shop.pid);
     assert_client_process(&shop_spans, "psql", shop.pid, &ctx);
@@ -184,10 +176,7 @@ fn postgres_namespace_and_operation_only_names() {
     assert_db_sequence(&shop_spans, &want, pg.port(), &ctx);
     let reporter_spans = by_pid(reporter.pid);
     assert_client_process(&reporter_spans, "psql", reporter.pid, &ctx);
-    let want = [rows(
-        in_ns(pg_span("SELECT", "SELECT", None, "SELECT current_database()"), "reporter"),
-        1,
-    )];
+    let want = [rows(in_ns(pg_span("SELECT", "SELECT", None, "SELECT current_database()"), "reporter"), 1)];
     assert_db_sequence(&reporter_spans, &want, pg.port(), &ctx);
 }
 
@@ -198,13 +187,9 @@ fn postgres_full_query_text() {
     agent_bin();
     let pg = Postgres::start();
     pg.setup_sql("postgres", "CREATE TABLE t (id integer, name text)");
-    let mut agent = DbAgent::start("postgres_full_query_text", pg.port(), |b| {
-        b.arg("--db-full-query-text")
-    });
-    let statements = [
-        "INSERT INTO t VALUES (42, 'hello'), (43, 'world')",
-        "SELECT name FROM t WHERE id IN (42, 43)   ORDER BY id",
-    ];
+    let mut agent = DbAgent::start("postgres_full_query_text", pg.port(), |b| b.arg("--db-full-query-text"));
+    let statements =
+        ["INSERT INTO t VALUES (42, 'hello'), (43, 'world')", "SELECT name FROM t WHERE id IN (42, 43)   ORDER BY id"];
     let run = pg.psql("postgres", &statements);
     run.assert_success("psql");
 
@@ -260,10 +245,7 @@ fn postgres_psycopg_extended_protocol() {
     let python = python_with(&["psycopg"]);
     let pg = Postgres::start();
     pg.setup_sql("postgres", "CREATE TABLE items (id integer PRIMARY KEY, name text)");
-    pg.setup_sql(
-        "postgres",
-        "INSERT INTO items SELECT g, 'item' || g FROM generate_series(0, 9) g",
-    );
+    pg.setup_sql("postgres", "INSERT INTO items SELECT g, 'item' || g FROM generate_series(0, 9) g");
     let mut agent = DbAgent::start("postgres_psycopg_extended_protocol", pg.port(), |b| b);
     let run = run_python(&python, PSYCOPG_SCRIPT, &[pg.port().to_string()]);
     assert_eq!(run.stdout().trim(), "ok");
@@ -273,10 +255,7 @@ fn postgres_psycopg_extended_protocol() {
     assert_no_server_spans(&spans, &ctx);
     assert_eq!(spans.len(), 10, "one span per execution\n{ctx}");
     assert_client_process(&spans, "python3", run.pid, &ctx);
-    let select = rows(
-        pg_span("SELECT items", "SELECT", Some("items"), "SELECT id, name FROM items WHERE id = $1"),
-        1,
-    );
+    let select = rows(pg_span("SELECT items", "SELECT", Some("items"), "SELECT id, name FROM items WHERE id = $1"), 1);
     let update = pg_span("UPDATE items", "UPDATE", Some("items"), "UPDATE items SET name = $1 WHERE id = $2");
     let mut want = vec![select.clone(); 5];
     want.extend(vec![update; 3]);
@@ -284,10 +263,7 @@ fn postgres_psycopg_extended_protocol() {
         pg_span("SELECT missing", "SELECT", Some("missing"), "SELECT * FROM missing WHERE id = $1"),
         "42P01",
     ));
-    want.push(rows(
-        pg_span("SELECT items", "SELECT", Some("items"), "SELECT count(*) FROM items WHERE name = $1"),
-        1,
-    ));
+    want.push(rows(pg_span("SELECT items", "SELECT", Some("items"), "SELECT count(*) FROM items WHERE name = $1"), 1));
     assert_db_sequence(&spans, &want, pg.port(), &ctx);
 }
 
@@ -313,10 +289,7 @@ fn postgres_pgbench_prepared() {
     let mut agent = DbAgent::start("postgres_pgbench_prepared", pg.port(), |b| b);
     let run = pg.pgbench("postgres", &["-n", "-M", "prepared", "-S", "-t", "20", "-c", "1"]);
     let out = run.stdout();
-    assert!(
-        out.contains("number of transactions actually processed: 20/20"),
-        "pgbench output:\n{out}"
-    );
+    assert!(out.contains("number of transactions actually processed: 20/20"), "pgbench output:\n{out}");
 
     // pgbench sends the statement with its terminating semicolon.
     const QUERY: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
@@ -332,14 +305,16 @@ fn postgres_pgbench_prepared() {
     }
     // Before the run pgbench reads the scale and checks the partitioning
     // of pgbench_accounts, on a connection of its own.
-    let others: Vec<ReceivedSpan> = spans
-        .iter()
-        .filter(|s| s.attr_str("db.query.text").as_deref() != Some(QUERY))
-        .cloned()
-        .collect();
+    let others: Vec<ReceivedSpan> =
+        spans.iter().filter(|s| s.attr_str("db.query.text").as_deref() != Some(QUERY)).cloned().collect();
     let want = [
         rows(
-            pg_span("SELECT pgbench_branches", "SELECT", Some("pgbench_branches"), "select count(*) from pgbench_branches"),
+            pg_span(
+                "SELECT pgbench_branches",
+                "SELECT",
+                Some("pgbench_branches"),
+                "select count(*) from pgbench_branches",
+            ),
             1,
         ),
         rows(pg_span("SELECT", "SELECT", None, PGBENCH_PARTITION_QUERY), 1),
@@ -387,19 +362,27 @@ fn mariadb_cli_statements() {
     assert_no_server_spans(&spans, &ctx);
     assert_eq!(spans.len(), 8, "one span per query sent\n{ctx}");
     let of_pid = |pid: u32| -> Vec<ReceivedSpan> {
-        spans
-            .iter()
-            .filter(|s| s.resource_int("process.pid") == Some(pid as i64))
-            .cloned()
-            .collect()
+        spans.iter().filter(|s| s.resource_int("process.pid") == Some(pid as i64)).cloned().collect()
     };
     let shop = Some("shop");
     let mine = of_pid(run.pid);
     assert_client_process(&mine, "mariadb", run.pid, &ctx);
     let want = [
-        affected(maria_span("INSERT orders", "INSERT", Some("orders"), shop, "INSERT INTO orders VALUES (?, ?, ?), (?, ?, ?)"), 2),
+        affected(
+            maria_span(
+                "INSERT orders",
+                "INSERT",
+                Some("orders"),
+                shop,
+                "INSERT INTO orders VALUES (?, ?, ?), (?, ?, ?)",
+            ),
+            2,
+        ),
         rows(maria_span("SELECT orders", "SELECT", Some("orders"), shop, "SELECT item FROM orders WHERE id = ?"), 1),
-        affected(maria_span("UPDATE orders", "UPDATE", Some("orders"), shop, "UPDATE orders SET qty = ? WHERE item IN (?)"), 2),
+        affected(
+            maria_span("UPDATE orders", "UPDATE", Some("orders"), shop, "UPDATE orders SET qty = ? WHERE item IN (?)"),
+            2,
+        ),
         affected(maria_span("DELETE orders", "DELETE", Some("orders"), shop, "DELETE FROM orders WHERE id = ?"), 1),
         rows(maria_span("SELECT orders", "SELECT", Some("orders"), shop, "SELECT qty FROM orders"), 1),
         // The CLI's `use` first asks the server for its current database,
@@ -410,10 +393,7 @@ fn mariadb_cli_statements() {
     assert_db_sequence(&mine, &want, db.port(), &ctx);
     let theirs = of_pid(failing.pid);
     assert_client_process(&theirs, "mariadb", failing.pid, &ctx);
-    let want = [failed(
-        maria_span("SELECT nosuch", "SELECT", Some("nosuch"), shop, "SELECT * FROM nosuch"),
-        "1146",
-    )];
+    let want = [failed(maria_span("SELECT nosuch", "SELECT", Some("nosuch"), shop, "SELECT * FROM nosuch"), "1146")];
     assert_db_sequence(&theirs, &want, db.port(), &ctx);
 }
 
@@ -511,9 +491,15 @@ fn mariadb_pymysql_text_and_binary_protocol() {
     let stmt = "SELECT item FROM orders WHERE id = ?";
     let want = [
         maria_span("SET", "SET", None, shop, "SET NAMES utf8mb4"),
-        rows(maria_span("SELECT orders", "SELECT", Some("orders"), shop, "SELECT item, qty FROM orders WHERE id = ?"), 1),
+        rows(
+            maria_span("SELECT orders", "SELECT", Some("orders"), shop, "SELECT item, qty FROM orders WHERE id = ?"),
+            1,
+        ),
         maria_span("UPDATE orders", "UPDATE", Some("orders"), shop, "UPDATE orders SET qty = ? WHERE item = ?"),
-        failed(maria_span("SELECT nosuch", "SELECT", Some("nosuch"), shop, "SELECT * FROM nosuch WHERE id = ?"), "1146"),
+        failed(
+            maria_span("SELECT nosuch", "SELECT", Some("nosuch"), shop, "SELECT * FROM nosuch WHERE id = ?"),
+            "1146",
+        ),
         rows(maria_span("SELECT things", "SELECT", Some("things"), Some("other"), "SELECT count(*) FROM things"), 1),
         maria_span("SELECT orders", "SELECT", Some("orders"), shop, stmt),
         rows(maria_span("SELECT orders", "SELECT", Some("orders"), shop, stmt), 1),
@@ -554,11 +540,7 @@ fn redis_cli_commands_and_errors() {
     assert_no_server_spans(&spans, &ctx);
     assert_eq!(spans.len(), 6, "one span per command\n{ctx}");
     let of_pid = |pid: u32| -> Vec<ReceivedSpan> {
-        spans
-            .iter()
-            .filter(|s| s.resource_int("process.pid") == Some(pid as i64))
-            .cloned()
-            .collect()
+        spans.iter().filter(|s| s.resource_int("process.pid") == Some(pid as i64)).cloned().collect()
     };
     let expected: [&[DbSpan]; 5] = [
         &[redis_span("SET", "SET foo ?")],
@@ -765,9 +747,7 @@ fn redis_pubsub_pushes_are_not_spans() {
     let mut agent = DbAgent::start("redis_pubsub_pushes_are_not_spans", server.port(), |b| b);
     let mut sub = spawn_python(&python, SUBSCRIBER_SCRIPT, &[server.port().to_string(), "5".into()]);
     let mut line = String::new();
-    BufReader::new(sub.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(sub.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     if line.trim() != "subscribed" {
         let mut err = String::new();
         let _ = sub.stderr.as_mut().unwrap().read_to_string(&mut err);

@@ -18,12 +18,7 @@ fn env() -> Env {
     let root = WebRoot::new();
     let port = free_port();
     let nginx = Nginx::start(port, root.path());
-    Env {
-        receiver: Receiver::start(),
-        nginx,
-        _root: root,
-        _serial: serial,
-    }
+    Env { receiver: Receiver::start(), nginx, _root: root, _serial: serial }
 }
 
 fn three_requests(nginx: &Nginx) -> CurlRun {
@@ -44,10 +39,7 @@ fn expected_paths() -> Vec<String> {
 #[test]
 fn comm_filter_traces_only_named_process() {
     let env = env();
-    let agent = AgentBuilder::new(&env.receiver)
-        .port(env.nginx.port())
-        .args(["--comm", "nginx"])
-        .start();
+    let agent = AgentBuilder::new(&env.receiver).port(env.nginx.port()).args(["--comm", "nginx"]).start();
     three_requests(&env.nginx);
     env.receiver.wait_for_count(3, SPAN_WAIT, |_| true);
     agent.stop();
@@ -80,11 +72,7 @@ fn pid_filter_traces_only_given_process() {
     assert_eq!(spans.len(), 3, "only the worker's spans\n{}", dump(&spans));
     for s in &spans {
         assert_eq!(s.kind(), SpanKind::Server, "{s}");
-        assert_eq!(
-            s.resource_int("process.pid"),
-            Some(workers[0] as i64),
-            "{s}"
-        );
+        assert_eq!(s.resource_int("process.pid"), Some(workers[0] as i64), "{s}");
     }
     assert_paths_once(&spans, &expected_paths());
 }
@@ -108,10 +96,7 @@ fn port_filter_excludes_other_ports() {
 #[test]
 fn print_writes_one_line_per_span() {
     let env = env();
-    let agent = AgentBuilder::new(&env.receiver)
-        .port(env.nginx.port())
-        .arg("--print")
-        .start();
+    let agent = AgentBuilder::new(&env.receiver).port(env.nginx.port()).arg("--print").start();
     three_requests(&env.nginx);
     let deadline = std::time::Instant::now() + SPAN_WAIT;
     while printed_lines(&agent.stdout()).len() < 6 && std::time::Instant::now() < deadline {
@@ -122,25 +107,13 @@ fn print_writes_one_line_per_span() {
     assert_eq!(lines.len(), 6, "one stdout line per span:\n{}", exit.stdout);
     for p in expected_paths() {
         let n = lines.iter().filter(|l| l.contains(p.as_str())).count();
-        assert_eq!(
-            n, 2,
-            "{p} on one server and one client line:\n{}",
-            exit.stdout
-        );
+        assert_eq!(n, 2, "{p} on one server and one client line:\n{}", exit.stdout);
     }
     let spans = env.receiver.spans();
     assert_unique_span_ids(&spans);
-    assert!(
-        spans.is_empty() || spans.len() == 6,
-        "exported spans while printing: none or all six\n{}",
-        dump(&spans)
-    );
+    assert!(spans.is_empty() || spans.len() == 6, "exported spans while printing: none or all six\n{}", dump(&spans));
 }
 
 fn printed_lines(stdout: &str) -> Vec<String> {
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect()
+    stdout.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect()
 }

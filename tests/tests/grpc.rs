@@ -17,11 +17,7 @@ use tracer_tests::*;
 
 /// Waits (bounded) until `pred` holds for the received spans, then stops
 /// the agent and returns every span, checked for unique ids.
-fn finish(
-    receiver: &Receiver,
-    agent: Agent,
-    pred: impl Fn(&[ReceivedSpan]) -> bool,
-) -> (Vec<ReceivedSpan>, AgentExit) {
+fn finish(receiver: &Receiver, agent: Agent, pred: impl Fn(&[ReceivedSpan]) -> bool) -> (Vec<ReceivedSpan>, AgentExit) {
     receiver.wait_until(SPAN_WAIT, pred);
     let exit = agent.stop();
     receiver.assert_no_errors();
@@ -31,10 +27,7 @@ fn finish(
 }
 
 fn count_pid(spans: &[ReceivedSpan], kind: SpanKind, pid: u32) -> usize {
-    spans
-        .iter()
-        .filter(|s| s.kind() == kind && s.resource_int("process.pid") == Some(pid as i64))
-        .count()
+    spans.iter().filter(|s| s.kind() == kind && s.resource_int("process.pid") == Some(pid as i64)).count()
 }
 
 /// Asserts exactly `servers` spans from `server_pid`, `clients` spans from
@@ -64,8 +57,7 @@ fn assert_exact_counts(
 fn expected_name_codes(calls: &[(&str, i64)]) -> Vec<(String, Option<i64>, usize)> {
     let mut m: HashMap<(String, Option<i64>), usize> = HashMap::new();
     for (method, code) in calls {
-        *m.entry((format!("{GRPC_SERVICE}/{method}"), Some(*code)))
-            .or_default() += 1;
+        *m.entry((format!("{GRPC_SERVICE}/{method}"), Some(*code))).or_default() += 1;
     }
     let mut v: Vec<_> = m.into_iter().map(|((n, c), k)| (n, c, k)).collect();
     v.sort();
@@ -75,11 +67,7 @@ fn expected_name_codes(calls: &[(&str, i64)]) -> Vec<(String, Option<i64>, usize
 /// Resource of a span against the process that produced it.
 #[track_caller]
 fn assert_process(span: &ReceivedSpan, service: &str, pid: u32) {
-    assert_eq!(
-        span.resource_int("process.pid"),
-        Some(pid as i64),
-        "resource process.pid\n{span}"
-    );
+    assert_eq!(span.resource_int("process.pid"), Some(pid as i64), "resource process.pid\n{span}");
     assert_resource_str(span, "service.name", service);
 }
 
@@ -100,14 +88,8 @@ fn python_server_python_client() {
     let receiver = Receiver::start();
     let agent = AgentBuilder::new(&receiver).port(port).start();
 
-    let plan = [
-        ("unary", 5),
-        ("notfound", 2),
-        ("internal", 1),
-        ("server_stream", 2),
-        ("client_stream", 2),
-        ("bidi", 2),
-    ];
+    let plan =
+        [("unary", 5), ("notfound", 2), ("internal", 1), ("server_stream", 2), ("client_stream", 2), ("bidi", 2)];
     let total: usize = plan.iter().map(|(_, n)| n).sum();
     let t0 = now_unix_nanos();
     let run = run_python_grpc_client(port, &plan, &[]);
@@ -127,24 +109,10 @@ fn python_server_python_client() {
     let servers = spans_of_pid(&spans, SpanKind::Server, server.pid());
     let clients = spans_of_pid(&spans, SpanKind::Client, run.pid);
 
-    let calls: Vec<(&str, i64)> = run
-        .calls
-        .iter()
-        .map(|c| (c.method(), scenario_code(&c.scenario)))
-        .collect();
+    let calls: Vec<(&str, i64)> = run.calls.iter().map(|c| (c.method(), scenario_code(&c.scenario))).collect();
     let want = expected_name_codes(&calls);
-    assert_eq!(
-        name_code_counts(&servers),
-        want,
-        "server spans per (name, status code)\n{}",
-        dump(&spans)
-    );
-    assert_eq!(
-        name_code_counts(&clients),
-        want,
-        "client spans per (name, status code)\n{}",
-        dump(&spans)
-    );
+    assert_eq!(name_code_counts(&servers), want, "server spans per (name, status code)\n{}", dump(&spans));
+    assert_eq!(name_code_counts(&clients), want, "client spans per (name, status code)\n{}", dump(&spans));
     for s in &servers {
         let method = s.attr_str("rpc.method").unwrap();
         let code = s.attr_int("rpc.grpc.status_code").unwrap();
@@ -160,16 +128,9 @@ fn python_server_python_client() {
         assert_timing(c, t0, t1);
     }
     // One connection: every server span sees the same client port.
-    let peers: std::collections::HashSet<i64> = servers
-        .iter()
-        .map(|s| s.attr_int("network.peer.port").unwrap())
-        .collect();
-    assert_eq!(
-        peers.len(),
-        1,
-        "one channel, one connection\n{}",
-        dump(&servers)
-    );
+    let peers: std::collections::HashSet<i64> =
+        servers.iter().map(|s| s.attr_int("network.peer.port").unwrap()).collect();
+    assert_eq!(peers.len(), 1, "one channel, one connection\n{}", dump(&servers));
     assert_linked_one_to_one(&servers, &clients);
 }
 
@@ -267,18 +228,7 @@ fn go_server_h2load_concurrent_streams() {
         &url,
     ]);
     let t1 = now_unix_nanos();
-    assert_eq!(
-        (
-            run.total,
-            run.succeeded,
-            run.failed,
-            run.errored,
-            run.status_2xx
-        ),
-        (n, n, 0, 0, n),
-        "{}",
-        run.stdout
-    );
+    assert_eq!((run.total, run.succeeded, run.failed, run.errored, run.status_2xx), (n, n, 0, 0, n), "{}", run.stdout);
     server.assert_running();
 
     let n = n as usize;
@@ -336,10 +286,7 @@ fn check_nginx_h2_spans(
     let clients: Vec<ReceivedSpan> = spans
         .iter()
         .filter(|s| {
-            s.kind() == SpanKind::Client
-                && client_pids
-                    .iter()
-                    .any(|p| s.resource_int("process.pid") == Some(*p as i64))
+            s.kind() == SpanKind::Client && client_pids.iter().any(|p| s.resource_int("process.pid") == Some(*p as i64))
         })
         .cloned()
         .collect();
@@ -354,10 +301,7 @@ fn check_nginx_h2_spans(
     let paths: Vec<String> = expected.iter().map(|(p, _)| p.clone()).collect();
     assert_paths_once(&servers, &paths);
     assert_paths_once(&clients, &paths);
-    for (s, kind) in servers
-        .iter()
-        .map(|s| (s, SpanKind::Server))
-        .chain(clients.iter().map(|c| (c, SpanKind::Client)))
+    for (s, kind) in servers.iter().map(|s| (s, SpanKind::Server)).chain(clients.iter().map(|c| (c, SpanKind::Client)))
     {
         let path = s.url_path().unwrap();
         let code = expected.iter().find(|(p, _)| *p == path).unwrap().1;
@@ -377,8 +321,7 @@ fn check_nginx_h2_spans(
             let route = if path.starts_with("/files/") {
                 "/files/{name}".to_string()
             } else {
-                s.attr_str("http.route")
-                    .unwrap_or_else(|| panic!("server span without http.route\n{s}"))
+                s.attr_str("http.route").unwrap_or_else(|| panic!("server span without http.route\n{s}"))
             };
             assert_attr_str(s, "http.route", &route);
             assert_eq!(s.name(), format!("GET {route}"), "{s}");
@@ -409,10 +352,7 @@ fn nginx_http2_curl_prior_knowledge() {
     let port = free_port();
     let nginx = NginxH2::start(port, root.path());
     let receiver = Receiver::start();
-    let agent = AgentBuilder::new(&receiver)
-        .port(port)
-        .args(["--route", "/files/{name}"])
-        .start();
+    let agent = AgentBuilder::new(&receiver).port(port).args(["--route", "/files/{name}"]).start();
 
     let expected = nginx_h2_paths();
     let t0 = now_unix_nanos();
@@ -438,10 +378,7 @@ fn nginx_http2_curl_prior_knowledge() {
         // One request per curl process.
         let same_pid = spans
             .iter()
-            .filter(|o| {
-                o.kind() == SpanKind::Client
-                    && o.resource_int("process.pid") == c.resource_int("process.pid")
-            })
+            .filter(|o| o.kind() == SpanKind::Client && o.resource_int("process.pid") == c.resource_int("process.pid"))
             .count();
         assert_eq!(same_pid, 1, "{}", dump(&spans));
     }
@@ -458,10 +395,7 @@ fn nginx_http2_nghttp_one_connection() {
     let port = free_port();
     let nginx = NginxH2::start(port, root.path());
     let receiver = Receiver::start();
-    let agent = AgentBuilder::new(&receiver)
-        .port(port)
-        .args(["--route", "/files/{name}"])
-        .start();
+    let agent = AgentBuilder::new(&receiver).port(port).args(["--route", "/files/{name}"]).start();
 
     let expected = nginx_h2_paths();
     let t0 = now_unix_nanos();
@@ -477,18 +411,13 @@ fn nginx_http2_nghttp_one_connection() {
     let out = child.wait_with_output().unwrap();
     let t1 = now_unix_nanos();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "nghttp failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "nghttp failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     // Statistics rows: "id responseEnd requestStart process code size path".
     let mut got: Vec<(String, u16)> = stdout
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() == 7 && f[0].parse::<u32>().is_ok())
-                .then(|| (f[6].to_string(), f[4].parse().unwrap()))
+            (f.len() == 7 && f[0].parse::<u32>().is_ok()).then(|| (f[6].to_string(), f[4].parse().unwrap()))
         })
         .collect();
     got.sort();
@@ -499,11 +428,8 @@ fn nginx_http2_nghttp_one_connection() {
     let n = expected.len();
     let (spans, _exit) = finish(&receiver, agent, |spans| spans.len() >= 2 * n);
     check_nginx_h2_spans(&spans, &nginx, &root, "nghttp", &[pid], &expected, t0, t1);
-    let peers: std::collections::HashSet<i64> = spans
-        .iter()
-        .filter(|s| s.kind() == SpanKind::Server)
-        .filter_map(|s| s.attr_int("network.peer.port"))
-        .collect();
+    let peers: std::collections::HashSet<i64> =
+        spans.iter().filter(|s| s.kind() == SpanKind::Server).filter_map(|s| s.attr_int("network.peer.port")).collect();
     assert_eq!(peers.len(), 1, "one connection\n{}", dump(&spans));
 }
 
@@ -516,12 +442,7 @@ fn assert_linked_one_to_one_http(servers: &[ReceivedSpan], clients: &[ReceivedSp
         let c = clients
             .iter()
             .find(|c| c.span.span_id == s.span.parent_span_id)
-            .unwrap_or_else(|| {
-                panic!(
-                    "server span's parent is not a client span\n{s}\n{}",
-                    dump(clients)
-                )
-            });
+            .unwrap_or_else(|| panic!("server span's parent is not a client span\n{s}\n{}", dump(clients)));
         assert_eq!(s.span.trace_id, c.span.trace_id, "{s}\n{c}");
         assert_eq!(s.url_path(), c.url_path(), "{s}\n{c}");
         assert!(used.insert(c.span.span_id.clone()), "{}", dump(servers));
@@ -544,28 +465,9 @@ fn nginx_http2_h2load() {
 
     let n = 100u64;
     let t0 = now_unix_nanos();
-    let run = h2load(&[
-        "-n",
-        &n.to_string(),
-        "-c",
-        "1",
-        "-m",
-        "10",
-        &nginx.url("/hello.txt"),
-    ]);
+    let run = h2load(&["-n", &n.to_string(), "-c", "1", "-m", "10", &nginx.url("/hello.txt")]);
     let t1 = now_unix_nanos();
-    assert_eq!(
-        (
-            run.total,
-            run.succeeded,
-            run.failed,
-            run.errored,
-            run.status_2xx
-        ),
-        (n, n, 0, 0, n),
-        "{}",
-        run.stdout
-    );
+    assert_eq!((run.total, run.succeeded, run.failed, run.errored, run.status_2xx), (n, n, 0, 0, n), "{}", run.stdout);
 
     let n = n as usize;
     let (spans, exit) = finish(&receiver, agent, |spans| spans.len() >= 2 * n);
@@ -604,10 +506,7 @@ fn matching_call(span: &ReceivedSpan, calls: &[CallRecord]) -> Option<usize> {
     let found: Vec<usize> = calls
         .iter()
         .enumerate()
-        .filter(|(_, c)| {
-            span.start_ns() + MATCH_SLACK_NS >= c.start_ns
-                && span.end_ns() <= c.end_ns + MATCH_SLACK_NS
-        })
+        .filter(|(_, c)| span.start_ns() + MATCH_SLACK_NS >= c.start_ns && span.end_ns() <= c.end_ns + MATCH_SLACK_NS)
         .map(|(i, _)| i)
         .collect();
     match found.as_slice() {
@@ -659,10 +558,7 @@ fn attach_to_busy_grpc_connection() {
         calls.iter().filter(|c| c.scenario == "server_stream").count() >= 3,
         "the client should have called the new method several times: {calls:?}"
     );
-    assert!(
-        required >= 10,
-        "expected about 20 calls after ready: {calls:?}"
-    );
+    assert!(required >= 10, "expected about 20 calls after ready: {calls:?}");
     let (spans, exit) = finish(&receiver, agent, |spans| spans.len() >= 2 * required);
     let diag = || {
         format!(
@@ -670,20 +566,13 @@ fn attach_to_busy_grpc_connection() {
             exit.stats_line().unwrap_or("<no stats>"),
             calls
                 .iter()
-                .map(|c| format!(
-                    "  {} {} {} {}..{}",
-                    c.index, c.scenario, c.code, c.start_ns, c.end_ns
-                ))
+                .map(|c| format!("  {} {} {} {}..{}", c.index, c.scenario, c.code, c.start_ns, c.end_ns))
                 .collect::<Vec<_>>()
                 .join("\n"),
             dump(&spans)
         )
     };
-    assert!(
-        calls.iter().all(|c| c.code == "OK"),
-        "every call must succeed\n{}",
-        diag()
-    );
+    assert!(calls.iter().all(|c| c.code == "OK"), "every call must succeed\n{}", diag());
     let server_pid = server.pid();
     for s in &spans {
         let pid = s.resource_int("process.pid");
@@ -703,21 +592,14 @@ fn attach_to_busy_grpc_connection() {
         );
     }
 
-    for (kind, pid) in [
-        (SpanKind::Server, server_pid),
-        (SpanKind::Client, client_pid),
-    ] {
+    for (kind, pid) in [(SpanKind::Server, server_pid), (SpanKind::Client, client_pid)] {
         let side = spans_of_pid(&spans, kind, pid);
         let mut matched: Vec<Option<usize>> = vec![None; calls.len()];
         for s in &side {
             let Some(i) = matching_call(s, &calls) else {
                 panic!("{kind:?} span matches no single call\n{s}\n{}", diag());
             };
-            assert!(
-                matched[i].is_none(),
-                "two {kind:?} spans for call {i}\n{}",
-                diag()
-            );
+            assert!(matched[i].is_none(), "two {kind:?} spans for call {i}\n{}", diag());
             matched[i] = Some(i);
             let c = &calls[i];
             assert!(
@@ -727,12 +609,7 @@ fn attach_to_busy_grpc_connection() {
             );
             assert_eq!(s.attr_str("rpc.system").as_deref(), Some("grpc"), "{s}");
             if let Some(m) = s.attr_str("rpc.method") {
-                assert_eq!(
-                    m,
-                    c.method(),
-                    "span names another call's method\n{s}\n{}",
-                    diag()
-                );
+                assert_eq!(m, c.method(), "span names another call's method\n{s}\n{}", diag());
                 assert_eq!(s.name(), format!("{GRPC_SERVICE}/{m}"), "{s}");
             }
             if s.has_attr("rpc.grpc.status_code") {
@@ -755,29 +632,21 @@ fn attach_to_busy_grpc_connection() {
                 }
             }
         }
-        let first = matched
-            .iter()
-            .position(Option::is_some)
-            .unwrap_or_else(|| panic!("no {kind:?} span at all\n{}", diag()));
-        let missing: Vec<usize> = (first..calls.len())
-            .filter(|i| matched[*i].is_none())
-            .collect();
+        let first =
+            matched.iter().position(Option::is_some).unwrap_or_else(|| panic!("no {kind:?} span at all\n{}", diag()));
+        let missing: Vec<usize> = (first..calls.len()).filter(|i| matched[*i].is_none()).collect();
         assert!(
             missing.is_empty(),
             "{kind:?} spans missing for calls {missing:?} (traced from call {first} on)\n{}",
             diag()
         );
         assert!(
-            calls[first].start_ns <= t_ready
-                || first == calls.iter().position(|c| c.start_ns >= t_ready).unwrap(),
+            calls[first].start_ns <= t_ready || first == calls.iter().position(|c| c.start_ns >= t_ready).unwrap(),
             "{kind:?} spans start only at call {first}, after the agent was ready\n{}",
             diag()
         );
         let traced = calls.len() - first;
-        let boundary = calls
-            .iter()
-            .filter(|c| c.start_ns < t_ready && c.end_ns >= t_spawn)
-            .count();
+        let boundary = calls.iter().filter(|c| c.start_ns < t_ready && c.end_ns >= t_spawn).count();
         assert!(
             traced >= required && traced <= required + boundary,
             "{kind:?}: {traced} calls traced, expected {required} plus at most {boundary} \
@@ -788,8 +657,7 @@ fn attach_to_busy_grpc_connection() {
     }
     assert_eq!(
         spans.len(),
-        count_pid(&spans, SpanKind::Server, server_pid)
-            + count_pid(&spans, SpanKind::Client, client_pid),
+        count_pid(&spans, SpanKind::Server, server_pid) + count_pid(&spans, SpanKind::Client, client_pid),
         "only the two processes' spans expected\n{}",
         diag()
     );
@@ -824,30 +692,13 @@ fn traceparent_in_grpc_metadata() {
     assert_exact_counts(&spans, &exit, server.pid(), 3, run.pid, 3);
     let servers = spans_of_pid(&spans, SpanKind::Server, server.pid());
     for s in &servers {
-        assert_eq!(
-            s.trace_id_hex(),
-            trace_id,
-            "server span must continue the trace\n{s}"
-        );
-        assert_eq!(
-            s.parent_span_id_hex(),
-            parent_id,
-            "server span's parent must be the traceparent's span id\n{s}"
-        );
+        assert_eq!(s.trace_id_hex(), trace_id, "server span must continue the trace\n{s}");
+        assert_eq!(s.parent_span_id_hex(), parent_id, "server span's parent must be the traceparent's span id\n{s}");
         let method = s.attr_str("rpc.method").unwrap_or_default();
         let code = if method == "Fail" { 5 } else { 0 };
         assert_grpc_span(s, SpanKind::Server, &method, code, port);
     }
     let mut names: Vec<&str> = servers.iter().map(|s| s.name()).collect();
     names.sort();
-    assert_eq!(
-        names,
-        vec![
-            "demo.Greeter/Fail",
-            "demo.Greeter/SayHello",
-            "demo.Greeter/SayHello"
-        ],
-        "{}",
-        dump(&spans)
-    );
+    assert_eq!(names, vec!["demo.Greeter/Fail", "demo.Greeter/SayHello", "demo.Greeter/SayHello"], "{}", dump(&spans));
 }

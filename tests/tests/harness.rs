@@ -15,13 +15,7 @@ fn nginx_serves_files_errors_and_chunked_gzip() {
     assert_eq!(nginx.worker_pids().len(), 1, "exactly one nginx worker");
     assert_eq!(proc_comm(nginx.worker_pids()[0]).as_deref(), Some("nginx"));
 
-    let run = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{size_download}\n",
-        &nginx.url("/big.bin"),
-    ]);
+    let run = curl(&["-o", "/dev/null", "-w", "%{http_code} %{size_download}\n", &nginx.url("/big.bin")]);
     assert_eq!(run.stdout().trim(), format!("200 {BIG_FILE_SIZE}"));
 
     let run = curl(&[
@@ -99,10 +93,7 @@ fn python_http_server_answers_http_1_0() {
     let expected = format!("200 1 {}\n", HELLO_BODY.len());
     assert_eq!(run.stdout(), format!("{expected}{expected}"));
     // The status line says HTTP/1.0 even for an HTTP/1.1 request.
-    let raw = send_raw(
-        port,
-        get_request("/hello.txt", "127.0.0.1", true).as_bytes(),
-    );
+    let raw = send_raw(port, get_request("/hello.txt", "127.0.0.1", true).as_bytes());
     let responses = parse_responses(&raw);
     assert_eq!(responses.len(), 1);
     assert_eq!(responses[0].version, "HTTP/1.0");

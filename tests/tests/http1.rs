@@ -27,10 +27,7 @@ impl NginxEnv {
         NginxEnv::start_with(false, configure)
     }
 
-    fn start_with(
-        sendfile: bool,
-        configure: impl FnOnce(AgentBuilder) -> AgentBuilder,
-    ) -> NginxEnv {
+    fn start_with(sendfile: bool, configure: impl FnOnce(AgentBuilder) -> AgentBuilder) -> NginxEnv {
         let serial = serial();
         agent_bin();
         let root = WebRoot::new();
@@ -38,14 +35,7 @@ impl NginxEnv {
         let nginx = Nginx::start_with(port, root.path(), sendfile);
         let receiver = Receiver::start();
         let agent = configure(AgentBuilder::new(&receiver).port(port)).start();
-        NginxEnv {
-            agent: Some(agent),
-            exit: None,
-            receiver,
-            nginx,
-            root,
-            _serial: serial,
-        }
+        NginxEnv { agent: Some(agent), exit: None, receiver, nginx, root, _serial: serial }
     }
 
     fn port(&self) -> u16 {
@@ -61,14 +51,8 @@ impl NginxEnv {
     /// The counts are asserted exactly by the callers.
     fn finish(&mut self, servers: usize, clients: usize) -> Vec<ReceivedSpan> {
         self.receiver.wait_until(SPAN_WAIT, |spans| {
-            let s = spans
-                .iter()
-                .filter(|s| s.kind() == SpanKind::Server)
-                .count();
-            let c = spans
-                .iter()
-                .filter(|s| s.kind() == SpanKind::Client)
-                .count();
+            let s = spans.iter().filter(|s| s.kind() == SpanKind::Server).count();
+            let c = spans.iter().filter(|s| s.kind() == SpanKind::Client).count();
             s >= servers && c >= clients
         });
         let agent = self.agent.take().expect("agent already stopped");
@@ -81,10 +65,7 @@ impl NginxEnv {
 
     /// The agent's shutdown statistics line, for failure messages.
     fn stats(&self) -> &str {
-        self.exit
-            .as_ref()
-            .and_then(|e| e.stats_line())
-            .unwrap_or("<agent not stopped>")
+        self.exit.as_ref().and_then(|e| e.stats_line()).unwrap_or("<agent not stopped>")
     }
 
     fn server_spans(&self) -> Vec<ReceivedSpan> {
@@ -135,11 +116,7 @@ fn assert_counts(spans: &[ReceivedSpan], servers: usize, clients: usize) {
 /// Checks the resource of a span against the process that produced it.
 fn assert_process_resource(span: &ReceivedSpan, service: &str, pid: u32) {
     assert_resource_str(span, "service.name", service);
-    assert_eq!(
-        span.resource_int("process.pid"),
-        Some(pid as i64),
-        "resource process.pid\n{span}"
-    );
+    assert_eq!(span.resource_int("process.pid"), Some(pid as i64), "resource process.pid\n{span}");
     // semconv: base name of /proc/<pid>/exe; equal to the comm for the
     // programs checked here.
     assert_resource_str(span, "process.executable.name", service);
@@ -154,19 +131,15 @@ fn assert_process_resource(span: &ReceivedSpan, service: &str, pid: u32) {
 
 fn single_request(protocol: Protocol) {
     let mut env = NginxEnv::start(|b| {
-        b.protocol(protocol).args(["--route", "/files/{name}"]).env(
-            "OTEL_RESOURCE_ATTRIBUTES",
-            "deployment.environment.name=test",
-        )
+        b.protocol(protocol)
+            .args(["--route", "/files/{name}"])
+            .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")
     });
     let path = numbered_path(7);
     let size = env.root.file_size(&path) as i64;
     let ua = curl_user_agent();
     let t0 = now_unix_nanos();
-    let run = run_curl(&curl_args(
-        &[env.url(&path)],
-        "%{http_code} %{local_port} %{size_download}",
-    ));
+    let run = run_curl(&curl_args(&[env.url(&path)], "%{http_code} %{local_port} %{size_download}"));
     let t1 = now_unix_nanos();
     let out = run.stdout();
     let fields: Vec<&str> = out.split_whitespace().collect();
@@ -177,8 +150,7 @@ fn single_request(protocol: Protocol) {
     // With OTEL_BSP_SCHEDULE_DELAY=200 spans are exported without waiting
     // for shutdown.
     assert!(
-        env.receiver
-            .wait_for_count(2, Duration::from_secs(10), |_| true),
+        env.receiver.wait_for_count(2, Duration::from_secs(10), |_| true),
         "spans were not exported within 10 s of the request (before SIGTERM)\n{}\n{}",
         dump(&env.receiver.spans()),
         env.agent.as_ref().unwrap().diagnostics()
@@ -263,23 +235,12 @@ fn keep_alive_many_requests_one_connection() {
     let mut env = NginxEnv::start(|b| b);
     let paths: Vec<String> = (0..20).map(numbered_path).collect();
     let urls: Vec<String> = paths.iter().map(|p| env.url(p)).collect();
-    let run = run_curl(&curl_args(
-        &urls,
-        "%{http_code} %{num_connects} %{local_port}\n",
-    ));
-    let lines: Vec<Vec<String>> = run
-        .stdout()
-        .lines()
-        .map(|l| l.split_whitespace().map(String::from).collect())
-        .collect();
+    let run = run_curl(&curl_args(&urls, "%{http_code} %{num_connects} %{local_port}\n"));
+    let lines: Vec<Vec<String>> =
+        run.stdout().lines().map(|l| l.split_whitespace().map(String::from).collect()).collect();
     assert_eq!(lines.len(), 20, "{}", run.stdout());
     let connects: u32 = lines.iter().map(|l| l[1].parse::<u32>().unwrap()).sum();
-    assert_eq!(
-        connects,
-        1,
-        "curl must reuse one connection:\n{}",
-        run.stdout()
-    );
+    assert_eq!(connects, 1, "curl must reuse one connection:\n{}", run.stdout());
     assert!(lines.iter().all(|l| l[0] == "200"), "{}", run.stdout());
     let local_port: i64 = lines[0][2].parse().unwrap();
 
@@ -320,10 +281,7 @@ fn http_1_0_requests() {
     let paths = vec!["/hello.txt".to_string(), "/index.html".to_string()];
     let urls: Vec<String> = paths.iter().map(|p| env.url(p)).collect();
     let mut args = vec!["--http1.0".to_string()];
-    args.extend(curl_args(
-        &urls,
-        "%{http_code} %{num_connects} %{local_port}\n",
-    ));
+    args.extend(curl_args(&urls, "%{http_code} %{num_connects} %{local_port}\n"));
     let run = run_curl(&args);
     let out = run.stdout();
     assert_eq!(out.lines().count(), 2, "{out}");
@@ -332,10 +290,7 @@ fn http_1_0_requests() {
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             assert_eq!(f[0], "200", "{out}");
-            assert_eq!(
-                f[1], "1",
-                "HTTP/1.0 without keep-alive uses a new connection: {out}"
-            );
+            assert_eq!(f[1], "1", "HTTP/1.0 without keep-alive uses a new connection: {out}");
             f[2]
         })
         .collect();
@@ -353,10 +308,7 @@ fn http_1_0_requests() {
         assert_attr_str(s, "http.request.method", "GET");
     }
     assert_attr_int(
-        servers
-            .iter()
-            .find(|s| s.url_path().unwrap() == "/hello.txt")
-            .unwrap(),
+        servers.iter().find(|s| s.url_path().unwrap() == "/hello.txt").unwrap(),
         "http.response.body.size",
         HELLO_BODY.len() as i64,
     );
@@ -414,11 +366,7 @@ fn error_statuses() {
     let servers = env.server_spans();
     let clients = env.curl_spans();
     let by_path = |spans: &[ReceivedSpan], p: &str| -> ReceivedSpan {
-        let found: Vec<_> = spans
-            .iter()
-            .filter(|s| s.url_path().as_deref() == Some(p))
-            .cloned()
-            .collect();
+        let found: Vec<_> = spans.iter().filter(|s| s.url_path().as_deref() == Some(p)).cloned().collect();
         assert_eq!(found.len(), 1, "one span for {p}\n{}", dump(spans));
         found[0].clone()
     };
@@ -437,11 +385,7 @@ fn pipelined_requests() {
     let paths: Vec<String> = (0..10).map(numbered_path).collect();
     let mut bytes = String::new();
     for (i, p) in paths.iter().enumerate() {
-        bytes.push_str(&get_request(
-            p,
-            &format!("127.0.0.1:{}", env.port()),
-            i == 9,
-        ));
+        bytes.push_str(&get_request(p, &format!("127.0.0.1:{}", env.port()), i == 9));
     }
     let raw = send_raw(env.port(), bytes.as_bytes());
     let responses = parse_responses(&raw);
@@ -458,38 +402,18 @@ fn pipelined_requests() {
     // Requests read in one read may share a start time; responses are
     // written one after another, so (start, end) gives request order.
     sort_by_time(&mut servers);
-    assert_eq!(
-        span_paths(&servers),
-        paths,
-        "server spans in request order\n{}",
-        dump(&servers)
-    );
-    let peer_ports: HashSet<i64> = servers
-        .iter()
-        .map(|s| s.attr_int("network.peer.port").unwrap_or(-1))
-        .collect();
-    assert_eq!(
-        peer_ports.len(),
-        1,
-        "all on one connection\n{}",
-        dump(&servers)
-    );
+    assert_eq!(span_paths(&servers), paths, "server spans in request order\n{}", dump(&servers));
+    let peer_ports: HashSet<i64> = servers.iter().map(|s| s.attr_int("network.peer.port").unwrap_or(-1)).collect();
+    assert_eq!(peer_ports.len(), 1, "all on one connection\n{}", dump(&servers));
     for (i, s) in servers.iter().enumerate() {
         assert_status(s, 200, false);
         assert_attr_str(s, "user_agent.original", "tracer-tests/raw");
         assert_attr_int(s, "http.response.body.size", numbered_body(i).len() as i64);
     }
     let me = std::process::id() as i64;
-    let mut clients: Vec<ReceivedSpan> = of_kind(&spans, SpanKind::Client)
-        .into_iter()
-        .filter(|s| s.resource_int("process.pid") == Some(me))
-        .collect();
-    assert_eq!(
-        clients.len(),
-        10,
-        "client spans of this process\n{}",
-        dump(&spans)
-    );
+    let mut clients: Vec<ReceivedSpan> =
+        of_kind(&spans, SpanKind::Client).into_iter().filter(|s| s.resource_int("process.pid") == Some(me)).collect();
+    assert_eq!(clients.len(), 10, "client spans of this process\n{}", dump(&spans));
     sort_by_time(&mut clients);
     assert_eq!(span_paths(&clients), paths, "client spans in request order");
     for c in &clients {
@@ -499,10 +423,7 @@ fn pipelined_requests() {
 
 fn large_response(sendfile: bool) {
     let mut env = NginxEnv::start_with(sendfile, |b| b);
-    let run = run_curl(&curl_args(
-        &[env.url("/big.bin")],
-        "%{http_code} %{size_download}",
-    ));
+    let run = run_curl(&curl_args(&[env.url("/big.bin")], "%{http_code} %{size_download}"));
     assert_eq!(run.stdout(), format!("200 {BIG_FILE_SIZE}"));
 
     let spans = env.finish(1, 1);
@@ -547,11 +468,7 @@ fn traceparent_is_continued() {
     let servers = env.server_spans();
     assert_eq!(servers.len(), 1, "{}", dump(&spans));
     let server = &servers[0];
-    assert_eq!(
-        server.trace_id_hex(),
-        trace_id,
-        "trace id continued\n{server}"
-    );
+    assert_eq!(server.trace_id_hex(), trace_id, "trace id continued\n{server}");
     assert_eq!(
         server.parent_span_id_hex(),
         parent_id,
@@ -576,18 +493,10 @@ fn python_http_server() {
     let receiver = Receiver::start();
     let agent = AgentBuilder::new(&receiver).port(port).start();
 
-    let paths = vec![
-        "/hello.txt".to_string(),
-        "/index.html".to_string(),
-        numbered_path(3),
-    ];
+    let paths = vec!["/hello.txt".to_string(), "/index.html".to_string(), numbered_path(3)];
     let urls: Vec<String> = paths.iter().map(|p| server.url(p)).collect();
     let run = run_curl(&curl_args(&urls, "%{http_code} %{num_connects}\n"));
-    assert_eq!(
-        run.stdout(),
-        "200 1\n200 1\n200 1\n",
-        "python closes after each response"
-    );
+    assert_eq!(run.stdout(), "200 1\n200 1\n200 1\n", "python closes after each response");
 
     receiver.wait_until(SPAN_WAIT, |s| s.len() >= 6);
     agent.stop();
@@ -610,11 +519,7 @@ fn python_http_server() {
     .collect();
     let exe = proc_exe_name(server.pid());
     for s in &servers {
-        assert_eq!(
-            s.resource_int("process.pid"),
-            Some(server.pid() as i64),
-            "{s}"
-        );
+        assert_eq!(s.resource_int("process.pid"), Some(server.pid() as i64), "{s}");
         let exe_name = s.resource_str("process.executable.name");
         assert!(
             exe_name.as_deref() == Some("python3") || exe_name == exe,
@@ -623,11 +528,7 @@ fn python_http_server() {
         assert_attr_str(s, "network.protocol.version", "1.0");
         assert_status(s, 200, false);
         assert_attr_int(s, "server.port", port as i64);
-        assert_attr_int(
-            s,
-            "http.response.body.size",
-            sizes[s.url_path().unwrap().as_str()],
-        );
+        assert_attr_int(s, "http.response.body.size", sizes[s.url_path().unwrap().as_str()]);
     }
     for c in &clients {
         assert_attr_str(c, "network.protocol.version", "1.0");
@@ -651,10 +552,7 @@ fn exact_count_500_requests_from_5_curls() {
         let out = run.stdout();
         assert_eq!(out.lines().count(), 100);
         assert!(out.lines().all(|l| l.starts_with("200 ")), "{out}");
-        let connects: u32 = out
-            .lines()
-            .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u32>().unwrap())
-            .sum();
+        let connects: u32 = out.lines().map(|l| l.split_whitespace().nth(1).unwrap().parse::<u32>().unwrap()).sum();
         assert_eq!(connects, 1, "one keep-alive connection per curl");
     }
 
@@ -666,22 +564,14 @@ fn exact_count_500_requests_from_5_curls() {
     assert_eq!(clients.len(), 500);
     let mut per_path: BTreeMap<String, usize> = BTreeMap::new();
     for s in &servers {
-        *per_path
-            .entry(s.url_path().unwrap_or_default())
-            .or_default() += 1;
+        *per_path.entry(s.url_path().unwrap_or_default()).or_default() += 1;
         assert_status(s, 200, false);
     }
     assert_eq!(per_path.len(), 100, "{per_path:?}");
-    assert!(
-        per_path.values().all(|n| *n == 5),
-        "each path 5 times: {per_path:?}"
-    );
+    assert!(per_path.values().all(|n| *n == 5), "each path 5 times: {per_path:?}");
     for run in &runs {
-        let mine: Vec<ReceivedSpan> = clients
-            .iter()
-            .filter(|c| c.resource_int("process.pid") == Some(run.pid as i64))
-            .cloned()
-            .collect();
+        let mine: Vec<ReceivedSpan> =
+            clients.iter().filter(|c| c.resource_int("process.pid") == Some(run.pid as i64)).cloned().collect();
         assert_eq!(mine.len(), 100, "client spans of curl pid {}", run.pid);
         assert_paths_once(&mine, &paths);
     }
@@ -725,11 +615,7 @@ fn wrk_duration_run_matches_reported_requests() {
         run.stdout,
         env.stats()
     );
-    assert_eq!(
-        spans.len(),
-        servers.len() + wrk_clients.len(),
-        "no spans other than nginx server and wrk client spans"
-    );
+    assert_eq!(spans.len(), servers.len() + wrk_clients.len(), "no spans other than nginx server and wrk client spans");
     for s in &servers {
         assert_attr_str(s, "url.path", "/hello.txt");
         assert_eq!(s.attr_int("http.response.status_code"), Some(200), "{s}");

@@ -120,7 +120,11 @@ fn dead_collector_is_counted_not_fatal() {
 fn bad_configuration_is_one_clear_line() {
     let bin = agent_bin();
     let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
-        (&["--otlp-endpoint", "http://127.0.0.1:4318"], &[("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")], "unknown OTLP protocol"),
+        (
+            &["--otlp-endpoint", "http://127.0.0.1:4318"],
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")],
+            "unknown OTLP protocol",
+        ),
         (&["--otlp-endpoint", "ftp://collector"], &[], "must start with http://"),
         (&[], &[("OTEL_RESOURCE_ATTRIBUTES", "novalue")], "OTEL_RESOURCE_ATTRIBUTES"),
         (&["--service-name", "nginx"], &[], "--service-name"),

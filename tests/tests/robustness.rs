@@ -42,11 +42,9 @@ impl RssWatch {
 }
 
 fn one_request(port: u16, path: &str) {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connect to nginx on {port}: {e}"));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to nginx on {port}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(get_request(path, "127.0.0.1", true).as_bytes())
-        .unwrap();
+    s.write_all(get_request(path, "127.0.0.1", true).as_bytes()).unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
     let responses = parse_responses(&buf);
@@ -66,21 +64,20 @@ fn survives_garbage_and_connection_flood() {
     let mut agent = AgentBuilder::new(&receiver)
         .port(nginx_port)
         .port(echo.port())
-        .args(std::env::var("TRACER_TEST_AGENT_ARGS").ok().map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>()).unwrap_or_default())
+        .args(
+            std::env::var("TRACER_TEST_AGENT_ARGS")
+                .ok()
+                .map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        )
         .start();
-    let mut rss = RssWatch {
-        max_kib: 0,
-        samples: Vec::new(),
-    };
+    let mut rss = RssWatch { max_kib: 0, samples: Vec::new() };
     rss.sample(&mut agent, "start");
 
     // 1. Random bytes both ways (the echo server sends everything back),
     // in writes of varying size, on several connections.
     let mut sent = 0u64;
-    for (i, chunk) in [1usize, 7, 512, 4096, 16384, 65536, 1000, 3]
-        .iter()
-        .enumerate()
-    {
+    for (i, chunk) in [1usize, 7, 512, 4096, 16384, 65536, 1000, 3].iter().enumerate() {
         let payload = random_bytes(256 * 1024 + i);
         let back = echo_roundtrip(echo.port(), &payload, *chunk);
         assert_eq!(back, payload);
@@ -92,18 +89,12 @@ fn survives_garbage_and_connection_flood() {
     assert!(echo.echoed_bytes() >= sent);
     // Nothing there is HTTP: after several export intervals no span exists.
     std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        receiver.spans().is_empty(),
-        "random bytes must not produce spans\n{}",
-        dump(&receiver.spans())
-    );
+    assert!(receiver.spans().is_empty(), "random bytes must not produce spans\n{}", dump(&receiver.spans()));
 
     // 2. HTTP-looking but broken data: a request line followed by garbage,
     // an enormous header line, a bogus huge Content-Length, a lone method.
     // Whether these produce spans is not specified; the agent must cope.
-    let mut huge_cl =
-        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n"
-            .to_vec();
+    let mut huge_cl = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n".to_vec();
     huge_cl.extend(random_bytes(8192));
     let mut long_header = b"GET /x HTTP/1.1\r\nX-Long: ".to_vec();
     long_header.extend(std::iter::repeat_n(b'A', 200_000));
@@ -111,16 +102,10 @@ fn survives_garbage_and_connection_flood() {
     garbage_after_line.extend(random_bytes(50_000));
     let mut bad_chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZZZ\r\n".to_vec();
     bad_chunked.extend(random_bytes(10_000));
-    for (i, payload) in [
-        huge_cl,
-        long_header,
-        garbage_after_line,
-        bad_chunked,
-        b"GET".to_vec(),
-        b"\r\n\r\n\r\n".to_vec(),
-    ]
-    .iter()
-    .enumerate()
+    for (i, payload) in
+        [huge_cl, long_header, garbage_after_line, bad_chunked, b"GET".to_vec(), b"\r\n\r\n\r\n".to_vec()]
+            .iter()
+            .enumerate()
     {
         let back = echo_roundtrip(echo.port(), payload, 1500);
         assert_eq!(&back, payload, "echo of malformed payload {i}");
@@ -154,10 +139,7 @@ fn survives_garbage_and_connection_flood() {
         .collect();
     while threads.iter().any(|t| !t.is_finished()) {
         std::thread::sleep(Duration::from_millis(250));
-        rss.sample(
-            &mut agent,
-            &format!("{} flood requests", done.load(Ordering::Relaxed)),
-        );
+        rss.sample(&mut agent, &format!("{} flood requests", done.load(Ordering::Relaxed)));
     }
     for t in threads {
         t.join().expect("flood thread panicked");
@@ -192,13 +174,7 @@ fn survives_garbage_and_connection_flood() {
 
     // 4. A final ordinary request is still traced correctly.
     let final_path = numbered_path(42);
-    let run = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &nginx.url(&final_path),
-    ]);
+    let run = curl(&["-o", "/dev/null", "-w", "%{http_code}", &nginx.url(&final_path)]);
     assert_eq!(run.stdout(), "200");
     let is_final = |s: &ReceivedSpan| s.url_path().as_deref() == Some(final_path.as_str());
     receiver.wait_for_count(2, SPAN_WAIT, is_final);
@@ -219,16 +195,8 @@ fn survives_garbage_and_connection_flood() {
     );
 
     let finals: Vec<ReceivedSpan> = spans.iter().filter(|s| is_final(s)).cloned().collect();
-    let final_servers: Vec<_> = finals
-        .iter()
-        .filter(|s| s.kind() == SpanKind::Server)
-        .cloned()
-        .collect();
-    let final_clients: Vec<_> = finals
-        .iter()
-        .filter(|s| s.kind() == SpanKind::Client)
-        .cloned()
-        .collect();
+    let final_servers: Vec<_> = finals.iter().filter(|s| s.kind() == SpanKind::Server).cloned().collect();
+    let final_clients: Vec<_> = finals.iter().filter(|s| s.kind() == SpanKind::Client).cloned().collect();
     assert_eq!(final_servers.len(), 1, "{}", dump(&finals));
     assert_eq!(final_clients.len(), 1, "{}", dump(&finals));
     let (server, client) = (&final_servers[0], &final_clients[0]);
@@ -250,20 +218,9 @@ fn survives_garbage_and_connection_flood() {
         spans.len(),
         before_flood + FLOOD_REQUESTS * 2 + 2,
         "unexpected extra spans ({before_flood} before the flood)\n{}",
-        dump(
-            &spans
-                .iter()
-                .filter(|s| s.url_path().as_deref() != Some("/hello.txt"))
-                .cloned()
-                .collect::<Vec<_>>()
-        )
+        dump(&spans.iter().filter(|s| s.url_path().as_deref() != Some("/hello.txt")).cloned().collect::<Vec<_>>())
     );
-    assert!(
-        rss.max_kib < MAX_RSS_KIB,
-        "max RSS {} KiB; samples {:?}",
-        rss.max_kib,
-        rss.samples
-    );
+    assert!(rss.max_kib < MAX_RSS_KIB, "max RSS {} KiB; samples {:?}", rss.max_kib, rss.samples);
     eprintln!(
         "robustness: max agent RSS {} KiB, flood of {} requests took {:?}; {}",
         rss.max_kib,

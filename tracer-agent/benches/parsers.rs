@@ -90,7 +90,7 @@ fn http2_bench(n: u64) {
         let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
         literal(&mut block, 4, b"/demo.Greeter/SayHello"); // :path
         literal(&mut block, 1, b"localhost:50051"); // :authority
-        // content-type: static index 31, which takes a continuation byte (15 + 16).
+                                                    // content-type: static index 31, which takes a continuation byte (15 + 16).
         block.extend_from_slice(&[0x0f, 0x10, 16]);
         block.extend_from_slice(b"application/grpc");
         let mut req = Vec::with_capacity(128);
@@ -100,7 +100,10 @@ fn http2_bench(n: u64) {
         frame(&mut req, msg.len(), 0, 0x1, stream); // DATA, END_STREAM
         req.extend_from_slice(&msg);
         let mut resp = Vec::with_capacity(128);
-        let rblock = [0x88u8, 0x0f, 0x10, 16, b'a', b'p', b'p', b'l', b'i', b'c', b'a', b't', b'i', b'o', b'n', b'/', b'g', b'r', b'p', b'c'];
+        let rblock = [
+            0x88u8, 0x0f, 0x10, 16, b'a', b'p', b'p', b'l', b'i', b'c', b'a', b't', b'i', b'o', b'n', b'/', b'g', b'r',
+            b'p', b'c',
+        ];
         frame(&mut resp, rblock.len(), 1, 0x4, stream);
         resp.extend_from_slice(&rblock);
         frame(&mut resp, msg.len(), 0, 0, stream);

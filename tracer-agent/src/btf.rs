@@ -60,9 +60,7 @@ pub struct Btf {
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .ok_or(BtfError::Malformed("truncated"))
+    b.get(off..off + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]])).ok_or(BtfError::Malformed("truncated"))
 }
 
 impl Btf {
@@ -103,7 +101,12 @@ impl Btf {
                         let raw_off = u32_at(types_raw, m + 8)?;
                         let (offset, bitfield) =
                             if kind_flag { (raw_off & 0x00ff_ffff, raw_off >> 24 != 0) } else { (raw_off, false) };
-                        members.push(Member { name: u32_at(types_raw, m)?, ty: u32_at(types_raw, m + 4)?, offset, bitfield });
+                        members.push(Member {
+                            name: u32_at(types_raw, m)?,
+                            ty: u32_at(types_raw, m + 4)?,
+                            offset,
+                            bitfield,
+                        });
                     }
                     p += vlen * 12;
                 }
@@ -218,7 +221,10 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(Btf::parse(&[]).is_err());
-        assert!(Btf::parse(&[0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(Btf::parse(&[
+            0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+        ])
+        .is_err());
     }
 
     #[test]

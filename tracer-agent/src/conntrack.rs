@@ -102,7 +102,15 @@ fn meta_for(ev: &Event<'_>, kind: SpanKind) -> ConnMeta {
 
 impl Tracker {
     pub fn new(max_conns: usize, idle_ns: u64) -> Self {
-        Self { listeners: None, done: Vec::new(), conns: HashMap::new(), by_tuple: HashMap::new(), max_conns: max_conns.max(16), idle_ns, stats: TrackerStats::default() }
+        Self {
+            listeners: None,
+            done: Vec::new(),
+            conns: HashMap::new(),
+            by_tuple: HashMap::new(),
+            max_conns: max_conns.max(16),
+            idle_ns,
+            stats: TrackerStats::default(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -126,12 +134,15 @@ impl Tracker {
                     finish(old, now, out);
                 }
                 let kind = if ev.kind == EventKind::Accept { SpanKind::Server } else { SpanKind::Client };
-                self.insert(key, Conn {
-                    meta: meta_for(ev, kind),
-                    role: if kind == SpanKind::Server { role::SERVER } else { role::CLIENT },
-                    last_seen: now,
-                    proto: Proto::Detecting(0),
-                });
+                self.insert(
+                    key,
+                    Conn {
+                        meta: meta_for(ev, kind),
+                        role: if kind == SpanKind::Server { role::SERVER } else { role::CLIENT },
+                        last_seen: now,
+                        proto: Proto::Detecting(0),
+                    },
+                );
             }
             EventKind::Close => {
                 if let Some(c) = self.remove_conn(&key) {
@@ -460,7 +471,13 @@ fn feed<P: StreamParser>(
     out.extend(done.into_iter().map(|ex| (meta.clone(), wrap(ex))));
 }
 
-fn close<P: StreamParser>(mut p: Box<P>, now: u64, meta: &ConnMeta, wrap: fn(P::Out) -> Exchange, out: &mut Vec<(ConnMeta, Exchange)>) {
+fn close<P: StreamParser>(
+    mut p: Box<P>,
+    now: u64,
+    meta: &ConnMeta,
+    wrap: fn(P::Out) -> Exchange,
+    out: &mut Vec<(ConnMeta, Exchange)>,
+) {
     let mut done = Vec::new();
     p.close(now, &mut done);
     out.extend(done.into_iter().map(|ex| (meta.clone(), wrap(ex))));

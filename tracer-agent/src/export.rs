@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 
 use crate::config::{ExportConfig, Protocol};
-use crate::resource::{ResourceKey, Resources};
 use crate::otlp;
+use crate::resource::{ResourceKey, Resources};
 use crate::span::{hex, Span, SpanKind, Status, Value};
 
 /// Export health counters, shared with the stats reporter.
@@ -30,7 +30,11 @@ pub struct ExportStats {
 
 enum Sink {
     Print,
-    Grpc { client: tonic::client::Grpc<tonic::transport::Channel>, headers: Vec<(String, String)>, timeout: Duration },
+    Grpc {
+        client: tonic::client::Grpc<tonic::transport::Channel>,
+        headers: Vec<(String, String)>,
+        timeout: Duration,
+    },
     Http {
         client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
         url: hyper::Uri,
@@ -123,7 +127,8 @@ pub fn format_line(s: &Span, service: &str) -> String {
         },
     };
     // HTTP: method and path; anything else: the span name.
-    let what = match (s.attr("http.request.method").and_then(Value::as_str), s.attr("url.path").and_then(Value::as_str)) {
+    let what = match (s.attr("http.request.method").and_then(Value::as_str), s.attr("url.path").and_then(Value::as_str))
+    {
         (Some(m), Some(p)) => format!("{m} {p}"),
         _ => s.name.clone(),
     };
@@ -279,7 +284,10 @@ impl Exporter {
                 self.stats.dropped_export_failed.fetch_add(spans.len() as u64, Ordering::Relaxed);
                 let now = Instant::now();
                 if self.last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(30)) {
-                    eprintln!("tracer-agent: {e:#}; {} spans dropped (further errors are counted, logged every 30 s)", spans.len());
+                    eprintln!(
+                        "tracer-agent: {e:#}; {} spans dropped (further errors are counted, logged every 30 s)",
+                        spans.len()
+                    );
                     self.last_error_log = Some(now);
                 }
             }

@@ -208,10 +208,8 @@ mod tests {
     #[test]
     fn decodes_with_the_reference_types() {
         let spans: Vec<Span> = (0..5).map(|i| span(i, i % 2 == 1, i == 3)).collect();
-        let resource = vec![
-            ("service.name".to_string(), Value::Str("nginx".into())),
-            ("process.pid".to_string(), Value::Int(42)),
-        ];
+        let resource =
+            vec![("service.name".to_string(), Value::Str("nginx".into())), ("process.pid".to_string(), Value::Int(42))];
         let mut buf = Vec::new();
         put_resource_spans(&mut buf, &resource, spans.iter());
         put_resource_spans(&mut buf, &resource, spans[..1].iter());

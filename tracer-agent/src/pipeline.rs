@@ -117,7 +117,18 @@ pub fn monotonic_ns() -> u64 {
 
 impl Pipeline {
     pub fn new(tracker: Tracker, routes: RouteMatcher, clock: Clock) -> Self {
-        Self { recorder: None, discard: false, db_full_text: false, tracker, links: HashMap::new(), routes, clock, exchanges: Vec::new(), spans: Vec::new(), stats: PipelineStats::default() }
+        Self {
+            recorder: None,
+            discard: false,
+            db_full_text: false,
+            tracker,
+            links: HashMap::new(),
+            routes,
+            clock,
+            exchanges: Vec::new(),
+            spans: Vec::new(),
+            stats: PipelineStats::default(),
+        }
     }
 
     /// Handle one raw record.
@@ -205,7 +216,13 @@ impl Pipeline {
         if q.len() >= LINKS_PER_CONN {
             q.pop_front();
         }
-        q.push_back(Link { target: target.to_string(), trace_id: span.trace_id, client_span_id, by_client: is_client, made_ns: now });
+        q.push_back(Link {
+            target: target.to_string(),
+            trace_id: span.trace_id,
+            client_span_id,
+            by_client: is_client,
+            made_ns: now,
+        });
     }
 
     pub fn expire(&mut self, now_mono: u64) {
@@ -248,7 +265,8 @@ pub struct Merger {
 
 impl Merger {
     pub fn push(&mut self, rec: &[u8]) {
-        let ts = rec.get(16..24).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).unwrap_or(0);
+        let ts =
+            rec.get(16..24).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).unwrap_or(0);
         let start = self.arena.len();
         self.arena.extend_from_slice(rec);
         self.index.push((ts, start, rec.len()));

@@ -16,7 +16,17 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"))
 
 /// Syscall tracepoints attached, in pairs of enter/exit.
 const SYSCALLS: &[&str] = &[
-    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "sendfile64", "accept", "accept4",
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "recvfrom",
+    "sendto",
+    "recvmsg",
+    "sendmsg",
+    "sendfile64",
+    "accept",
+    "accept4",
     "connect",
 ];
 
@@ -213,10 +223,8 @@ impl Probes {
         }
         names.push("sys_enter_close".to_string());
         for name in &names {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .with_context(|| format!("probe object has no program {name}"))?
-                .try_into()?;
+            let prog: &mut TracePoint =
+                ebpf.program_mut(name).with_context(|| format!("probe object has no program {name}"))?.try_into()?;
             prog.load().map_err(|e| anyhow!("loading probe {name} failed: {}", verifier_summary(&e)))?;
             prog.attach("syscalls", name).map_err(|e| anyhow!("attaching tracepoint syscalls/{name} failed: {e}"))?;
         }

@@ -34,9 +34,7 @@ impl Pattern {
             return Err(format!("route pattern {text:?} must start with '/'"));
         }
         if trimmed.contains(['?', '#']) {
-            return Err(format!(
-                "route pattern {text:?} must not contain a query or fragment"
-            ));
+            return Err(format!("route pattern {text:?} must not contain a query or fragment"));
         }
         let parts: Vec<&str> = trimmed.split('/').filter(|s| !s.is_empty()).collect();
         let mut segments = Vec::with_capacity(parts.len());
@@ -44,20 +42,13 @@ impl Pattern {
             let last = i + 1 == parts.len();
             if *part == "*" {
                 if !last {
-                    return Err(format!(
-                        "route pattern {text:?}: '*' is only allowed as the last segment"
-                    ));
+                    return Err(format!("route pattern {text:?}: '*' is only allowed as the last segment"));
                 }
                 segments.push(PatternSegment::Rest);
             } else if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-                let valid = !name.is_empty()
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
                 if !valid {
-                    return Err(format!(
-                        "route pattern {text:?}: invalid parameter segment {part:?}"
-                    ));
+                    return Err(format!("route pattern {text:?}: invalid parameter segment {part:?}"));
                 }
                 segments.push(PatternSegment::Param);
             } else if part.contains(['{', '}', '*']) {
@@ -68,10 +59,7 @@ impl Pattern {
                 segments.push(PatternSegment::Literal((*part).to_string()));
             }
         }
-        Ok(Pattern {
-            text: trimmed.to_string(),
-            segments,
-        })
+        Ok(Pattern { text: trimmed.to_string(), segments })
     }
 
     fn matches(&self, path: &[&str]) -> bool {
@@ -107,10 +95,7 @@ impl RouteMatcher {
     /// (zero or more segments). Other segments match literally. Repeated and
     /// trailing slashes are ignored when matching.
     pub fn new(patterns: &[String]) -> Result<Self, String> {
-        let patterns = patterns
-            .iter()
-            .map(|p| Pattern::parse(p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let patterns = patterns.iter().map(|p| Pattern::parse(p)).collect::<Result<Vec<_>, _>>()?;
         Ok(RouteMatcher { patterns })
     }
 
@@ -142,11 +127,7 @@ fn path_of(target: &str) -> &str {
     let mut path = target.get(..end).unwrap_or("");
     for scheme in ["http://", "https://"] {
         let n = scheme.len();
-        if path.len() >= n
-            && path
-                .get(..n)
-                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
-        {
+        if path.len() >= n && path.get(..n).is_some_and(|s| s.eq_ignore_ascii_case(scheme)) {
             let rest = path.get(n..).unwrap_or("");
             path = match rest.find('/') {
                 Some(i) => rest.get(i..).unwrap_or("/"),
@@ -219,9 +200,7 @@ fn is_version(seg: &str) -> bool {
         return false;
     };
     let mut parts = rest.split('.');
-    let major_ok = parts
-        .next()
-        .is_some_and(|m| !m.is_empty() && m.len() <= 3 && m.bytes().all(|b| b.is_ascii_digit()));
+    let major_ok = parts.next().is_some_and(|m| !m.is_empty() && m.len() <= 3 && m.bytes().all(|b| b.is_ascii_digit()));
     major_ok
         && parts.clone().count() <= 1
         && parts.all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
@@ -240,9 +219,7 @@ fn is_id_like(seg: &str) -> bool {
 fn is_number(seg: &str) -> bool {
     let s = seg.strip_prefix(['-', '+']).unwrap_or(seg);
     let mut parts = s.split('.');
-    let int_ok = parts
-        .next()
-        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let int_ok = parts.next().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     let frac_ok = match parts.next() {
         None => true,
         Some(f) => !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()),
@@ -253,26 +230,24 @@ fn is_number(seg: &str) -> bool {
 fn is_uuid(seg: &str) -> bool {
     let b = seg.as_bytes();
     b.len() == 36
-        && b.iter().enumerate().all(|(i, &c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                c == b'-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        })
+        && b.iter().enumerate().all(
+            |(i, &c)| {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    c == b'-'
+                } else {
+                    c.is_ascii_hexdigit()
+                }
+            },
+        )
 }
 
 fn is_hex_id(seg: &str) -> bool {
-    seg.len() >= 8
-        && seg.bytes().all(|b| b.is_ascii_hexdigit())
-        && seg.bytes().any(|b| b.is_ascii_digit())
+    seg.len() >= 8 && seg.bytes().all(|b| b.is_ascii_hexdigit()) && seg.bytes().any(|b| b.is_ascii_digit())
 }
 
 fn is_long_token(seg: &str) -> bool {
     seg.len() >= 16
-        && seg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+'))
+        && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+'))
         && seg.bytes().any(|b| b.is_ascii_digit())
         && seg.bytes().any(|b| b.is_ascii_alphabetic())
 }
@@ -287,9 +262,7 @@ fn is_email(seg: &str) -> bool {
     };
     !local.is_empty()
         && !domain.contains('@')
-        && domain
-            .split_once('.')
-            .is_some_and(|(host, tld)| !host.is_empty() && !tld.is_empty())
+        && domain.split_once('.').is_some_and(|(host, tld)| !host.is_empty() && !tld.is_empty())
 }
 
 #[cfg(test)]
@@ -303,24 +276,15 @@ mod tests {
 
     #[test]
     fn heuristic_replaces_numeric_ids() {
-        assert_eq!(
-            heuristic_route("/users/42/orders/7"),
-            "/users/{id}/orders/{id}"
-        );
+        assert_eq!(heuristic_route("/users/42/orders/7"), "/users/{id}/orders/{id}");
         assert_eq!(heuristic_route("/items/-3"), "/items/{id}");
         assert_eq!(heuristic_route("/geo/3.14/2.71"), "/geo/{id}/{id}");
     }
 
     #[test]
     fn heuristic_replaces_uuid_hex_tokens_and_emails() {
-        assert_eq!(
-            heuristic_route("/o/123e4567-e89b-12d3-a456-426614174000/x"),
-            "/o/{id}/x"
-        );
-        assert_eq!(
-            heuristic_route("/commit/9fceb02d0ae598e95dc970b74767f19372d61af8"),
-            "/commit/{id}"
-        );
+        assert_eq!(heuristic_route("/o/123e4567-e89b-12d3-a456-426614174000/x"), "/o/{id}/x");
+        assert_eq!(heuristic_route("/commit/9fceb02d0ae598e95dc970b74767f19372d61af8"), "/commit/{id}");
         assert_eq!(heuristic_route("/blob/deadbeef01"), "/blob/{id}");
         // Hex-looking words without digits are kept.
         assert_eq!(heuristic_route("/feed/deadbeef"), "/feed/deadbeef");
@@ -328,16 +292,10 @@ mod tests {
         assert_eq!(heuristic_route("/c/abc123"), "/c/abc123");
         assert_eq!(heuristic_route("/s/aZ3kP9qLm2Xv7Tn4"), "/s/{id}");
         assert_eq!(heuristic_route("/s/dGVzdDEyMzQ1Njc4OTA="), "/s/{id}");
-        assert_eq!(
-            heuristic_route("/u/jane.doe@example.com/profile"),
-            "/u/{id}/profile"
-        );
+        assert_eq!(heuristic_route("/u/jane.doe@example.com/profile"), "/u/{id}/profile");
         assert_eq!(heuristic_route("/u/jane%40example.com"), "/u/{id}");
         // Long words without digits are kept.
-        assert_eq!(
-            heuristic_route("/api/organizationsettings"),
-            "/api/organizationsettings"
-        );
+        assert_eq!(heuristic_route("/api/organizationsettings"), "/api/organizationsettings");
         let long = "a".repeat(MAX_SEGMENT_LEN + 1);
         assert_eq!(heuristic_route(&format!("/x/{long}")), "/x/{id}");
     }
@@ -346,10 +304,7 @@ mod tests {
     fn heuristic_keeps_versions_and_files() {
         assert_eq!(heuristic_route("/v1/users/10"), "/v1/users/{id}");
         assert_eq!(heuristic_route("/V2.1/things"), "/V2.1/things");
-        assert_eq!(
-            heuristic_route("/static/jquery-3.6.0.min.js"),
-            "/static/jquery-3.6.0.min.js"
-        );
+        assert_eq!(heuristic_route("/static/jquery-3.6.0.min.js"), "/static/jquery-3.6.0.min.js");
         assert_eq!(heuristic_route("/healthz"), "/healthz");
     }
 
@@ -390,12 +345,7 @@ mod tests {
 
     #[test]
     fn patterns_match_first_wins() {
-        let r = m(&[
-            "/users/{id}/orders",
-            "/users/{id}",
-            "/static/*",
-            "/users/me",
-        ]);
+        let r = m(&["/users/{id}/orders", "/users/{id}", "/static/*", "/users/me"]);
         assert_eq!(r.route("/users/abc/orders?page=2"), "/users/{id}/orders");
         assert_eq!(r.route("/users/me"), "/users/{id}");
         assert_eq!(r.route("/users//7/"), "/users/{id}");
@@ -418,13 +368,8 @@ mod tests {
 
     #[test]
     fn invalid_patterns_are_rejected() {
-        for bad in [
-            "users", "/a/*/b", "/a/{}", "/a/{x", "/a/x{y}", "/a?b", "/a/b*", "/{a b}",
-        ] {
-            assert!(
-                RouteMatcher::new(&[bad.to_string()]).is_err(),
-                "{bad} should be rejected"
-            );
+        for bad in ["users", "/a/*/b", "/a/{}", "/a/{x", "/a/x{y}", "/a?b", "/a/b*", "/{a b}"] {
+            assert!(RouteMatcher::new(&[bad.to_string()]).is_err(), "{bad} should be rejected");
         }
         assert!(RouteMatcher::new(&[]).is_ok());
     }

@@ -723,7 +723,8 @@ pub fn db_span(ex: &DbExchange, conn: &ConnMeta, clock: &Clock, full_text: bool)
         attrs.push(("db.query.text", Value::from(text)));
     }
     // Rows affected by data changes are not returned rows.
-    let changes_data = matches!(operation.as_deref(), Some("INSERT" | "UPDATE" | "DELETE" | "MERGE" | "REPLACE" | "UPSERT"));
+    let changes_data =
+        matches!(operation.as_deref(), Some("INSERT" | "UPDATE" | "DELETE" | "MERGE" | "REPLACE" | "UPSERT"));
     if let (Some(rows), false) = (ex.rows, changes_data) {
         attrs.push(("db.response.returned_rows", Value::Int(rows as i64)));
     }

@@ -12,8 +12,7 @@ mod common;
 use std::fmt::Write as _;
 
 use tracer_agent::protocol::http1::{
-    parse_request, parse_response, BodyFraming, Exchange, Http1Conn, Parse, MAX_HEAD_LEN,
-    MAX_PENDING,
+    parse_request, parse_response, BodyFraming, Exchange, Http1Conn, Parse, MAX_HEAD_LEN, MAX_PENDING,
 };
 
 use common::{mangle, split, XorShift};
@@ -35,10 +34,10 @@ fn opt_u64(v: Option<u64>) -> String {
 
 fn render_exchange(out: &mut String, n: usize, at: usize, e: &Exchange) {
     let r = &e.request;
-    let status = e.response.as_ref().map_or_else(
-        || "(no response)".to_string(),
-        |s| format!("{} HTTP/1.{}", s.status, s.version),
-    );
+    let status = e
+        .response
+        .as_ref()
+        .map_or_else(|| "(no response)".to_string(), |s| format!("{} HTTP/1.{}", s.status, s.version));
     let _ = writeln!(
         out,
         "exchange {n} (emitted at event {at}): {} {} HTTP/1.{} -> {status}",
@@ -82,11 +81,7 @@ fn render_exchange(out: &mut String, n: usize, at: usize, e: &Exchange) {
         "  times: req_first={}..{} req_last_exit={} resp_first_enter={} resp_last_exit={}",
         e.req_first_enter, e.req_first_exit, e.req_last_exit, e.resp_first_enter, e.resp_last_exit
     );
-    let _ = writeln!(
-        out,
-        "  body sizes: request={} response={}",
-        e.request_body_size, e.response_body_size
-    );
+    let _ = writeln!(out, "  body sizes: request={} response={}", e.request_body_size, e.response_body_size);
     let mut flags = Vec::new();
     if e.headers_truncated {
         flags.push("headers_truncated");
@@ -110,12 +105,7 @@ fn run_script(events: &[Event]) -> String {
     let mut out = String::new();
     common::render_replay(events, &mut conn, &mut out, render_exchange);
     let st = conn.stats();
-    let _ = writeln!(
-        out,
-        "state: upgraded={} pending={}",
-        conn.upgraded(),
-        conn.pending_requests()
-    );
+    let _ = writeln!(out, "state: upgraded={} pending={}", conn.upgraded(), conn.pending_requests());
     let _ = writeln!(
         out,
         "stats: requests={} responses={} interim={} exchanges={} unanswered={}",
@@ -174,15 +164,9 @@ fn random_exchange(rng: &mut XorShift, n: usize) -> (Vec<u8>, Vec<u8>, Expect) {
     let target = format!("/r/{n}?q={}", rng.below(1000));
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: h{n}\r\n").into_bytes();
     if rng.chance(30) {
-        req.extend_from_slice(
-            b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n",
-        );
+        req.extend_from_slice(b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n");
     }
-    let req_body_len = if matches!(method, "POST" | "PUT" | "PATCH") {
-        rng.below(300)
-    } else {
-        0
-    };
+    let req_body_len = if matches!(method, "POST" | "PUT" | "PATCH") { rng.below(300) } else { 0 };
     if req_body_len > 0 {
         if rng.chance(50) {
             req.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
@@ -215,16 +199,7 @@ fn random_exchange(rng: &mut XorShift, n: usize) -> (Vec<u8>, Vec<u8>, Expect) {
         resp.extend(std::iter::repeat_n(b'b', body_len as usize));
         body_len
     };
-    (
-        req,
-        resp,
-        Expect {
-            target,
-            status,
-            req_body: req_body_len,
-            resp_body,
-        },
-    )
+    (req, resp, Expect { target, status, req_body: req_body_len, resp_body })
 }
 
 fn append_chunked(rng: &mut XorShift, out: &mut Vec<u8>, mut len: u64) {
@@ -270,31 +245,28 @@ fn random_traffic_never_panics_and_stays_consistent() {
             _ => None,
         };
         let pipelined = rng.chance(30);
-        let mut feed = |conn: &mut Http1Conn,
-                        out: &mut Vec<Exchange>,
-                        rng: &mut XorShift,
-                        bytes: &[u8],
-                        request: bool| {
-            let mut bytes = bytes.to_vec();
-            if mode == 2 {
-                // Garbage: random byte flips, cuts and insertions.
-                mangle(rng, &mut bytes);
-            }
-            if mode == 3 && rng.chance(30) {
-                // Truncation: drop a random tail of the message.
-                let keep = rng.below(bytes.len() as u64 + 1) as usize;
-                bytes.truncate(keep);
-            }
-            let segs = split(rng, &bytes, capture, 2048);
-            let dir = if request { Dir::Request } else { Dir::Response };
-            common::feed_segments(conn, out, segs, dir, &mut ts, |conn| {
-                assert!(
-                    conn.buffered_bytes() <= memory_bound(),
-                    "iteration {iteration}: {} bytes buffered",
-                    conn.buffered_bytes()
-                );
-            });
-        };
+        let mut feed =
+            |conn: &mut Http1Conn, out: &mut Vec<Exchange>, rng: &mut XorShift, bytes: &[u8], request: bool| {
+                let mut bytes = bytes.to_vec();
+                if mode == 2 {
+                    // Garbage: random byte flips, cuts and insertions.
+                    mangle(rng, &mut bytes);
+                }
+                if mode == 3 && rng.chance(30) {
+                    // Truncation: drop a random tail of the message.
+                    let keep = rng.below(bytes.len() as u64 + 1) as usize;
+                    bytes.truncate(keep);
+                }
+                let segs = split(rng, &bytes, capture, 2048);
+                let dir = if request { Dir::Request } else { Dir::Response };
+                common::feed_segments(conn, out, segs, dir, &mut ts, |conn| {
+                    assert!(
+                        conn.buffered_bytes() <= memory_bound(),
+                        "iteration {iteration}: {} bytes buffered",
+                        conn.buffered_bytes()
+                    );
+                });
+            };
         if pipelined {
             for (req, _, _) in &exchanges {
                 feed(&mut conn, &mut out, &mut rng, req, true);
@@ -309,17 +281,11 @@ fn random_traffic_never_panics_and_stays_consistent() {
             }
         }
         conn.on_close(ts + 1000, &mut out);
-        assert!(
-            out.len() <= count,
-            "iteration {iteration}: more exchanges than requests"
-        );
+        assert!(out.len() <= count, "iteration {iteration}: more exchanges than requests");
         assert_eq!(conn.pending_requests(), 0);
         for e in &out {
             if e.response.is_some() {
-                assert!(
-                    e.resp_last_exit >= e.resp_first_enter,
-                    "iteration {iteration}"
-                );
+                assert!(e.resp_last_exit >= e.resp_first_enter, "iteration {iteration}");
             }
             assert!(e.req_last_exit >= e.req_first_exit, "iteration {iteration}");
         }
@@ -336,16 +302,10 @@ fn random_traffic_never_panics_and_stays_consistent() {
                     )
                 })
                 .collect();
-            let want: Vec<(String, Option<u16>, u64, u64)> = exchanges
-                .iter()
-                .map(|(_, _, x)| (x.target.clone(), Some(x.status), x.req_body, x.resp_body))
-                .collect();
+            let want: Vec<(String, Option<u16>, u64, u64)> =
+                exchanges.iter().map(|(_, _, x)| (x.target.clone(), Some(x.status), x.req_body, x.resp_body)).collect();
             assert_eq!(got, want, "iteration {iteration}");
-            assert_eq!(
-                conn.stats().desync_bytes_skipped,
-                0,
-                "iteration {iteration}"
-            );
+            assert_eq!(conn.stats().desync_bytes_skipped, 0, "iteration {iteration}");
             clean_checked += 1;
         }
     }

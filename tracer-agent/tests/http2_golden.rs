@@ -16,8 +16,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use tracer_agent::protocol::http2::{
-    looks_like_client_start, looks_like_server_start, H2Conn, H2Exchange, MAX_HEADER_BLOCK,
-    MAX_STREAMS,
+    looks_like_client_start, looks_like_server_start, H2Conn, H2Exchange, MAX_HEADER_BLOCK, MAX_STREAMS,
 };
 use tracer_agent::protocol::Segment;
 
@@ -43,11 +42,7 @@ fn render_exchange(out: &mut String, n: usize, at: usize, e: &H2Exchange) {
         opt(&e.status),
         if e.ended { " ended" } else { " incomplete" },
         e.reset.map_or_else(String::new, |r| format!(" reset={r}")),
-        if e.headers_incomplete {
-            " headers_incomplete"
-        } else {
-            ""
-        },
+        if e.headers_incomplete { " headers_incomplete" } else { "" },
     );
     let fields = [
         ("authority", &e.authority),
@@ -82,11 +77,7 @@ fn render_exchange(out: &mut String, n: usize, at: usize, e: &H2Exchange) {
             opt(&e.first_response_message_size),
         );
     }
-    let _ = writeln!(
-        out,
-        "  body sizes: request={} response={}",
-        e.request_body_size, e.response_body_size
-    );
+    let _ = writeln!(out, "  body sizes: request={} response={}", e.request_body_size, e.response_body_size);
     let _ = writeln!(
         out,
         "  times: req_first_enter={} req_last_exit={} resp_first_enter={} resp_last_exit={}",
@@ -98,19 +89,11 @@ fn run_script(events: &[Event]) -> String {
     let mut conn = H2Conn::new();
     let mut out = String::new();
     let first_client = events.iter().find_map(|e| match e {
-        Event::Segment {
-            dir: Dir::Client,
-            data,
-            ..
-        } => Some(data.clone()),
+        Event::Segment { dir: Dir::Client, data, .. } => Some(data.clone()),
         _ => None,
     });
     let first_server = events.iter().find_map(|e| match e {
-        Event::Segment {
-            dir: Dir::Server,
-            data,
-            ..
-        } => Some(data.clone()),
+        Event::Segment { dir: Dir::Server, data, .. } => Some(data.clone()),
         _ => None,
     });
     let _ = writeln!(
@@ -130,7 +113,13 @@ fn run_script(events: &[Event]) -> String {
     let _ = writeln!(
         out,
         "stats: exchanges={} incomplete={} stream_overflow={} resets={} goaways={} orphan_frames={} protocol_errors={}",
-        st.exchanges, st.incomplete_exchanges, st.stream_overflow, st.resets, st.goaways, st.orphan_frames, st.protocol_errors
+        st.exchanges,
+        st.incomplete_exchanges,
+        st.stream_overflow,
+        st.resets,
+        st.goaways,
+        st.orphan_frames,
+        st.protocol_errors
     );
     let _ = writeln!(
         out,
@@ -173,13 +162,7 @@ fn script_format_escapes() {
 
 /// What an exchange says, without timestamps (which depend on splitting).
 fn summary(e: &H2Exchange) -> H2Exchange {
-    H2Exchange {
-        req_first_enter: 0,
-        req_last_exit: 0,
-        resp_first_enter: 0,
-        resp_last_exit: 0,
-        ..e.clone()
-    }
+    H2Exchange { req_first_enter: 0, req_last_exit: 0, resp_first_enter: 0, resp_last_exit: 0, ..e.clone() }
 }
 
 fn fully_captured(events: &[Event]) -> bool {
@@ -206,16 +189,14 @@ fn random_resplits_give_identical_exchanges() {
         let events = parse_script(&text).expect("valid fixture");
         // Fixtures attached mid-stream depend on where segments start (that
         // is where framing may be regained): only complete recordings.
-        let starts_with_preface = events.iter().any(|e| {
-            matches!(e, Event::Segment { dir: Dir::Client, data, .. } if data.starts_with(b"PRI * HTTP/2.0"))
-        });
+        let starts_with_preface = events
+            .iter()
+            .any(|e| matches!(e, Event::Segment { dir: Dir::Client, data, .. } if data.starts_with(b"PRI * HTTP/2.0")));
         if !fully_captured(&events) || !starts_with_preface {
             continue;
         }
         let mut reference = Vec::new();
-        replay(&events, &mut H2Conn::new(), |_, em| {
-            reference.extend(em.iter().map(summary))
-        });
+        replay(&events, &mut H2Conn::new(), |_, em| reference.extend(em.iter().map(summary)));
         for round in 0..30 {
             let mut split = Vec::new();
             for ev in &events {
@@ -238,15 +219,8 @@ fn random_resplits_give_identical_exchanges() {
                 }
             }
             let mut got = Vec::new();
-            replay(&split, &mut H2Conn::new(), |_, em| {
-                got.extend(em.iter().map(summary))
-            });
-            assert_eq!(
-                got,
-                reference,
-                "{} round {round}",
-                script.display()
-            );
+            replay(&split, &mut H2Conn::new(), |_, em| got.extend(em.iter().map(summary)));
+            assert_eq!(got, reference, "{} round {round}", script.display());
         }
         checked += 1;
     }
@@ -258,21 +232,14 @@ fn random_resplits_give_identical_exchanges() {
 #[test]
 fn random_damage_never_panics_and_stays_bounded() {
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
-    let all: Vec<Vec<Event>> = scripts()
-        .iter()
-        .map(|p| parse_script(&std::fs::read_to_string(p).expect("read")).expect("parse"))
-        .collect();
+    let all: Vec<Vec<Event>> =
+        scripts().iter().map(|p| parse_script(&std::fs::read_to_string(p).expect("read")).expect("parse")).collect();
     for iteration in 0..3000u32 {
         let events = &all[iteration as usize % all.len()];
         let mut damaged = Vec::new();
         for ev in events {
             match ev {
-                Event::Segment {
-                    dir,
-                    data,
-                    uncaptured,
-                    ..
-                } => {
+                Event::Segment { dir, data, uncaptured, .. } => {
                     let mut data = data.clone();
                     let mut gap = *uncaptured;
                     match rng.below(10) {
@@ -288,8 +255,7 @@ fn random_damage_never_panics_and_stays_bounded() {
                             data.truncate(keep);
                         }
                         2 => {
-                            let junk: Vec<u8> =
-                                (0..rng.below(64)).map(|_| rng.next() as u8).collect();
+                            let junk: Vec<u8> = (0..rng.below(64)).map(|_| rng.next() as u8).collect();
                             let at = rng.below(data.len() as u64 + 1) as usize;
                             data.splice(at..at, junk);
                         }
@@ -326,11 +292,7 @@ fn random_damage_never_panics_and_stays_bounded() {
                 }
             }
         });
-        assert!(
-            conn.buffered_bytes() <= memory_bound(),
-            "iteration {iteration}: {} bytes",
-            conn.buffered_bytes()
-        );
+        assert!(conn.buffered_bytes() <= memory_bound(), "iteration {iteration}: {} bytes", conn.buffered_bytes());
         assert_eq!(conn.open_streams(), 0, "iteration {iteration}");
         assert!(ids.values().all(|&n| n == 1), "iteration {iteration}: {ids:?}");
     }

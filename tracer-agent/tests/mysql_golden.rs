@@ -11,9 +11,7 @@ mod common;
 use std::fmt::Write as _;
 
 use tracer_agent::protocol::db::DbExchange;
-use tracer_agent::protocol::mysql::{
-    looks_like_client_start, looks_like_server_start, server_flavor, MysqlConn,
-};
+use tracer_agent::protocol::mysql::{looks_like_client_start, looks_like_server_start, server_flavor, MysqlConn};
 
 use common::{mangle, split, XorShift};
 
@@ -121,14 +119,7 @@ struct Want {
 }
 
 /// Result set rows for one command: column count, definitions, rows, end.
-fn result_set(
-    resp: &mut Vec<u8>,
-    seq: &mut u8,
-    rng: &mut XorShift,
-    deprecate: bool,
-    more: bool,
-    binary: bool,
-) -> u64 {
+fn result_set(resp: &mut Vec<u8>, seq: &mut u8, rng: &mut XorShift, deprecate: bool, more: bool, binary: bool) -> u64 {
     let cols = 1 + rng.below(3);
     let mut p = Vec::new();
     lenenc(&mut p, cols);
@@ -150,11 +141,7 @@ fn result_set(
             row.push(0);
         }
         for _ in 0..cols {
-            let len = if rng.chance(5) {
-                300 + rng.below(3000)
-            } else {
-                rng.below(12)
-            };
+            let len = if rng.chance(5) { 300 + rng.below(3000) } else { rng.below(12) };
             lenenc(&mut row, len);
             row.extend(std::iter::repeat_n(b'a' + (r % 26) as u8, len as usize));
         }
@@ -226,11 +213,7 @@ fn random_session(rng: &mut XorShift) -> (Vec<Step>, Vec<Want>) {
                     packet(&mut srv, seq, &ok_payload(0, affected, 2));
                     rows += affected;
                 }
-                want.push(Want {
-                    query: Some(sql),
-                    rows: Some(rows),
-                    error: None,
-                });
+                want.push(Want { query: Some(sql), rows: Some(rows), error: None });
             }
             2 => {
                 let sql = format!("UPDATE t SET x = {n}");
@@ -240,20 +223,12 @@ fn random_session(rng: &mut XorShift) -> (Vec<Step>, Vec<Want>) {
                 if rng.chance(50) {
                     let affected = rng.below(100_000);
                     packet(&mut srv, 1, &ok_payload(0, affected, 2));
-                    want.push(Want {
-                        query: Some(sql),
-                        rows: Some(affected),
-                        error: None,
-                    });
+                    want.push(Want { query: Some(sql), rows: Some(affected), error: None });
                 } else {
                     let mut e = vec![0xff, 0x7a, 0x04];
                     e.extend_from_slice(b"#42S02Table 'shop.t' doesn't exist");
                     packet(&mut srv, 1, &e);
-                    want.push(Want {
-                        query: Some(sql),
-                        rows: None,
-                        error: Some("1146".into()),
-                    });
+                    want.push(Want { query: Some(sql), rows: None, error: Some("1146".into()) });
                 }
             }
             3 => {
@@ -283,11 +258,7 @@ fn random_session(rng: &mut XorShift) -> (Vec<Step>, Vec<Want>) {
                 if cols > 0 && !deprecate {
                     packet(&mut srv, seq, &eof_payload(2));
                 }
-                want.push(Want {
-                    query: Some(sql.clone()),
-                    rows: None,
-                    error: None,
-                });
+                want.push(Want { query: Some(sql.clone()), rows: None, error: None });
                 stmt_ids.retain(|(i, _)| *i != id);
                 stmt_ids.push((id, sql));
             }
@@ -303,11 +274,7 @@ fn random_session(rng: &mut XorShift) -> (Vec<Step>, Vec<Want>) {
                 packet(&mut cli, 0, &p);
                 let mut seq = 1u8;
                 let rows = result_set(&mut srv, &mut seq, rng, deprecate, false, true);
-                want.push(Want {
-                    query: sql,
-                    rows: Some(rows),
-                    error: None,
-                });
+                want.push(Want { query: sql, rows: Some(rows), error: None });
             }
         }
         steps.push((cli, srv));
@@ -329,11 +296,7 @@ fn random_traffic_never_panics_and_stays_consistent() {
         let mut conn = MysqlConn::new();
         let mut out = Vec::new();
         let mut ts = 0u64;
-        let capture = if mode == 1 {
-            Some(1 + rng.below(600) as usize)
-        } else {
-            None
-        };
+        let capture = if mode == 1 { Some(1 + rng.below(600) as usize) } else { None };
         let skip_start = mode == 3 && rng.chance(50);
         for (si, (cli, srv)) in steps.iter().enumerate() {
             for (bytes, client) in [(cli, true), (srv, false)] {
@@ -362,19 +325,10 @@ fn random_traffic_never_panics_and_stays_consistent() {
         conn.on_close(ts + 1000, &mut out);
         assert_eq!(conn.pending_commands(), 0);
         for e in &out {
-            assert!(
-                e.req_last_exit >= e.req_first_enter,
-                "iteration {iteration}"
-            );
+            assert!(e.req_last_exit >= e.req_first_enter, "iteration {iteration}");
             if !e.no_response {
-                assert!(
-                    e.resp_last_exit >= e.resp_first_enter,
-                    "iteration {iteration}"
-                );
-                assert!(
-                    e.resp_first_enter >= e.req_first_enter,
-                    "iteration {iteration}"
-                );
+                assert!(e.resp_last_exit >= e.resp_first_enter, "iteration {iteration}");
+                assert!(e.resp_first_enter >= e.req_first_enter, "iteration {iteration}");
             }
         }
         if mode == 0 {
@@ -387,9 +341,7 @@ fn random_traffic_never_panics_and_stays_consistent() {
                 })
                 .collect();
             assert_eq!(got, want, "iteration {iteration}");
-            assert!(out
-                .iter()
-                .all(|e| e.namespace.as_deref() == Some("shop") && !e.no_response));
+            assert!(out.iter().all(|e| e.namespace.as_deref() == Some("shop") && !e.no_response));
             assert_eq!(conn.stats().server_desync_bytes, 0, "iteration {iteration}");
             clean_checked += 1;
         }

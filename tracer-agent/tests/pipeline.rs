@@ -89,7 +89,10 @@ fn server_keep_alive_gives_one_span_per_request() {
     let mut c = Conn::new(10, "nginx", 1, 8080, 40000, role::SERVER);
     p.on_record(&c.event(EventKind::Accept, b"", 7));
     for i in 0..3 {
-        p.on_record(&c.data(EventKind::Recv, format!("GET /users/{i}7 HTTP/1.1\r\nHost: api:8080\r\nUser-Agent: t/1\r\n\r\n").as_bytes()));
+        p.on_record(&c.data(
+            EventKind::Recv,
+            format!("GET /users/{i}7 HTTP/1.1\r\nHost: api:8080\r\nUser-Agent: t/1\r\n\r\n").as_bytes(),
+        ));
         p.on_record(&c.data(EventKind::Send, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
     }
     p.on_record(&c.event(EventKind::Close, b"", 0));
@@ -137,7 +140,8 @@ fn traceparent_and_same_host_linking() {
     let mut p = pipeline();
     let mut client = Conn::new(20, "curl", 3, 40002, 8080, role::CLIENT);
     let mut server = Conn::new(10, "nginx", 4, 8080, 40002, role::SERVER);
-    let req = b"GET / HTTP/1.1\r\nHost: x\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+    let req =
+        b"GET / HTTP/1.1\r\nHost: x\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
     let resp = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
     p.on_record(&client.event(EventKind::Connect, b"", 0));
     p.on_record(&server.event(EventKind::Accept, b"", 7));

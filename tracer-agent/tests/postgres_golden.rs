@@ -27,10 +27,7 @@ use common::{mangle, split, XorShift};
 common::script_types!(PgConn, DbExchange, Client => on_client_segment, Server => on_server_segment);
 
 fn render_exchange(out: &mut String, n: usize, at: usize, e: &DbExchange) {
-    let text = e
-        .query_text
-        .as_deref()
-        .map_or_else(|| "(unknown statement)".to_string(), |t| format!("{t:?}"));
+    let text = e.query_text.as_deref().map_or_else(|| "(unknown statement)".to_string(), |t| format!("{t:?}"));
     let _ = writeln!(out, "exchange {n} (emitted at event {at}): {text}");
     let _ = writeln!(
         out,
@@ -54,12 +51,7 @@ fn render_exchange(out: &mut String, n: usize, at: usize, e: &DbExchange) {
         let _ = writeln!(
             out,
             "  span: {:?} (operation={} collection={})",
-            span_name(
-                op.as_deref(),
-                coll.as_deref(),
-                e.namespace.as_deref(),
-                e.system.as_str()
-            ),
+            span_name(op.as_deref(), coll.as_deref(), e.namespace.as_deref(), e.system.as_str()),
             op.as_deref().unwrap_or("-"),
             coll.as_deref().unwrap_or("-")
         );
@@ -194,11 +186,7 @@ fn random_request(rng: &mut XorShift, n: usize) -> (Vec<u8>, Vec<u8>, Option<Wan
             server.extend(msg(b'Z', b"I"));
         }
         1 => {
-            let name = if rng.chance(50) {
-                format!("s{n}")
-            } else {
-                String::new()
-            };
+            let name = if rng.chance(50) { format!("s{n}") } else { String::new() };
             let mut p = cstrs(&[&name, &text]);
             p.extend_from_slice(&[0, 0]);
             client.extend(msg(b'P', &p));
@@ -243,11 +231,7 @@ fn random_request(rng: &mut XorShift, n: usize) -> (Vec<u8>, Vec<u8>, Option<Wan
 }
 
 fn memory_bound() -> usize {
-    2 * MAX_KEPT
-        + 2 * MAX_STATEMENT_BYTES
-        + MAX_STATEMENTS * 128
-        + MAX_PENDING_TEXT
-        + MAX_PENDING * 256
+    2 * MAX_KEPT + 2 * MAX_STATEMENT_BYTES + MAX_STATEMENTS * 128 + MAX_PENDING_TEXT + MAX_PENDING * 256
 }
 
 #[test]
@@ -308,15 +292,9 @@ fn random_traffic_never_panics_and_stays_bounded() {
         assert_eq!(conn.pending_operations(), 0, "iteration {iteration}");
         for e in &out {
             if !e.no_response {
-                assert!(
-                    e.resp_last_exit >= e.resp_first_enter,
-                    "iteration {iteration}"
-                );
+                assert!(e.resp_last_exit >= e.resp_first_enter, "iteration {iteration}");
             }
-            assert!(
-                e.req_last_exit >= e.req_first_enter,
-                "iteration {iteration}"
-            );
+            assert!(e.req_last_exit >= e.req_first_enter, "iteration {iteration}");
         }
         if mode == 0 {
             let got: Vec<Want> = out
@@ -329,9 +307,7 @@ fn random_traffic_never_panics_and_stays_bounded() {
                 .collect();
             let want: Vec<Want> = reqs.iter().filter_map(|(_, _, w)| w.clone()).collect();
             assert_eq!(got, want, "iteration {iteration}");
-            assert!(out
-                .iter()
-                .all(|e| !e.no_response && e.namespace.as_deref() == Some("shop")));
+            assert!(out.iter().all(|e| !e.no_response && e.namespace.as_deref() == Some("shop")));
             let st = conn.stats();
             assert_eq!(st.desync_bytes_skipped, 0, "iteration {iteration}: {st:?}");
             assert_eq!(st.orphan_replies, 0, "iteration {iteration}");
@@ -356,11 +332,7 @@ fn random_bytes_never_panic() {
             }
             let seg = Segment {
                 data: &data,
-                uncaptured: if rng.chance(10) {
-                    rng.below(1 << 20)
-                } else {
-                    0
-                },
+                uncaptured: if rng.chance(10) { rng.below(1 << 20) } else { 0 },
                 ts_enter: k * 10,
                 ts_exit: k * 10 + 5,
             };

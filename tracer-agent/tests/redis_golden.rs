@@ -93,11 +93,7 @@ fn random_reply(rng: &mut XorShift, depth: u32) -> (Vec<u8>, Option<String>, Opt
         0 => out.extend_from_slice(b"+OK\r\n"),
         1 => out.extend_from_slice(format!(":{}\r\n", rng.below(1_000_000)).as_bytes()),
         2 => {
-            let len = if rng.chance(10) {
-                1000 + rng.below(20_000)
-            } else {
-                rng.below(40)
-            };
+            let len = if rng.chance(10) { 1000 + rng.below(20_000) } else { rng.below(40) };
             bulk(&mut out, len as usize, b'v');
         }
         3 => out.extend_from_slice(b"$-1\r\n"),
@@ -159,44 +155,33 @@ fn random_traffic_never_panics_and_stays_consistent() {
             let (resp, error, rows) = random_reply(&mut rng, 0);
             // A push between replies (RESP3 connections only) is skipped.
             steps.push((req, resp));
-            want.push(Want {
-                op: String::from_utf8_lossy(name).into_owned(),
-                error,
-                rows,
-            });
+            want.push(Want { op: String::from_utf8_lossy(name).into_owned(), error, rows });
         }
         let mut conn = RedisConn::new();
         let mut out = Vec::new();
         let mut ts = 0u64;
-        let capture = if mode == 1 {
-            Some(1 + rng.below(600) as usize)
-        } else {
-            None
-        };
+        let capture = if mode == 1 { Some(1 + rng.below(600) as usize) } else { None };
         let pipelined = rng.chance(40);
-        let mut feed = |conn: &mut RedisConn,
-                        out: &mut Vec<DbExchange>,
-                        rng: &mut XorShift,
-                        bytes: &[u8],
-                        client: bool| {
-            let mut bytes = bytes.to_vec();
-            if mode == 2 {
-                mangle(rng, &mut bytes);
-            }
-            if mode == 3 && rng.chance(30) {
-                let keep = rng.below(bytes.len() as u64 + 1) as usize;
-                bytes.truncate(keep);
-            }
-            let segs = split(rng, &bytes, capture, 4096);
-            let dir = if client { Dir::Client } else { Dir::Server };
-            common::feed_segments(conn, out, segs, dir, &mut ts, |conn| {
-                assert!(
-                    conn.buffered_bytes() <= memory_bound(),
-                    "iteration {iteration}: {} bytes buffered",
-                    conn.buffered_bytes()
-                );
-            });
-        };
+        let mut feed =
+            |conn: &mut RedisConn, out: &mut Vec<DbExchange>, rng: &mut XorShift, bytes: &[u8], client: bool| {
+                let mut bytes = bytes.to_vec();
+                if mode == 2 {
+                    mangle(rng, &mut bytes);
+                }
+                if mode == 3 && rng.chance(30) {
+                    let keep = rng.below(bytes.len() as u64 + 1) as usize;
+                    bytes.truncate(keep);
+                }
+                let segs = split(rng, &bytes, capture, 4096);
+                let dir = if client { Dir::Client } else { Dir::Server };
+                common::feed_segments(conn, out, segs, dir, &mut ts, |conn| {
+                    assert!(
+                        conn.buffered_bytes() <= memory_bound(),
+                        "iteration {iteration}: {} bytes buffered",
+                        conn.buffered_bytes()
+                    );
+                });
+            };
         if pipelined {
             let all_req: Vec<u8> = steps.iter().flat_map(|s| s.0.clone()).collect();
             let all_resp: Vec<u8> = steps.iter().flat_map(|s| s.1.clone()).collect();
@@ -210,21 +195,11 @@ fn random_traffic_never_panics_and_stays_consistent() {
         }
         conn.on_close(ts + 1000, &mut out);
         assert_eq!(conn.pending_commands(), 0);
-        assert!(
-            out.len() <= count + 8,
-            "iteration {iteration}: {} exchanges",
-            out.len()
-        );
+        assert!(out.len() <= count + 8, "iteration {iteration}: {} exchanges", out.len());
         for e in &out {
-            assert!(
-                e.req_last_exit >= e.req_first_enter,
-                "iteration {iteration}"
-            );
+            assert!(e.req_last_exit >= e.req_first_enter, "iteration {iteration}");
             if !e.no_response {
-                assert!(
-                    e.resp_last_exit >= e.resp_first_enter,
-                    "iteration {iteration}"
-                );
+                assert!(e.resp_last_exit >= e.resp_first_enter, "iteration {iteration}");
             }
             assert!(e.query_text.as_ref().is_some_and(|q| q.len() <= 1024));
         }

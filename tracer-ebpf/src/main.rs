@@ -268,15 +268,21 @@ fn output(cfg: &Config, bytes: &[u8]) {
         let cpu = unsafe { bpf_get_smp_processor_id() };
         match RINGS.get(cpu) {
             Some(ring) => {
-                let pending = unsafe { generated::bpf_ringbuf_query(ring as *const _ as *mut core::ffi::c_void, BPF_RB_AVAIL_DATA) };
-                let flags = if pending > (PER_CPU_RING_BYTES / 2) as u64 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+                let pending = unsafe {
+                    generated::bpf_ringbuf_query(ring as *const _ as *mut core::ffi::c_void, BPF_RB_AVAIL_DATA)
+                };
+                let flags =
+                    if pending > (PER_CPU_RING_BYTES / 2) as u64 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
                 ring.output_untyped::<[u8]>(bytes, flags).is_ok()
             }
             None => false,
         }
     } else {
-        let flags =
-            if EVENTS.query(BPF_RB_AVAIL_DATA) > (SHARED_RING_BYTES / 2) as u64 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+        let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > (SHARED_RING_BYTES / 2) as u64 {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
         EVENTS.output::<[u8]>(bytes, flags).is_ok()
     };
     bump(if ok { counter::SENT } else { counter::LOST });
@@ -325,7 +331,15 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, sc: u16, iov: bool, msg: b
     let a = ActiveIo {
         ts_enter: unsafe { bpf_ktime_get_ns() },
         buf,
-        iov_len: if iov || msg { if iov_len == 0 { return 0 } else { iov_len } } else { 0 },
+        iov_len: if iov || msg {
+            if iov_len == 0 {
+                return 0;
+            } else {
+                iov_len
+            }
+        } else {
+            0
+        },
         fd: fd as i32,
         kind: kind as u32,
         syscall: sc,

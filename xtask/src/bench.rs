@@ -278,10 +278,8 @@ fn stop_agent(a: RunningAgent) -> (u64, u64) {
 
 /// wrk at saturation: (requests, requests per second).
 fn wrk(url: &str, seconds: u64) -> Result<(u64, f64)> {
-    let out = Command::new("wrk")
-        .args(["-t1", "-c16", &format!("-d{seconds}s"), url])
-        .output()
-        .context("running wrk")?;
+    let out =
+        Command::new("wrk").args(["-t1", "-c16", &format!("-d{seconds}s"), url]).output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let requests = text
         .lines()
@@ -349,7 +347,12 @@ fn start_nginx(dir: &Path) -> Result<Workload> {
         .spawn()
         .context("starting nginx")?;
     wait_port(port)?;
-    Ok(Workload { name: "nginx (1 worker, 6-byte file, keep-alive)", comm: "nginx", url: format!("http://127.0.0.1:{port}/index.html"), server })
+    Ok(Workload {
+        name: "nginx (1 worker, 6-byte file, keep-alive)",
+        comm: "nginx",
+        url: format!("http://127.0.0.1:{port}/index.html"),
+        server,
+    })
 }
 
 fn build_gin(paths: &Paths) -> Result<PathBuf> {
@@ -391,7 +394,12 @@ fn start_gin(bin: &Path) -> Result<Workload> {
         .spawn()
         .context("starting the Gin service")?;
     wait_port(port)?;
-    Ok(Workload { name: "Gin service (JSON, GOMAXPROCS=1)", comm: "gin-server", url: format!("http://127.0.0.1:{port}/items/42"), server })
+    Ok(Workload {
+        name: "Gin service (JSON, GOMAXPROCS=1)",
+        comm: "gin-server",
+        url: format!("http://127.0.0.1:{port}/items/42"),
+        server,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -422,7 +430,15 @@ fn cell(v: Vec<f64>, digits: usize) -> String {
     format!("{:.d$} ({:.d$}–{:.d$})", median(v), lo, hi, d = digits)
 }
 
-fn measure(w: &Workload, mode: Mode, agent: &Path, sink: &Sink, seconds: u64, oha_bin: Option<&Path>, half_rate: f64) -> Result<Run> {
+fn measure(
+    w: &Workload,
+    mode: Mode,
+    agent: &Path,
+    sink: &Sink,
+    seconds: u64,
+    oha_bin: Option<&Path>,
+    half_rate: f64,
+) -> Result<Run> {
     let a = start_agent(agent, mode, w.comm, sink.port)?;
     let apid = a.as_ref().map(|a| a.child.id());
     std::thread::sleep(Duration::from_millis(300));
@@ -460,7 +476,8 @@ fn measure(w: &Workload, mode: Mode, agent: &Path, sink: &Sink, seconds: u64, oh
 }
 
 fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]]) {
-    let col = |m: usize, f: &dyn Fn(&Run, &Run) -> f64| -> Vec<f64> { rounds.iter().map(|r| f(&r[m], &r[0])).collect() };
+    let col =
+        |m: usize, f: &dyn Fn(&Run, &Run) -> f64| -> Vec<f64> { rounds.iter().map(|r| f(&r[m], &r[0])).collect() };
     let off_rps = median(rounds.iter().map(|r| r[0].rps).collect());
     out.push_str(&format!("\n### {}\n\nOFF throughput: {:.0} requests/s (median). Medians, with the range over {} rounds in brackets.\n\n", w.name, off_rps, rounds.len()));
     out.push_str("| metric | KERNEL | FULL |\n|---|---|---|\n");
@@ -468,20 +485,38 @@ fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]]) {
         out.push_str(&format!("| {name} | {} | {} |\n", cell(col(1, f), d), cell(col(2, f), d)));
     };
     row(out, "throughput ÷ OFF", &|r, o| r.rps / o.rps, 3);
-    row(out, "p50 latency ÷ OFF at half load", &|r, o| match (r.p50_ms, o.p50_ms) {
-        (Some(a), Some(b)) if b > 0.0 => a / b,
-        _ => f64::NAN,
-    }, 3);
-    row(out, "p99 latency ÷ OFF at half load", &|r, o| match (r.p99_ms, o.p99_ms) {
-        (Some(a), Some(b)) if b > 0.0 => a / b,
-        _ => f64::NAN,
-    }, 3);
+    row(
+        out,
+        "p50 latency ÷ OFF at half load",
+        &|r, o| match (r.p50_ms, o.p50_ms) {
+            (Some(a), Some(b)) if b > 0.0 => a / b,
+            _ => f64::NAN,
+        },
+        3,
+    );
+    row(
+        out,
+        "p99 latency ÷ OFF at half load",
+        &|r, o| match (r.p99_ms, o.p99_ms) {
+            (Some(a), Some(b)) if b > 0.0 => a / b,
+            _ => f64::NAN,
+        },
+        3,
+    );
     row(out, "agent CPU per 1,000 requests (ms)", &|r, _| r.agent_cpu * 1e6 / r.requests.max(1) as f64, 2);
-    row(out, "machine CPU added per request (µs, vs OFF)", &|r, o| {
-        (r.machine_cpu / r.requests.max(1) as f64 - o.machine_cpu / o.requests.max(1) as f64) * 1e6
-    }, 2);
+    row(
+        out,
+        "machine CPU added per request (µs, vs OFF)",
+        &|r, o| (r.machine_cpu / r.requests.max(1) as f64 - o.machine_cpu / o.requests.max(1) as f64) * 1e6,
+        2,
+    );
     row(out, "agent peak RSS (MiB)", &|r, _| r.peak_rss_kib as f64 / 1024.0, 1);
-    row(out, "spans exported ÷ requests", &|r, _| r.spans_exported as f64 / (r.requests + r.latency_requests).max(1) as f64, 4);
+    row(
+        out,
+        "spans exported ÷ requests",
+        &|r, _| r.spans_exported as f64 / (r.requests + r.latency_requests).max(1) as f64,
+        4,
+    );
     row(out, "kernel events lost", &|r, _| r.kernel_lost as f64, 0);
 }
 
@@ -513,7 +548,9 @@ pub fn bench(paths: &Paths, opts: &Options) -> Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+            .and_then(|c| c
+                .lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
             .unwrap_or_else(|| "unknown CPU".into()),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     );

@@ -43,19 +43,12 @@ fn rustup() -> Cmd {
 
 /// True for the undated `nightly-<host>` toolchain that `+nightly` selects.
 fn is_plain_nightly(name: &str) -> bool {
-    name == NIGHTLY
-        || name
-            .strip_prefix("nightly-")
-            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+    name == NIGHTLY || name.strip_prefix("nightly-").is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
 }
 
 fn installed_toolchains() -> Result<Vec<String>> {
     let list = rustup().args(["toolchain", "list"]).read()?;
-    Ok(list
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect())
+    Ok(list.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
 }
 
 fn ensure_nightly() -> Result<Nightly> {
@@ -63,14 +56,9 @@ fn ensure_nightly() -> Result<Nightly> {
     let toolchains = installed_toolchains()?;
     if !toolchains.iter().any(|t| is_plain_nightly(t)) {
         note("no nightly toolchain found; installing one");
-        rustup()
-            .args(["toolchain", "install", NIGHTLY, "--profile", "minimal"])
-            .run()?;
+        rustup().args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]).run()?;
     }
-    let info = Cmd::new("rustc")
-        .arg(format!("+{NIGHTLY}"))
-        .arg("-vV")
-        .read()?;
+    let info = Cmd::new("rustc").arg(format!("+{NIGHTLY}")).arg("-vV").read()?;
     let field = |key: &str| {
         info.lines()
             .find_map(|l| l.strip_prefix(key))
@@ -85,31 +73,19 @@ fn ensure_nightly() -> Result<Nightly> {
         .next()
         .and_then(|m| m.parse().ok())
         .ok_or_else(|| anyhow!("cannot read the LLVM major version from `{llvm}`"))?;
-    let sysroot = Cmd::new("rustc")
-        .arg(format!("+{NIGHTLY}"))
-        .args(["--print", "sysroot"])
-        .read()?;
+    let sysroot = Cmd::new("rustc").arg(format!("+{NIGHTLY}")).args(["--print", "sysroot"]).read()?;
     let sysroot = PathBuf::from(sysroot.trim());
     note(format!("rustc {release} ({commit_hash:.9}), LLVM {llvm}"));
-    Ok(Nightly {
-        release,
-        commit_hash,
-        llvm_major,
-        sysroot,
-    })
+    Ok(Nightly { release, commit_hash, llvm_major, sysroot })
 }
 
 fn ensure_rust_src() -> Result<()> {
-    let installed = rustup()
-        .args(["component", "list", "--toolchain", NIGHTLY, "--installed"])
-        .read()?;
+    let installed = rustup().args(["component", "list", "--toolchain", NIGHTLY, "--installed"]).read()?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
     step("adding rust-src to the nightly toolchain (needed to build core for BPF)");
-    rustup()
-        .args(["component", "add", "rust-src", "--toolchain", NIGHTLY])
-        .run()
+    rustup().args(["component", "add", "rust-src", "--toolchain", NIGHTLY]).run()
 }
 
 /// Version reported by a bpf-linker binary, if it runs at all.
@@ -126,8 +102,7 @@ fn links_llvm_from(bin: &Path, lib_dir: &Path) -> bool {
         return false;
     };
     let dir = lib_dir.to_string_lossy();
-    ldd.lines()
-        .any(|l| l.contains("libLLVM") && l.contains(dir.as_ref()) && !l.contains("not found"))
+    ldd.lines().any(|l| l.contains("libLLVM") && l.contains(dir.as_ref()) && !l.contains("not found"))
 }
 
 /// The shared LLVM library shipped in the nightly's sysroot, by file name.
@@ -140,26 +115,17 @@ fn nightly_libllvm(lib_dir: &Path) -> Option<String> {
     names
         .iter()
         .find(|n| n.starts_with("libLLVM.so."))
-        .or_else(|| {
-            names
-                .iter()
-                .find(|n| n.starts_with("libLLVM-") && n.ends_with(".so"))
-        })
+        .or_else(|| names.iter().find(|n| n.starts_with("libLLVM-") && n.ends_with(".so")))
         .cloned()
 }
 
 fn ensure_bpf_linker(nightly: &Nightly) -> Result<()> {
     let major = nightly.llvm_major;
-    step(format!(
-        "checking bpf-linker {BPF_LINKER_VERSION} (LLVM {major})"
-    ));
+    step(format!("checking bpf-linker {BPF_LINKER_VERSION} (LLVM {major})"));
     let bin_dir = cargo_home().join("bin");
     let bin = bin_dir.join("bpf-linker");
     let stamp_path = bin_dir.join(".bpf-linker-llvm");
-    let stamp = format!(
-        "bpf-linker {BPF_LINKER_VERSION}\nllvm {major}\nnightly {}\n",
-        nightly.commit_hash
-    );
+    let stamp = format!("bpf-linker {BPF_LINKER_VERSION}\nllvm {major}\nnightly {}\n", nightly.commit_hash);
     let lib_dir = nightly.sysroot.join("lib");
 
     let version_ok = linker_version(&bin).as_deref() == Some(BPF_LINKER_VERSION);
@@ -170,38 +136,18 @@ fn ensure_bpf_linker(nightly: &Nightly) -> Result<()> {
     }
     if version_ok && current_stamp.is_none() && links_llvm_from(&bin, &lib_dir) {
         // Built by hand the same way as below: record it instead of rebuilding.
-        fs::write(&stamp_path, &stamp)
-            .with_context(|| format!("writing {}", stamp_path.display()))?;
-        note(format!(
-            "{} already uses the nightly's LLVM; recorded in {}",
-            bin.display(),
-            stamp_path.display()
-        ));
+        fs::write(&stamp_path, &stamp).with_context(|| format!("writing {}", stamp_path.display()))?;
+        note(format!("{} already uses the nightly's LLVM; recorded in {}", bin.display(), stamp_path.display()));
         return Ok(());
     }
 
-    step(format!(
-        "building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (first time only, ~1-2 min)"
-    ));
+    step(format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (first time only, ~1-2 min)"));
     // An old stamp must not survive a failed build.
     let _ = fs::remove_file(&stamp_path);
-    let builder = if installed_toolchains()?
-        .iter()
-        .any(|t| t.starts_with("stable"))
-    {
-        "stable"
-    } else {
-        NIGHTLY
-    };
+    let builder = if installed_toolchains()?.iter().any(|t| t.starts_with("stable")) { "stable" } else { NIGHTLY };
     let install = Cmd::new("cargo")
         .arg(format!("+{builder}"))
-        .args([
-            "install",
-            "bpf-linker",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--force",
-        ])
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force"])
         .arg("--root")
         .arg(cargo_home())
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -215,21 +161,16 @@ fn ensure_bpf_linker(nightly: &Nightly) -> Result<()> {
             install
                 .args(["--no-default-features", "--features"])
                 .arg(format!("llvm-{major},no-llvm-linking"))
-                .env(
-                    "RUSTFLAGS",
-                    format!("-L {lib_dir} -C link-arg=-l:{lib} -C link-arg=-Wl,-rpath,{lib_dir}"),
-                )
+                .env("RUSTFLAGS", format!("-L {lib_dir} -C link-arg=-l:{lib} -C link-arg=-Wl,-rpath,{lib_dir}"))
         }
         // Otherwise use the distribution's LLVM of the same major version.
         None => {
-            note(format!(
-                "{} has no shared libLLVM; using the system LLVM {major} instead",
-                nightly.sysroot.display()
-            ));
+            note(format!("{} has no shared libLLVM; using the system LLVM {major} instead", nightly.sysroot.display()));
             let prefix = system_llvm(major)?;
-            let path = std::env::join_paths(std::iter::once(prefix.join("bin")).chain(
-                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-            ))?;
+            let path = std::env::join_paths(
+                std::iter::once(prefix.join("bin"))
+                    .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+            )?;
             install
                 .args(["--no-default-features", "--features"])
                 .arg(format!("llvm-{major}"))
@@ -239,18 +180,12 @@ fn ensure_bpf_linker(nightly: &Nightly) -> Result<()> {
         }
     };
     install.run().with_context(|| {
-        format!(
-            "building bpf-linker {BPF_LINKER_VERSION} with LLVM {major} for nightly {}",
-            nightly.release
-        )
+        format!("building bpf-linker {BPF_LINKER_VERSION} with LLVM {major} for nightly {}", nightly.release)
     })?;
 
     match linker_version(&bin) {
         Some(v) if v == BPF_LINKER_VERSION => {}
-        Some(v) => bail!(
-            "{} reports version {v}, expected {BPF_LINKER_VERSION}",
-            bin.display()
-        ),
+        Some(v) => bail!("{} reports version {v}, expected {BPF_LINKER_VERSION}", bin.display()),
         None => bail!("{} was installed but does not run", bin.display()),
     }
     fs::write(&stamp_path, &stamp).with_context(|| format!("writing {}", stamp_path.display()))?;
@@ -292,9 +227,7 @@ mod tests {
     fn recognises_the_undated_nightly() {
         assert!(is_plain_nightly("nightly-x86_64-unknown-linux-gnu"));
         assert!(is_plain_nightly("nightly"));
-        assert!(!is_plain_nightly(
-            "nightly-2026-05-19-x86_64-unknown-linux-gnu"
-        ));
+        assert!(!is_plain_nightly("nightly-2026-05-19-x86_64-unknown-linux-gnu"));
         assert!(!is_plain_nightly("stable-x86_64-unknown-linux-gnu"));
     }
 }

@@ -17,10 +17,8 @@ pub struct Paths {
 
 impl Paths {
     pub fn new() -> Result<Self> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("xtask has no parent directory")?
-            .to_path_buf();
+        let root =
+            Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has no parent directory")?.to_path_buf();
         let target_dir = match env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
             Some(dir) => env::current_dir()?.join(dir),
             None => root.join("target"),
@@ -74,11 +72,7 @@ pub fn build_probes(paths: &Paths, nightly: &Nightly) -> Result<PathBuf> {
         .env_remove("RUSTUP_TOOLCHAIN")
         .run()?;
 
-    let elf = dir
-        .join("target")
-        .join("bpfel-unknown-none")
-        .join("release")
-        .join("tracer-ebpf");
+    let elf = dir.join("target").join("bpfel-unknown-none").join("release").join("tracer-ebpf");
     if !elf.is_file() {
         bail!("the probe build produced no object at {}", elf.display());
     }
@@ -98,11 +92,7 @@ fn strip_or_copy(src: &Path, dst: &Path, nightly: &Nightly) -> Result<()> {
     let had_btf = has_btf(src)?;
     for objcopy in objcopy_candidates(nightly) {
         let _ = fs::remove_file(dst);
-        let stripped = Cmd::new(&objcopy)
-            .arg("--strip-debug")
-            .arg(src)
-            .arg(dst)
-            .read();
+        let stripped = Cmd::new(&objcopy).arg("--strip-debug").arg(src).arg(dst).read();
         match stripped {
             Ok(_) if !had_btf || has_btf(dst)? => {
                 note(format!("stripped DWARF with {}", objcopy.display()));
@@ -113,8 +103,7 @@ fn strip_or_copy(src: &Path, dst: &Path, nightly: &Nightly) -> Result<()> {
         }
     }
     note("no usable llvm-objcopy found; embedding the object with its debug info");
-    fs::copy(src, dst)
-        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    fs::copy(src, dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
     Ok(())
 }
 
@@ -144,10 +133,7 @@ fn objcopy_candidates(nightly: &Nightly) -> Vec<PathBuf> {
     if let Ok(entries) = fs::read_dir("/usr/lib") {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(major) = name
-                .strip_prefix("llvm-")
-                .and_then(|m| m.parse::<u32>().ok())
-            else {
+            let Some(major) = name.strip_prefix("llvm-").and_then(|m| m.parse::<u32>().ok()) else {
                 continue;
             };
             let p = entry.path().join("bin").join("llvm-objcopy");
@@ -188,10 +174,7 @@ pub fn build_agent(paths: &Paths, release: bool) -> Result<PathBuf> {
     if release {
         cmd = cmd.arg("--release");
     }
-    cmd.args(["-p", "tracer-agent"])
-        .env("TRACER_BPF_OBJECT", paths.bpf_object())
-        .dir(&paths.root)
-        .run()?;
+    cmd.args(["-p", "tracer-agent"]).env("TRACER_BPF_OBJECT", paths.bpf_object()).dir(&paths.root).run()?;
     let bin = paths.agent_bin(release);
     if !bin.is_file() {
         bail!("the agent build produced no binary at {}", bin.display());

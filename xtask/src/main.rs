@@ -23,11 +23,7 @@ use crate::build::Paths;
 use crate::util::{step, Cmd};
 
 #[derive(Parser)]
-#[command(
-    name = "xtask",
-    bin_name = "cargo xtask",
-    about = "Build, run and test the tracer agent"
-)]
+#[command(name = "xtask", bin_name = "cargo xtask", about = "Build, run and test the tracer agent")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,10 +91,7 @@ fn run_command(command: Command) -> Result<()> {
         Command::Build { debug } => {
             let bin = build::build_all(&paths, !debug)?;
             step(format!("done: agent binary at {}", bin.display()));
-            eprintln!(
-                "    run it with `cargo xtask run -- --help` or `sudo {}`",
-                bin.display()
-            );
+            eprintln!("    run it with `cargo xtask run -- --help` or `sudo {}`", bin.display());
             Ok(())
         }
         Command::Run { debug, args } => {
@@ -120,9 +113,7 @@ fn run_command(command: Command) -> Result<()> {
 /// Arguments that only print information and need no privileges.
 fn is_informational(args: &[String]) -> bool {
     args.first().is_some_and(|a| a == "help")
-        || args
-            .iter()
-            .any(|a| matches!(a.as_str(), "-h" | "--help" | "-V" | "--version"))
+        || args.iter().any(|a| matches!(a.as_str(), "-h" | "--help" | "-V" | "--version"))
 }
 
 /// Replaces this process with the agent, so signals (Ctrl-C) reach it
@@ -131,9 +122,7 @@ fn run_agent(bin: &std::path::Path, args: &[String]) -> Result<()> {
     let cmd = if util::is_root() || is_informational(args) {
         Cmd::new(bin).args(args)
     } else {
-        eprintln!(
-            "tracer-agent needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load eBPF programs"
-        );
+        eprintln!("tracer-agent needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load eBPF programs");
         if util::which("sudo").is_none() {
             bail!("not running as root and sudo is not available; rerun as root");
         }
@@ -159,9 +148,6 @@ mod tests {
         assert!(is_informational(&args(&["--config", "x.toml", "-V"])));
         assert!(is_informational(&args(&["help"])));
         assert!(!is_informational(&args(&[])));
-        assert!(!is_informational(&args(&[
-            "--otlp-endpoint",
-            "http://localhost:4317"
-        ])));
+        assert!(!is_informational(&args(&["--otlp-endpoint", "http://localhost:4317"])));
     }
 }

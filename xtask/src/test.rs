@@ -93,24 +93,13 @@ pub fn test(paths: &Paths, unit_only: bool, extra: &[String]) -> Result<()> {
 
     step("running unit tests");
     let unit = Cmd::new("cargo")
-        .args([
-            "test",
-            "--release",
-            "--no-fail-fast",
-            "--workspace",
-            "--exclude",
-            "tracer-tests",
-        ])
+        .args(["test", "--release", "--no-fail-fast", "--workspace", "--exclude", "tracer-tests"])
         .args(separator(extra))
         .args(extra)
         .env("TRACER_BPF_OBJECT", paths.bpf_object())
         .dir(&paths.root)
         .status()?;
-    let unit = if unit.success() {
-        Outcome::Passed
-    } else {
-        Outcome::Failed
-    };
+    let unit = if unit.success() { Outcome::Passed } else { Outcome::Failed };
 
     let integration = if unit_only {
         Outcome::Skipped
@@ -121,15 +110,7 @@ pub fn test(paths: &Paths, unit_only: bool, extra: &[String]) -> Result<()> {
     } else {
         step("running integration tests (one at a time)");
         let status = Cmd::new("cargo")
-            .args([
-                "test",
-                "--release",
-                "--no-fail-fast",
-                "-p",
-                "tracer-tests",
-                "--",
-                "--test-threads=1",
-            ])
+            .args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--", "--test-threads=1"])
             .args(extra)
             .env("TRACER_BPF_OBJECT", paths.bpf_object())
             .env("TRACER_AGENT_BIN", &agent)
@@ -150,10 +131,7 @@ pub fn test(paths: &Paths, unit_only: bool, extra: &[String]) -> Result<()> {
         _ => "",
     };
     note(format!("integration tests: {}{why}", integration.label()));
-    let failed = [unit, integration]
-        .iter()
-        .filter(|o| **o == Outcome::Failed)
-        .count();
+    let failed = [unit, integration].iter().filter(|o| **o == Outcome::Failed).count();
     if failed > 0 {
         bail!("{failed} test step(s) failed");
     }
@@ -173,29 +151,19 @@ fn separator(extra: &[String]) -> &'static [&'static str] {
 /// Never fails the run: an unavailable package only produces a warning.
 fn ensure_test_programs() {
     step("checking test programs (nginx, wrk, curl, h2load, redis, postgresql, mariadb, go)");
-    let missing: Vec<(&str, &str)> = TEST_PROGRAMS
-        .iter()
-        .copied()
-        .filter(|(bin, _)| !present(bin))
-        .collect();
+    let missing: Vec<(&str, &str)> = TEST_PROGRAMS.iter().copied().filter(|(bin, _)| !present(bin)).collect();
     if missing.is_empty() {
         note("all present");
         return;
     }
     let names: Vec<&str> = missing.iter().map(|(bin, _)| *bin).collect();
     if !util::is_debian() || util::which("apt-get").is_none() {
-        warn(format!(
-            "missing test programs: {} (install them with the system package manager)",
-            names.join(", ")
-        ));
+        warn(format!("missing test programs: {} (install them with the system package manager)", names.join(", ")));
         return;
     }
     let mut packages: Vec<&str> = missing.iter().map(|(_, pkg)| *pkg).collect();
     packages.dedup();
-    step(format!(
-        "installing test programs with apt: {}",
-        packages.join(" ")
-    ));
+    step(format!("installing test programs with apt: {}", packages.join(" ")));
     let mut updated = false;
     let failed = util::apt_install(&packages, &mut updated);
     if !failed.is_empty() {
@@ -203,9 +171,6 @@ fn ensure_test_programs() {
     }
     let still: Vec<&str> = names.into_iter().filter(|bin| !present(bin)).collect();
     if !still.is_empty() {
-        warn(format!(
-            "still missing: {}; integration tests that use them may fail",
-            still.join(", ")
-        ));
+        warn(format!("still missing: {}; integration tests that use them may fail", still.join(", ")));
     }
 }

@@ -54,15 +54,13 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
         self
     }
 
     /// Sets an environment variable for the child; shown in the printed command.
     pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
-        self.envs
-            .push((key.to_string(), value.as_ref().to_os_string()));
+        self.envs.push((key.to_string(), value.as_ref().to_os_string()));
         self
     }
 
@@ -126,9 +124,7 @@ impl Cmd {
     /// Prints and runs the command with inherited stdio; returns its exit status.
     pub fn status(&self) -> Result<ExitStatus> {
         eprintln!("$ {}", self.display());
-        self.command()
-            .status()
-            .with_context(|| format!("could not start `{}`", self.short()))
+        self.command().status().with_context(|| format!("could not start `{}`", self.short()))
     }
 
     /// Prints and runs the command; fails unless it exits successfully.
@@ -151,12 +147,7 @@ impl Cmd {
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-            bail!(
-                "`{}` failed ({}): {}",
-                self.short(),
-                out.status,
-                first.trim()
-            );
+            bail!("`{}` failed ({}): {}", self.short(), out.status, first.trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -165,9 +156,7 @@ impl Cmd {
 /// Quotes a word for display when it contains shell-special characters.
 fn quote(word: &OsStr) -> String {
     let s = word.to_string_lossy();
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
     if plain {
         s.into_owned()
     } else {
@@ -185,11 +174,7 @@ pub fn is_root() -> bool {
             }
         }
     }
-    Cmd::new("id")
-        .arg("-u")
-        .read()
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false)
+    Cmd::new("id").arg("-u").read().map(|s| s.trim() == "0").unwrap_or(false)
 }
 
 /// True on Debian and derivatives (Ubuntu included).
@@ -198,23 +183,17 @@ pub fn is_debian() -> bool {
 }
 
 fn is_executable(path: &Path) -> bool {
-    fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Finds a program in PATH (and the sbin directories, which a non-login
 /// shell may leave out).
 pub fn which(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
     for extra in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
         dirs.push(PathBuf::from(extra));
     }
-    dirs.into_iter()
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
+    dirs.into_iter().map(|d| d.join(name)).find(|p| is_executable(p))
 }
 
 /// `$CARGO_HOME`, or `~/.cargo`.
@@ -230,9 +209,7 @@ pub fn cargo_home() -> PathBuf {
 /// so that rustc finds the bpf-linker that bootstrap installs.
 pub fn ensure_cargo_bin_on_path() {
     let bin = cargo_home().join("bin");
-    let current: Vec<PathBuf> = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let current: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
     if current.first() == Some(&bin) {
         return;
     }
@@ -316,9 +293,7 @@ pub fn size_of(path: &Path) -> String {
 
 /// `path` relative to `base` when it lies below it, for shorter messages.
 pub fn short_path(path: &Path, base: &Path) -> String {
-    path.strip_prefix(base)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| path.display().to_string())
+    path.strip_prefix(base).map(|p| p.display().to_string()).unwrap_or_else(|_| path.display().to_string())
 }
 
 #[cfg(test)]
@@ -327,13 +302,8 @@ mod tests {
 
     #[test]
     fn displays_env_and_quotes() {
-        let cmd = Cmd::new("cargo")
-            .args(["build", "-p", "tracer-agent"])
-            .env("RUSTFLAGS", "-C link-arg=-l:libLLVM.so");
-        assert_eq!(
-            cmd.display(),
-            "RUSTFLAGS='-C link-arg=-l:libLLVM.so' cargo build -p tracer-agent"
-        );
+        let cmd = Cmd::new("cargo").args(["build", "-p", "tracer-agent"]).env("RUSTFLAGS", "-C link-arg=-l:libLLVM.so");
+        assert_eq!(cmd.display(), "RUSTFLAGS='-C link-arg=-l:libLLVM.so' cargo build -p tracer-agent");
         assert_eq!(quote(OsStr::new("it's")), r"'it'\''s'");
     }
 }

@@ -153,15 +153,13 @@ pub fn looks_like_response(buf: &[u8]) -> bool {
     if buf.is_empty() {
         return false;
     }
-    [b"HTTP/1.1 ".as_slice(), b"HTTP/1.0 ".as_slice()]
-        .iter()
-        .any(|p| {
-            if buf.len() >= p.len() {
-                buf.starts_with(p)
-            } else {
-                p.starts_with(buf)
-            }
-        })
+    [b"HTTP/1.1 ".as_slice(), b"HTTP/1.0 ".as_slice()].iter().any(|p| {
+        if buf.len() >= p.len() {
+            buf.starts_with(p)
+        } else {
+            p.starts_with(buf)
+        }
+    })
 }
 
 /// Parse a request head at the start of `buf` (leading empty lines are
@@ -248,11 +246,7 @@ pub fn parse_response_truncated(buf: &[u8], request_method: &str) -> Option<Resp
                 _ => return None,
             };
             let status = status_code_at(buf)?;
-            StatusLine {
-                version,
-                status,
-                end: buf.len(),
-            }
+            StatusLine { version, status, end: buf.len() }
         }
         Parse::Invalid => return None,
     };
@@ -271,29 +265,14 @@ fn incomplete_or_oversized<T>(len: usize) -> Parse<T> {
 }
 
 fn skip_empty_lines(buf: &[u8]) -> usize {
-    buf.iter()
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count()
+    buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count()
 }
 
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
+            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
         )
 }
 
@@ -385,12 +364,7 @@ fn parse_request_line(buf: &[u8]) -> Parse<RequestLine<'_>> {
         Parse::Incomplete => return Parse::Incomplete,
         Parse::Invalid => return Parse::Invalid,
     };
-    Parse::Complete(RequestLine {
-        method,
-        target,
-        version,
-        end,
-    })
+    Parse::Complete(RequestLine { method, target, version, end })
 }
 
 /// Three-digit status code at offset 9 (`HTTP/1.x NNN`), at least 100.
@@ -462,11 +436,7 @@ fn parse_status_line(buf: &[u8]) -> Parse<StatusLine> {
             Parse::Invalid => return Parse::Invalid,
         },
     };
-    Parse::Complete(StatusLine {
-        version,
-        status,
-        end,
-    })
+    Parse::Complete(StatusLine { version, status, end })
 }
 
 /// Header fields relevant to framing and tracing.
@@ -601,9 +571,7 @@ fn collect_headers(headers: &[httparse::Header<'_>]) -> HeaderInfo {
 fn parse_header_block(buf: &[u8]) -> Parse<(usize, HeaderInfo)> {
     let mut small = [httparse::EMPTY_HEADER; 64];
     match httparse::parse_headers(buf, &mut small) {
-        Ok(httparse::Status::Complete((n, hs))) => {
-            return Parse::Complete((n, collect_headers(hs)))
-        }
+        Ok(httparse::Status::Complete((n, hs))) => return Parse::Complete((n, collect_headers(hs))),
         Ok(httparse::Status::Partial) => return Parse::Incomplete,
         Err(httparse::Error::TooManyHeaders) => {}
         Err(_) => return Parse::Invalid,
@@ -635,12 +603,7 @@ fn complete_header_lines(hdr: &[u8]) -> HeaderInfo {
 
 /// `strict`: reject heads whose framing headers are contradictory. When not
 /// strict (truncated heads), framing is reported as far as it is known.
-fn build_request(
-    line: &RequestLine<'_>,
-    info: &HeaderInfo,
-    header_len: usize,
-    strict: bool,
-) -> Option<RequestHead> {
+fn build_request(line: &RequestLine<'_>, info: &HeaderInfo, header_len: usize, strict: bool) -> Option<RequestHead> {
     let body = if info.te_present {
         if info.te_chunked_last {
             BodyFraming::Chunked
@@ -674,11 +637,7 @@ fn build_request(
         x_b3_trace_id: info.x_b3_trace_id.clone(),
         x_b3_span_id: info.x_b3_span_id.clone(),
         x_b3_sampled: info.x_b3_sampled.clone(),
-        content_length: if info.content_length_invalid {
-            None
-        } else {
-            info.content_length
-        },
+        content_length: if info.content_length_invalid { None } else { info.content_length },
         expect_continue: info.expect_continue,
         upgrade: info.upgrade.clone(),
     })
@@ -692,11 +651,7 @@ fn build_response(
     strict: bool,
 ) -> Option<ResponseHead> {
     let status = line.status;
-    let body = if request_method == "HEAD"
-        || (100..200).contains(&status)
-        || status == 204
-        || status == 304
-    {
+    let body = if request_method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304 {
         BodyFraming::None
     } else if request_method == "CONNECT" && (200..300).contains(&status) {
         BodyFraming::UntilClose
@@ -722,11 +677,7 @@ fn build_response(
         version: line.version,
         header_len,
         body,
-        content_length: if info.content_length_invalid {
-            None
-        } else {
-            info.content_length
-        },
+        content_length: if info.content_length_invalid { None } else { info.content_length },
     })
 }
 
@@ -776,14 +727,7 @@ enum ChunkStep {
 
 impl ChunkDecoder {
     fn new() -> Self {
-        ChunkDecoder {
-            phase: ChunkPhase::SizeDigits,
-            size: 0,
-            digits: 0,
-            line_len: 0,
-            trailer_len: 0,
-            remaining: 0,
-        }
+        ChunkDecoder { phase: ChunkPhase::SizeDigits, size: 0, digits: 0, line_len: 0, trailer_len: 0, remaining: 0 }
     }
 
     fn start_size_line(&mut self) {
@@ -1022,19 +966,13 @@ fn feed_body(body: &mut BodyState, data: &[u8], gap: u64, payload: &mut u64) -> 
             *rem -= gtake;
             *payload = payload.saturating_add(gtake);
             if *rem == 0 {
-                BodyResult::Done {
-                    used: data.len(),
-                    gap_left: gap - gtake,
-                }
+                BodyResult::Done { used: data.len(), gap_left: gap - gtake }
             } else {
                 BodyResult::Continue
             }
         }
         BodyState::Chunked(dec) => match dec.feed(data, payload) {
-            ChunkStep::Done(used) => BodyResult::Done {
-                used,
-                gap_left: gap,
-            },
+            ChunkStep::Done(used) => BodyResult::Done { used, gap_left: gap },
             ChunkStep::Error(pos) => {
                 *body = BodyState::Lost;
                 BodyResult::Invalid { pos }
@@ -1050,9 +988,7 @@ fn feed_body(body: &mut BodyState, data: &[u8], gap: u64, payload: &mut u64) -> 
             },
         },
         BodyState::UntilClose | BodyState::Lost => {
-            *payload = payload
-                .saturating_add(data.len() as u64)
-                .saturating_add(gap);
+            *payload = payload.saturating_add(data.len() as u64).saturating_add(gap);
             BodyResult::Continue
         }
     }
@@ -1101,11 +1037,7 @@ fn accumulate<T>(
     buf.extend_from_slice(add);
     let window = buf.get(old.saturating_sub(3)..).unwrap_or(&[]);
     if old != 0 && !has_terminator(window) {
-        return if buf.len() >= MAX_HEAD_LEN {
-            HeadStep::Oversized
-        } else {
-            HeadStep::NeedMore
-        };
+        return if buf.len() >= MAX_HEAD_LEN { HeadStep::Oversized } else { HeadStep::NeedMore };
     }
     match parse(buf) {
         Parse::Complete(h) => {
@@ -1163,12 +1095,7 @@ pub struct Segment<'a> {
 impl<'a> Segment<'a> {
     /// A fully captured segment.
     pub fn new(data: &'a [u8], ts_enter: u64, ts_exit: u64) -> Self {
-        Segment {
-            data,
-            uncaptured: 0,
-            ts_enter,
-            ts_exit,
-        }
+        Segment { data, uncaptured: 0, ts_enter, ts_exit }
     }
 
     fn total_len(&self) -> u64 {
@@ -1371,14 +1298,9 @@ impl Http1Conn {
     /// head buffers (each at most [`MAX_HEAD_LEN`]) plus the remembered
     /// request heads (at most [`MAX_PENDING`], each bounded by a head).
     pub fn buffered_bytes(&self) -> usize {
-        let pending: usize = self
-            .pending
-            .iter()
-            .map(|p| head_heap_size(&p.head) + std::mem::size_of::<Pending>())
-            .sum();
-        let cur = self.resp_cur.as_ref().map_or(0, |c| {
-            head_heap_size(&c.req.head) + std::mem::size_of::<CurResp>()
-        });
+        let pending: usize =
+            self.pending.iter().map(|p| head_heap_size(&p.head) + std::mem::size_of::<Pending>()).sum();
+        let cur = self.resp_cur.as_ref().map_or(0, |c| head_heap_size(&c.req.head) + std::mem::size_of::<CurResp>());
         self.req_buf.capacity() + self.resp_buf.capacity() + pending + cur
     }
 
@@ -1468,10 +1390,7 @@ impl Http1Conn {
     /// Bytes travelling client -> server.
     pub fn on_request_segment(&mut self, seg: Segment<'_>, out: &mut Vec<Exchange>) {
         if self.upgraded {
-            self.stats.bytes_after_upgrade = self
-                .stats
-                .bytes_after_upgrade
-                .saturating_add(seg.total_len());
+            self.stats.bytes_after_upgrade = self.stats.bytes_after_upgrade.saturating_add(seg.total_len());
             return;
         }
         let mut data = seg.data;
@@ -1504,8 +1423,7 @@ impl Http1Conn {
                     }
                     let mut payload = 0u64;
                     let result = feed_body(body, data, gap, &mut payload);
-                    let lost =
-                        matches!(result, BodyResult::Invalid { .. } | BodyResult::BecameLost);
+                    let lost = matches!(result, BodyResult::Invalid { .. } | BodyResult::BecameLost);
                     self.req_body_optional = false;
                     if let Some(id) = self.req_cur {
                         if let Some(p) = self.request_mut(id) {
@@ -1632,11 +1550,8 @@ impl Http1Conn {
     }
 
     fn skip_bytes(&mut self, captured: usize, gap: u64) {
-        self.stats.desync_bytes_skipped = self
-            .stats
-            .desync_bytes_skipped
-            .saturating_add(captured as u64)
-            .saturating_add(gap);
+        self.stats.desync_bytes_skipped =
+            self.stats.desync_bytes_skipped.saturating_add(captured as u64).saturating_add(gap);
     }
 
     /// Finishes the current final response (body complete or ended).
@@ -1662,10 +1577,7 @@ impl Http1Conn {
     /// Bytes travelling server -> client.
     pub fn on_response_segment(&mut self, seg: Segment<'_>, out: &mut Vec<Exchange>) {
         if self.upgraded {
-            self.stats.bytes_after_upgrade = self
-                .stats
-                .bytes_after_upgrade
-                .saturating_add(seg.total_len());
+            self.stats.bytes_after_upgrade = self.stats.bytes_after_upgrade.saturating_add(seg.total_len());
             return;
         }
         let mut data = seg.data;
@@ -1689,8 +1601,7 @@ impl Http1Conn {
                     }
                     let mut payload = 0u64;
                     let result = feed_body(body, data, gap, &mut payload);
-                    let lost =
-                        matches!(result, BodyResult::Invalid { .. } | BodyResult::BecameLost);
+                    let lost = matches!(result, BodyResult::Invalid { .. } | BodyResult::BecameLost);
                     if let Some(cur) = self.resp_cur.as_mut() {
                         cur.last_exit = seg.ts_exit;
                         cur.body_size = cur.body_size.saturating_add(payload);
@@ -1750,18 +1661,9 @@ impl Http1Conn {
                         }
                         self.resp_head_enter = seg.ts_enter;
                     }
-                    let method = self
-                        .pending
-                        .front()
-                        .map(|p| p.head.method.clone())
-                        .unwrap_or_default();
+                    let method = self.pending.front().map(|p| p.head.method.clone()).unwrap_or_default();
                     let before = self.resp_buf.len();
-                    let step = accumulate(
-                        &mut self.resp_buf,
-                        data,
-                        |b| parse_response(b, &method),
-                        |h| h.header_len,
-                    );
+                    let step = accumulate(&mut self.resp_buf, data, |b| parse_response(b, &method), |h| h.header_len);
                     match step {
                         HeadStep::Complete(head, used) => {
                             reset_buf(&mut self.resp_buf);
@@ -1935,20 +1837,11 @@ mod tests {
 
     impl Drive {
         fn new() -> Self {
-            Drive {
-                conn: Http1Conn::new(),
-                out: Vec::new(),
-                n: 0,
-            }
+            Drive { conn: Http1Conn::new(), out: Vec::new(), n: 0 }
         }
         fn seg<'a>(&mut self, data: &'a [u8], gap: u64) -> Segment<'a> {
             self.n += 1;
-            Segment {
-                data,
-                uncaptured: gap,
-                ts_enter: self.n * 1000,
-                ts_exit: self.n * 1000 + 500,
-            }
+            Segment { data, uncaptured: gap, ts_enter: self.n * 1000, ts_exit: self.n * 1000 + 500 }
         }
         fn req(&mut self, data: &[u8]) {
             self.req_gap(data, 0);
@@ -1984,9 +1877,7 @@ traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\ntracesta
 tracestate: b=2\r\nb3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1\r\n\
 X-B3-TraceId: 463ac35c9f6413ad\r\nX-B3-SpanId: a2fb4a1d1a96d312\r\nX-B3-Sampled: 1\r\n\
 Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
-        let Parse::Complete(h) = parse_request(raw) else {
-            panic!("complete expected")
-        };
+        let Parse::Complete(h) = parse_request(raw) else { panic!("complete expected") };
         assert_eq!(h.method, "POST");
         assert_eq!(h.target, "/api/items?x=1");
         assert_eq!(h.version, 1);
@@ -1994,10 +1885,7 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         assert_eq!(h.body, BodyFraming::Length(5));
         assert_eq!(h.host.as_deref(), Some("example.com"));
         assert_eq!(h.user_agent.as_deref(), Some("curl/8"));
-        assert_eq!(
-            h.traceparent.as_deref(),
-            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-        );
+        assert_eq!(h.traceparent.as_deref(), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
         assert_eq!(h.tracestate.as_deref(), Some("a=1,b=2"));
         assert!(h.b3.is_some());
         assert_eq!(h.x_b3_trace_id.as_deref(), Some("463ac35c9f6413ad"));
@@ -2014,9 +1902,7 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         for i in 0..raw.len() {
             assert_eq!(parse_request(&raw[..i]), Parse::Incomplete, "prefix {i}");
         }
-        let Parse::Complete(h) = parse_request(raw) else {
-            panic!()
-        };
+        let Parse::Complete(h) = parse_request(raw) else { panic!() };
         assert_eq!(h.version, 0);
         assert_eq!(h.body, BodyFraming::None);
     }
@@ -2034,12 +1920,7 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
             b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         ] {
-            assert_eq!(
-                parse_request(bad),
-                Parse::Invalid,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_eq!(parse_request(bad), Parse::Invalid, "{:?}", String::from_utf8_lossy(bad));
         }
         let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
         huge.resize(MAX_HEAD_LEN + 10, b'a');
@@ -2056,14 +1937,8 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
             p(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"),
             BodyFraming::Chunked
         );
-        assert_eq!(
-            p(b"POST / HTTP/1.1\r\nContent-Length: 7, 7\r\n\r\n"),
-            BodyFraming::Length(7)
-        );
-        assert_eq!(
-            p(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
-            BodyFraming::Length(0)
-        );
+        assert_eq!(p(b"POST / HTTP/1.1\r\nContent-Length: 7, 7\r\n\r\n"), BodyFraming::Length(7));
+        assert_eq!(p(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), BodyFraming::Length(0));
         assert_eq!(p(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), BodyFraming::None);
         // Bare LF line endings are accepted.
         assert_eq!(p(b"GET / HTTP/1.1\nHost: a\n\n"), BodyFraming::None);
@@ -2078,59 +1953,22 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         let cl = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
         assert_eq!(p(cl, "GET"), (200, BodyFraming::Length(10)));
         assert_eq!(p(cl, "HEAD"), (200, BodyFraming::None));
-        assert_eq!(
-            p(
-                b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n",
-                "GET"
-            ),
-            (204, BodyFraming::None)
-        );
-        assert_eq!(
-            p(b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET"),
-            (304, BodyFraming::None)
-        );
-        assert_eq!(
-            p(b"HTTP/1.1 100 Continue\r\n\r\n", "POST"),
-            (100, BodyFraming::None)
-        );
-        assert_eq!(
-            p(b"HTTP/1.1 200 Connection established\r\n\r\n", "CONNECT"),
-            (200, BodyFraming::UntilClose)
-        );
-        assert_eq!(
-            p(b"HTTP/1.0 200 OK\r\n\r\n", "GET"),
-            (200, BodyFraming::UntilClose)
-        );
-        assert_eq!(
-            p(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                "GET"
-            ),
-            (200, BodyFraming::Chunked)
-        );
-        assert_eq!(
-            p(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "GET"),
-            (200, BodyFraming::UntilClose)
-        );
-        assert_eq!(
-            p(b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n", "GET"),
-            (404, BodyFraming::Length(0))
-        );
-        assert_eq!(
-            p(b"HTTP/1.1 500 \r\n\r\n", "GET"),
-            (500, BodyFraming::UntilClose)
-        );
+        assert_eq!(p(b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n", "GET"), (204, BodyFraming::None));
+        assert_eq!(p(b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET"), (304, BodyFraming::None));
+        assert_eq!(p(b"HTTP/1.1 100 Continue\r\n\r\n", "POST"), (100, BodyFraming::None));
+        assert_eq!(p(b"HTTP/1.1 200 Connection established\r\n\r\n", "CONNECT"), (200, BodyFraming::UntilClose));
+        assert_eq!(p(b"HTTP/1.0 200 OK\r\n\r\n", "GET"), (200, BodyFraming::UntilClose));
+        assert_eq!(p(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "GET"), (200, BodyFraming::Chunked));
+        assert_eq!(p(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "GET"), (200, BodyFraming::UntilClose));
+        assert_eq!(p(b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n", "GET"), (404, BodyFraming::Length(0)));
+        assert_eq!(p(b"HTTP/1.1 500 \r\n\r\n", "GET"), (500, BodyFraming::UntilClose));
     }
 
     #[test]
     fn parse_response_incomplete_and_invalid() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         for i in 0..raw.len() {
-            assert_eq!(
-                parse_response(&raw[..i], "GET"),
-                Parse::Incomplete,
-                "prefix {i}"
-            );
+            assert_eq!(parse_response(&raw[..i], "GET"), Parse::Incomplete, "prefix {i}");
         }
         for bad in [
             &b"HTTP/2 200\r\n\r\n"[..],
@@ -2141,12 +1979,7 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
             b"HTTP/1.1 200 O\x00K\r\n\r\n",
             b"SSH-2.0-OpenSSH\r\n",
         ] {
-            assert_eq!(
-                parse_response(bad, "GET"),
-                Parse::Invalid,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_eq!(parse_response(bad, "GET"), Parse::Invalid, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
@@ -2186,13 +2019,7 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         for i in 0..50u64 {
             let body = "x".repeat(i as usize);
             d.req(format!("GET /item/{i} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
-            d.resp(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            );
+            d.resp(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
         }
         let ex = d.take();
         assert_eq!(ex.len(), 50);
@@ -2200,14 +2027,8 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
             assert_eq!(e.request.target, format!("/item/{i}"));
             assert_eq!(e.response_body_size, i as u64);
             let base = (2 * i as u64 + 1) * 1000;
-            assert_eq!(
-                (e.req_first_enter, e.req_first_exit, e.req_last_exit),
-                (base, base + 500, base + 500)
-            );
-            assert_eq!(
-                (e.resp_first_enter, e.resp_last_exit),
-                (base + 1000, base + 1500)
-            );
+            assert_eq!((e.req_first_enter, e.req_first_exit, e.req_last_exit), (base, base + 500, base + 500));
+            assert_eq!((e.resp_first_enter, e.resp_last_exit), (base + 1000, base + 1500));
         }
         assert_eq!(d.conn.pending_requests(), 0);
         assert_eq!(d.conn.stats().exchanges, 50);
@@ -2221,17 +2042,10 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         d.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n");
         d.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
         let ex = d.take();
-        let got: Vec<_> = ex
-            .iter()
-            .map(|e| (e.request.target.clone(), status(e)))
-            .collect();
+        let got: Vec<_> = ex.iter().map(|e| (e.request.target.clone(), status(e))).collect();
         assert_eq!(
             got,
-            vec![
-                ("/1".to_string(), Some(200)),
-                ("/2".to_string(), Some(404)),
-                ("/3".to_string(), Some(200))
-            ]
+            vec![("/1".to_string(), Some(200)), ("/2".to_string(), Some(404)), ("/3".to_string(), Some(200))]
         );
         assert_eq!(ex[2].response_body_size, 0);
     }
@@ -2344,10 +2158,7 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
     fn chunked_gap_across_framing_is_lost_then_resyncs() {
         let mut d = Drive::new();
         d.req(b"GET /a HTTP/1.1\r\n\r\n");
-        d.resp_gap(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123",
-            5000,
-        );
+        d.resp_gap(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123", 5000);
         d.resp(b"more body bytes");
         assert!(d.out.is_empty());
         d.req(b"GET /b HTTP/1.1\r\n\r\n");
@@ -2369,10 +2180,7 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         d.resp(b"HTTP/1.1 204 No Content\r\n\r\n");
         d.resp(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n");
         let ex = d.take();
-        assert_eq!(
-            ex.iter().map(status).collect::<Vec<_>>(),
-            vec![Some(200), Some(204), Some(304)]
-        );
+        assert_eq!(ex.iter().map(status).collect::<Vec<_>>(), vec![Some(200), Some(204), Some(304)]);
         assert!(ex.iter().all(|e| e.response_body_size == 0));
     }
 
@@ -2561,18 +2369,8 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         d.resp_gap(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", 40);
         d.resp(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
         let ex = d.take();
-        let got: Vec<_> = ex
-            .iter()
-            .map(|e| (e.request.target.clone(), status(e)))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("/1".to_string(), Some(200)),
-                ("/2".to_string(), None),
-                ("/3".to_string(), Some(202))
-            ]
-        );
+        let got: Vec<_> = ex.iter().map(|e| (e.request.target.clone(), status(e))).collect();
+        assert_eq!(got, vec![("/1".to_string(), Some(200)), ("/2".to_string(), None), ("/3".to_string(), Some(202))]);
     }
 
     #[test]
@@ -2619,12 +2417,7 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
                 let len = (next() % 64) as usize;
                 let bytes: Vec<u8> = (0..len).map(|_| (next() % 256) as u8).collect();
                 let gap = if next() % 4 == 0 { next() % 5000 } else { 0 };
-                let s = Segment {
-                    data: &bytes,
-                    uncaptured: gap,
-                    ts_enter: 1,
-                    ts_exit: 2,
-                };
+                let s = Segment { data: &bytes, uncaptured: gap, ts_enter: 1, ts_exit: 2 };
                 if next() % 2 == 0 {
                     conn.on_request_segment(s, &mut out);
                 } else {

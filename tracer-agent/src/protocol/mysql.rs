@@ -104,10 +104,7 @@ fn greeting_version(buf: &[u8]) -> Option<&[u8]> {
     let rest = buf.get(5..end)?;
     let nul = rest.iter().position(|&b| b == 0)?;
     let version = rest.get(..nul)?;
-    if version.is_empty()
-        || version.len() > 128
-        || !version.iter().all(|&b| (0x20..0x7f).contains(&b))
-    {
+    if version.is_empty() || version.len() > 128 || !version.iter().all(|&b| (0x20..0x7f).contains(&b)) {
         return None;
     }
     Some(version)
@@ -138,13 +135,8 @@ fn greeting_prefix(buf: &[u8]) -> bool {
         None => true,
         Some(10) => {
             let version = buf.get(5..).unwrap_or(&[]);
-            let end = version
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(version.len());
-            version
-                .get(..end)
-                .is_some_and(|v| v.iter().all(|&b| (0x20..0x7f).contains(&b)))
+            let end = version.iter().position(|&b| b == 0).unwrap_or(version.len());
+            version.get(..end).is_some_and(|v| v.iter().all(|&b| (0x20..0x7f).contains(&b)))
         }
         Some(_) => false,
     }
@@ -164,9 +156,7 @@ pub fn server_flavor(buf: &[u8]) -> Option<DbSystem> {
 
 /// Text of a query: printable ASCII, whitespace or UTF-8 bytes.
 fn looks_like_text(b: &[u8]) -> bool {
-    !b.is_empty()
-        && b.iter()
-            .all(|&c| (c >= 0x20 && c != 0x7f) || c == b'\t' || c == b'\n' || c == b'\r')
+    !b.is_empty() && b.iter().all(|&c| (c >= 0x20 && c != 0x7f) || c == b'\t' || c == b'\n' || c == b'\r')
 }
 
 /// True when `buf` starts with a client command packet (sequence id 0,
@@ -197,9 +187,7 @@ pub fn looks_like_client_start(buf: &[u8]) -> bool {
         COM_STMT_PREPARE | COM_INIT_DB => len >= 2 && looks_like_text(head),
         COM_STMT_EXECUTE => {
             // stmt id (4), flags (1), iteration count (4) = 1.
-            len >= 10
-                && body.get(4).is_some_and(|&f| f <= 0x0f)
-                && body.get(5..9).is_none_or(|c| c == [1, 0, 0, 0])
+            len >= 10 && body.get(4).is_some_and(|&f| f <= 0x0f) && body.get(5..9).is_none_or(|c| c == [1, 0, 0, 0])
         }
         _ => false,
     }
@@ -247,9 +235,7 @@ impl<'a> Rd<'a> {
             }
             0xfe => {
                 let s = self.take(8)?;
-                Some(u64::from_le_bytes([
-                    s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
-                ]))
+                Some(u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]))
             }
             _ => None,
         }
@@ -305,11 +291,7 @@ fn parse_ok(p: &[u8]) -> Option<OkInfo> {
             }
         }
     }
-    Some(OkInfo {
-        affected,
-        status,
-        schema,
-    })
+    Some(OkInfo { affected, status, schema })
 }
 
 /// Status flags of a terminator: an EOF packet (`fe warnings status`) or an
@@ -332,10 +314,7 @@ fn parse_err(p: &[u8]) -> DbError {
         // SQLSTATE marker and the five-character state.
         let _ = r.take(6);
     }
-    DbError {
-        code: code.to_string(),
-        message: text(r.rest()),
-    }
+    DbError { code: code.to_string(), message: text(r.rest()) }
 }
 
 /// `USE name` (any case, optional quoting) -> name.
@@ -447,10 +426,7 @@ impl PacketReader {
                 }
                 let want = 4 - self.hdr_len;
                 let n = want.min(inp.data.len());
-                if let (Some(dst), Some(src)) = (
-                    self.hdr.get_mut(self.hdr_len..self.hdr_len + n),
-                    inp.data.get(..n),
-                ) {
+                if let (Some(dst), Some(src)) = (self.hdr.get_mut(self.hdr_len..self.hdr_len + n), inp.data.get(..n)) {
                     dst.copy_from_slice(src);
                 }
                 self.hdr_len += n;
@@ -473,13 +449,10 @@ impl PacketReader {
                 }
             }
             if self.remaining > 0 && !inp.data.is_empty() {
-                let n = usize::try_from(self.remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(inp.data.len());
+                let n = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(inp.data.len());
                 let chunk = inp.data.get(..n).unwrap_or(&[]);
                 let room = self.keep.saturating_sub(self.buf.len());
-                self.buf
-                    .extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or(&[]));
+                self.buf.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or(&[]));
                 inp.data = inp.data.get(n..).unwrap_or(&[]);
                 self.remaining -= n as u64;
             }
@@ -680,9 +653,7 @@ impl MysqlConn {
             .map(|p| {
                 std::mem::size_of::<Pending>()
                     + p.text.as_ref().map_or(0, |t| t.capacity())
-                    + p.ex
-                        .as_ref()
-                        .map_or(0, |e| e.query_text.as_ref().map_or(0, |t| t.capacity()))
+                    + p.ex.as_ref().map_or(0, |e| e.query_text.as_ref().map_or(0, |t| t.capacity()))
             })
             .sum();
         self.cli.buf.capacity()
@@ -695,10 +666,7 @@ impl MysqlConn {
 
     fn deprecate_eof(&self) -> Option<bool> {
         let c = self.client_caps?;
-        let on = c & CLIENT_DEPRECATE_EOF != 0
-            && self
-                .server_caps
-                .is_none_or(|s| s & CLIENT_DEPRECATE_EOF != 0);
+        let on = c & CLIENT_DEPRECATE_EOF != 0 && self.server_caps.is_none_or(|s| s & CLIENT_DEPRECATE_EOF != 0);
         Some(on)
     }
 
@@ -722,24 +690,17 @@ impl MysqlConn {
                 self.cli.reset();
                 self.cli_unsynced = false;
             } else {
-                self.stats.client_desync_bytes =
-                    self.stats.client_desync_bytes.saturating_add(total);
+                self.stats.client_desync_bytes = self.stats.client_desync_bytes.saturating_add(total);
                 return;
             }
         }
-        let mut inp = Input {
-            data: seg.data,
-            gap: seg.uncaptured,
-            enter: seg.ts_enter,
-            exit: seg.ts_exit,
-        };
+        let mut inp = Input { data: seg.data, gap: seg.uncaptured, enter: seg.ts_enter, exit: seg.ts_exit };
         loop {
             match self.cli.next(&mut inp) {
                 Step::NeedMore => break,
                 Step::Lost => {
                     self.stats.framing_lost += 1;
-                    self.stats.client_desync_bytes =
-                        self.stats.client_desync_bytes.saturating_add(inp.gap);
+                    self.stats.client_desync_bytes = self.stats.client_desync_bytes.saturating_add(inp.gap);
                     self.cli.lost = true;
                     self.cli_unsynced = true;
                     break;
@@ -806,13 +767,7 @@ impl MysqlConn {
         // client waits for responses (it does unless pipelining).
         self.finish_generic(inp.enter, out);
         let body = p.get(1..).unwrap_or(&[]);
-        let mut pending = Pending {
-            cmd,
-            ex: None,
-            text: None,
-            rows: 0,
-            resp_started: false,
-        };
+        let mut pending = Pending { cmd, ex: None, text: None, rows: 0, resp_started: false };
         let new_ex = |this: &Self, q: Option<String>| {
             let mut ex = DbExchange::new(this.system);
             ex.query_text = q;
@@ -877,9 +832,7 @@ impl MysqlConn {
     }
 
     fn query_sql(&self, body: &[u8]) -> Option<String> {
-        let attrs = self
-            .client_caps
-            .is_some_and(|c| c & CLIENT_QUERY_ATTRIBUTES != 0);
+        let attrs = self.client_caps.is_some_and(|c| c & CLIENT_QUERY_ATTRIBUTES != 0);
         if attrs {
             let mut r = Rd::new(body);
             let count = r.lenenc()?;
@@ -918,8 +871,7 @@ impl MysqlConn {
             self.phase = Phase::Opaque;
             return;
         }
-        if caps & CLIENT_COMPRESS != 0 && self.server_caps.is_none_or(|s| s & CLIENT_COMPRESS != 0)
-        {
+        if caps & CLIENT_COMPRESS != 0 && self.server_caps.is_none_or(|s| s & CLIENT_COMPRESS != 0) {
             self.compressed = true;
         }
         let _ = r.take(4 + 1 + 23);
@@ -996,8 +948,7 @@ impl MysqlConn {
                 self.srv.reset();
                 self.resp = Resp::Start;
             } else {
-                self.stats.server_desync_bytes =
-                    self.stats.server_desync_bytes.saturating_add(total);
+                self.stats.server_desync_bytes = self.stats.server_desync_bytes.saturating_add(total);
                 return;
             }
         } else if self.srv.at_boundary()
@@ -1012,12 +963,7 @@ impl MysqlConn {
             self.stats.server_desync_bytes = self.stats.server_desync_bytes.saturating_add(total);
             return;
         }
-        let mut inp = Input {
-            data: seg.data,
-            gap: seg.uncaptured,
-            enter: seg.ts_enter,
-            exit: seg.ts_exit,
-        };
+        let mut inp = Input { data: seg.data, gap: seg.uncaptured, enter: seg.ts_enter, exit: seg.ts_exit };
         loop {
             match self.srv.next(&mut inp) {
                 Step::NeedMore => {
@@ -1028,8 +974,7 @@ impl MysqlConn {
                 }
                 Step::Lost => {
                     self.stats.framing_lost += 1;
-                    self.stats.server_desync_bytes =
-                        self.stats.server_desync_bytes.saturating_add(inp.gap);
+                    self.stats.server_desync_bytes = self.stats.server_desync_bytes.saturating_add(inp.gap);
                     self.srv.lost = true;
                     self.cut_response(out);
                     break;
@@ -1052,8 +997,7 @@ impl MysqlConn {
                         // Left-over bytes with nothing waiting.
                         let rest = (inp.data.len() as u64).saturating_add(inp.gap);
                         self.stats.orphan_packets += 1;
-                        self.stats.server_desync_bytes =
-                            self.stats.server_desync_bytes.saturating_add(rest);
+                        self.stats.server_desync_bytes = self.stats.server_desync_bytes.saturating_add(rest);
                         self.srv.lost = true;
                         break;
                     }
@@ -1162,16 +1106,13 @@ impl MysqlConn {
                         }
                     }
                     let left = u32::from(cols) + u32::from(params);
-                    self.resp = Resp::PrepareDefs {
-                        left,
-                        trailing_eof: left > 0 && self.deprecate_eof() == Some(false),
-                    };
+                    self.resp =
+                        Resp::PrepareDefs { left, trailing_eof: left > 0 && self.deprecate_eof() == Some(false) };
                     self.prepare_step(out);
                 }
                 Some(0x00) => {
                     let ok = parse_ok(p);
-                    let (affected, status, schema) =
-                        ok.map_or((0, 0, None), |o| (o.affected, o.status, o.schema));
+                    let (affected, status, schema) = ok.map_or((0, 0, None), |o| (o.affected, o.status, o.schema));
                     if let Some(front) = self.pending.front_mut() {
                         front.rows = front.rows.saturating_add(affected);
                     }
@@ -1199,11 +1140,7 @@ impl MysqlConn {
                             // MariaDB metadata caching: a trailing 0 byte says
                             // the column definitions are omitted.
                             let skip_meta = r.u8() == Some(0) && r.rest().is_empty();
-                            self.resp = if skip_meta {
-                                Resp::AfterColumns
-                            } else {
-                                Resp::Columns(n)
-                            };
+                            self.resp = if skip_meta { Resp::AfterColumns } else { Resp::Columns(n) };
                         }
                         _ => {
                             self.stats.invalid_packets += 1;
@@ -1222,11 +1159,7 @@ impl MysqlConn {
                     self.complete(Some(err), out);
                 } else {
                     let left = n.saturating_sub(1);
-                    self.resp = if left == 0 {
-                        Resp::AfterColumns
-                    } else {
-                        Resp::Columns(left)
-                    };
+                    self.resp = if left == 0 { Resp::AfterColumns } else { Resp::Columns(left) };
                 }
             }
             Resp::AfterColumns => {
@@ -1278,11 +1211,7 @@ impl MysqlConn {
 
     /// Complete a prepare response once all definitions are consumed.
     fn prepare_step(&mut self, out: &mut Vec<DbExchange>) {
-        if let Resp::PrepareDefs {
-            left: 0,
-            trailing_eof: false,
-        } = self.resp
-        {
+        if let Resp::PrepareDefs { left: 0, trailing_eof: false } = self.resp {
             if self.deprecate_eof().is_none() {
                 // Unknown whether an EOF follows the last block.
                 self.maybe_trailing_eof = 1;
@@ -1465,10 +1394,7 @@ mod tests {
         assert!(looks_like_client_start(&pkt(0, b"\x19\x01\x00\x00\x00")));
         assert!(looks_like_client_start(&pkt(0, b"\x1a\x01\x00\x00\x00")));
         assert!(looks_like_client_start(&pkt(0, b"\x02shop")));
-        assert!(looks_like_client_start(&pkt(
-            0,
-            b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00"
-        )));
+        assert!(looks_like_client_start(&pkt(0, b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00")));
         assert!(!looks_like_client_start(&pkt(1, b"\x03SELECT 1")));
         assert!(!looks_like_client_start(&pkt(0, b"\x03\x00\xff\x01")));
         assert!(!looks_like_client_start(&pkt(0, b"\x0e\x00")));
@@ -1480,10 +1406,7 @@ mod tests {
     fn ok_with_session_tracked_schema() {
         let ok = b"\x00\x00\x00\x02\x40\x00\x00\x00\x07\x01\x05\x04shop";
         let info = parse_ok(ok).expect("ok");
-        assert_eq!(
-            info.status & SERVER_SESSION_STATE_CHANGED,
-            SERVER_SESSION_STATE_CHANGED
-        );
+        assert_eq!(info.status & SERVER_SESSION_STATE_CHANGED, SERVER_SESSION_STATE_CHANGED);
         assert_eq!(info.schema.as_deref(), Some("shop"));
         assert!(parse_ok(b"\x00").is_none());
     }
@@ -1536,13 +1459,7 @@ mod tests {
         assert_eq!(out[0].query_text.as_deref(), Some("SELECT ? FROM t"));
         assert_eq!(c.stats().orphan_packets, 0);
         c.on_client_segment(
-            seg(
-                &pkt(
-                    0,
-                    b"\x17\x05\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\x03\x00\x01\x00\x00\x00",
-                ),
-                3,
-            ),
+            seg(&pkt(0, b"\x17\x05\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\x03\x00\x01\x00\x00\x00"), 3),
             &mut out,
         );
         c.on_server_segment(seg(&pkt(1, b"\x00\x00\x00\x02\x00\x00\x00"), 4), &mut out);

@@ -133,8 +133,7 @@ fn server_len_ok(ty: u8, len: u32) -> bool {
 /// Text bytes of a Query or CommandComplete: printable (UTF-8 and other
 /// 8-bit encodings allowed), tabs and line breaks.
 fn printable(b: &[u8]) -> bool {
-    b.iter()
-        .all(|&c| c >= 0x20 && c != 0x7f || matches!(c, b'\t' | b'\n' | b'\r'))
+    b.iter().all(|&c| c >= 0x20 && c != 0x7f || matches!(c, b'\t' | b'\n' | b'\r'))
 }
 
 /// Check the body of a fully or partially captured message at the start of
@@ -181,11 +180,7 @@ fn plausible_chain(buf: &[u8], server: bool) -> bool {
             // A partial header after at least one full message.
             None => return n > 0,
         };
-        let ok = if server {
-            server_len_ok(ty, len)
-        } else {
-            client_len_ok(ty, len)
-        };
+        let ok = if server { server_len_ok(ty, len) } else { client_len_ok(ty, len) };
         if !ok {
             return false;
         }
@@ -359,12 +354,7 @@ impl Framer {
             // startup-phase packet (if the answer was 'N').
             self.untyped_next = matches!(be32(&body, 0), Some(SSL_REQUEST | GSSENC_REQUEST));
         }
-        evs.push(Ev::Msg {
-            ty: self.ty,
-            body,
-            enter: self.msg_enter,
-            exit,
-        });
+        evs.push(Ev::Msg { ty: self.ty, body, enter: self.msg_enter, exit });
         self.state = FState::Boundary;
     }
 
@@ -374,10 +364,7 @@ impl Framer {
         loop {
             match self.state {
                 FState::Stopped => {
-                    st.bytes_ignored = st
-                        .bytes_ignored
-                        .saturating_add(data.len() as u64)
-                        .saturating_add(gap);
+                    st.bytes_ignored = st.bytes_ignored.saturating_add(data.len() as u64).saturating_add(gap);
                     return;
                 }
                 FState::Unsynced => {
@@ -400,10 +387,8 @@ impl Framer {
                         evs.push(Ev::Resynced);
                         continue;
                     }
-                    st.desync_bytes_skipped = st
-                        .desync_bytes_skipped
-                        .saturating_add(data.len() as u64)
-                        .saturating_add(gap);
+                    st.desync_bytes_skipped =
+                        st.desync_bytes_skipped.saturating_add(data.len() as u64).saturating_add(gap);
                     return;
                 }
                 FState::Boundary => {
@@ -438,12 +423,7 @@ impl Framer {
                         self.msg_enter = seg.ts_enter;
                     }
                     let take = (need - self.hdr_len.min(need)).min(data.len());
-                    for (slot, b) in self
-                        .hdr
-                        .iter_mut()
-                        .skip(self.hdr_len)
-                        .zip(data.iter().take(take))
-                    {
+                    for (slot, b) in self.hdr.iter_mut().skip(self.hdr_len).zip(data.iter().take(take)) {
                         *slot = *b;
                     }
                     self.hdr_len += take;
@@ -474,8 +454,7 @@ impl Framer {
                     let (now, rest) = data.split_at(n.min(data.len()));
                     if self.keep {
                         let room = MAX_KEPT.saturating_sub(self.body.len());
-                        self.body
-                            .extend_from_slice(now.get(..room.min(now.len())).unwrap_or(&[]));
+                        self.body.extend_from_slice(now.get(..room.min(now.len())).unwrap_or(&[]));
                     }
                     data = rest;
                     self.remaining -= n as u64;
@@ -659,10 +638,7 @@ fn text_of(b: &[u8], max: usize) -> String {
 fn rows_from_tag(tag: &str) -> Option<u64> {
     let mut words = tag.split_ascii_whitespace();
     let cmd = words.next()?;
-    if !matches!(
-        cmd,
-        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY"
-    ) {
+    if !matches!(cmd, "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY") {
         return None;
     }
     words.last()?.parse().ok()
@@ -740,11 +716,8 @@ impl PgConn {
 
     /// Approximate heap memory held by this connection's state.
     pub fn buffered_bytes(&self) -> usize {
-        let portals: usize = self
-            .portals
-            .iter()
-            .map(|(n, _)| n.capacity() + std::mem::size_of::<(String, Option<Arc<str>>)>())
-            .sum();
+        let portals: usize =
+            self.portals.iter().map(|(n, _)| n.capacity() + std::mem::size_of::<(String, Option<Arc<str>>)>()).sum();
         self.client.buffered()
             + self.server.buffered()
             + self.statement_bytes
@@ -766,9 +739,7 @@ impl PgConn {
 
     fn push_op(&mut self, op: Op, out: &mut Vec<DbExchange>) {
         let len = op.ex.as_ref().map_or(0, |p| p.text_len());
-        while !self.ops.is_empty()
-            && (self.ops.len() >= MAX_PENDING || self.pending_text + len > MAX_PENDING_TEXT)
-        {
+        while !self.ops.is_empty() && (self.ops.len() >= MAX_PENDING || self.pending_text + len > MAX_PENDING_TEXT) {
             if let Some(old) = self.pop_op() {
                 self.stats.pending_overflow += 1;
                 if let Some(p) = old.ex {
@@ -814,11 +785,7 @@ impl PgConn {
     /// front of the queue, abandoning the ones before it. False (and the
     /// reply counted as orphan) when there is none.
     fn route(&mut self, kinds: &[OpKind], exit: u64, out: &mut Vec<DbExchange>) -> bool {
-        let idx = self
-            .ops
-            .iter()
-            .take_while(|o| o.sent <= exit)
-            .position(|o| kinds.contains(&o.kind));
+        let idx = self.ops.iter().take_while(|o| o.sent <= exit).position(|o| kinds.contains(&o.kind));
         match idx {
             Some(i) => {
                 for _ in 0..i {
@@ -871,9 +838,7 @@ impl PgConn {
                 break;
             };
             if let Some(old) = self.statements.remove(&oldest) {
-                self.statement_bytes = self
-                    .statement_bytes
-                    .saturating_sub(oldest.len() + old.len());
+                self.statement_bytes = self.statement_bytes.saturating_sub(oldest.len() + old.len());
                 self.stats.statements_evicted += 1;
             }
         }
@@ -903,10 +868,7 @@ impl PgConn {
 
     fn portal(&self, name: &[u8]) -> Option<Option<Arc<str>>> {
         let name = String::from_utf8_lossy(name);
-        self.portals
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, t)| t.clone())
+        self.portals.iter().find(|(n, _)| *n == name).map(|(_, t)| t.clone())
     }
 
     // -- client side -------------------------------------------------------
@@ -916,13 +878,7 @@ impl PgConn {
         let mut evs = Vec::new();
         self.client.feed(&seg, &mut evs, &mut self.stats);
         for ev in evs {
-            if let Ev::Msg {
-                ty,
-                body,
-                enter,
-                exit,
-            } = ev
-            {
+            if let Ev::Msg { ty, body, enter, exit } = ev {
                 self.client_message(ty, &body, enter, exit, out);
             }
         }
@@ -951,8 +907,7 @@ impl PgConn {
                         break;
                     }
                     let (value, after) = cstr(body, next);
-                    let value =
-                        (value.len() <= MAX_PARAM_LEN).then(|| text_of(value, MAX_PARAM_LEN));
+                    let value = (value.len() <= MAX_PARAM_LEN).then(|| text_of(value, MAX_PARAM_LEN));
                     match name {
                         b"user" => self.user = value,
                         b"database" => self.database = value,
@@ -980,14 +935,7 @@ impl PgConn {
         })
     }
 
-    fn client_message(
-        &mut self,
-        ty: u8,
-        body: &[u8],
-        enter: u64,
-        exit: u64,
-        out: &mut Vec<DbExchange>,
-    ) {
+    fn client_message(&mut self, ty: u8, body: &[u8], enter: u64, exit: u64, out: &mut Vec<DbExchange>) {
         if ty == UNTYPED {
             self.startup_packet(body);
             return;
@@ -999,11 +947,7 @@ impl PgConn {
             }
             return;
         }
-        let op = |kind, ex| Op {
-            kind,
-            sent: enter,
-            ex,
-        };
+        let op = |kind, ex| Op { kind, sent: enter, ex };
         match ty {
             b'Q' => {
                 self.stats.queries += 1;
@@ -1056,8 +1000,7 @@ impl PgConn {
                         }
                     }
                     Some(b'P') => {
-                        if let Some(i) = self.portals.iter().position(|(n, _)| n.as_bytes() == name)
-                        {
+                        if let Some(i) = self.portals.iter().position(|(n, _)| n.as_bytes() == name) {
                             self.portals.remove(i);
                         }
                     }
@@ -1072,11 +1015,7 @@ impl PgConn {
             b'F' => self.push_op(op(OpKind::Function, None), out),
             b'd' | b'c' | b'f' => {
                 // COPY FROM STDIN data: part of the request in progress.
-                if let Some(p) = self
-                    .ops
-                    .iter_mut()
-                    .find_map(|o| o.ex.as_deref_mut().filter(|p| p.copy_in))
-                {
+                if let Some(p) = self.ops.iter_mut().find_map(|o| o.ex.as_deref_mut().filter(|p| p.copy_in)) {
                     p.req_exit = p.req_exit.max(exit);
                 }
             }
@@ -1096,12 +1035,7 @@ impl PgConn {
         self.server.feed(&seg, &mut evs, &mut self.stats);
         for ev in evs {
             match ev {
-                Ev::Msg {
-                    ty,
-                    body,
-                    enter,
-                    exit,
-                } => self.server_message(ty, &body, enter, exit, out),
+                Ev::Msg { ty, body, enter, exit } => self.server_message(ty, &body, enter, exit, out),
                 Ev::EncryptionAnswer(b'N') => {}
                 Ev::EncryptionAnswer(_) => {
                     self.encrypted = true;
@@ -1150,14 +1084,7 @@ impl PgConn {
         }
     }
 
-    fn server_message(
-        &mut self,
-        ty: u8,
-        body: &[u8],
-        enter: u64,
-        exit: u64,
-        out: &mut Vec<DbExchange>,
-    ) {
+    fn server_message(&mut self, ty: u8, body: &[u8], enter: u64, exit: u64, out: &mut Vec<DbExchange>) {
         use OpKind::*;
         match ty {
             b'Z' => self.ready_for_query(enter, exit, out),
@@ -1277,11 +1204,7 @@ impl PgConn {
             _ => {
                 // Extended protocol: the server skips everything up to the
                 // next Sync.
-                let end = self
-                    .ops
-                    .iter()
-                    .position(|o| o.kind == OpKind::Sync)
-                    .unwrap_or(self.ops.len());
+                let end = self.ops.iter().position(|o| o.kind == OpKind::Sync).unwrap_or(self.ops.len());
                 if end == self.ops.len() {
                     self.discard_until_sync = true;
                 }
@@ -1427,20 +1350,11 @@ mod tests {
 
     impl Drive {
         fn new() -> Self {
-            Drive {
-                conn: PgConn::new(),
-                out: Vec::new(),
-                t: 0,
-            }
+            Drive { conn: PgConn::new(), out: Vec::new(), t: 0 }
         }
         fn seg<'a>(&mut self, data: &'a [u8], gap: u64) -> Segment<'a> {
             self.t += 1000;
-            Segment {
-                data,
-                uncaptured: gap,
-                ts_enter: self.t,
-                ts_exit: self.t + 500,
-            }
+            Segment { data, uncaptured: gap, ts_enter: self.t, ts_exit: self.t + 500 }
         }
         fn c(&mut self, data: &[u8]) {
             let s = self.seg(data, 0);
@@ -1476,12 +1390,7 @@ mod tests {
         assert!(looks_like_client_start(&query("SELECT 1")));
         assert!(!looks_like_client_start(&query("SELECT 1")[..8]));
         assert!(!looks_like_client_start(&msg(b'Q', b"SEL\x01ECT\0")));
-        assert!(looks_like_client_start(&cat(&[
-            parse("", "SELECT 1"),
-            bind("", ""),
-            execute(""),
-            sync()
-        ])));
+        assert!(looks_like_client_start(&cat(&[parse("", "SELECT 1"), bind("", ""), execute(""), sync()])));
         assert!(!looks_like_client_start(&msg(b'S', b"x")));
         assert!(!looks_like_client_start(b"GET / HTTP/1.1\r\n"));
         assert!(!looks_like_client_start(b""));
@@ -1494,16 +1403,10 @@ mod tests {
         assert!(looks_like_server_start(b"N"));
         assert!(looks_like_server_start(b"S"));
         assert!(!looks_like_server_start(b"X"));
-        assert!(looks_like_server_start(&cat(&[
-            complete("SELECT 1"),
-            ready()
-        ])));
+        assert!(looks_like_server_start(&cat(&[complete("SELECT 1"), ready()])));
         assert!(looks_like_server_start(&error("42P01", "nope")));
         assert!(!looks_like_server_start(&msg(b'Z', b"Q")));
-        assert!(!looks_like_server_start(&cat(&[
-            complete("SELECT 1"),
-            b"\x16\x03\x01".to_vec()
-        ])));
+        assert!(!looks_like_server_start(&cat(&[complete("SELECT 1"), b"\x16\x03\x01".to_vec()])));
         assert!(!looks_like_server_start(b"HTTP/1.1 200 OK\r\n"));
         assert!(!looks_like_server_start(&[0x17, 0x03, 0x03, 0, 10]));
     }
@@ -1513,13 +1416,7 @@ mod tests {
         let mut d = Drive::new();
         d.login();
         d.c(&query("SELECT * FROM t"));
-        d.s(&cat(&[
-            msg(b'T', &[0, 0]),
-            row(),
-            row(),
-            complete("SELECT 2"),
-            ready(),
-        ]));
+        d.s(&cat(&[msg(b'T', &[0, 0]), row(), row(), complete("SELECT 2"), ready()]));
         let ex = d.take();
         assert_eq!(ex.len(), 1);
         let e = &ex[0];
@@ -1537,9 +1434,7 @@ mod tests {
     fn multi_statement_rows_summed_and_error() {
         let mut d = Drive::new();
         d.login();
-        d.c(&query(
-            "INSERT INTO t VALUES (1); UPDATE t SET a = 2; SELECT x",
-        ));
+        d.c(&query("INSERT INTO t VALUES (1); UPDATE t SET a = 2; SELECT x"));
         d.s(&cat(&[
             complete("INSERT 0 1"),
             complete("UPDATE 3"),
@@ -1563,12 +1458,7 @@ mod tests {
         assert!(d.take().is_empty());
         for _ in 0..3 {
             d.c(&cat(&[bind("", "s1"), execute(""), sync()]));
-            d.s(&cat(&[
-                msg(b'2', b""),
-                row(),
-                complete("SELECT 1"),
-                ready(),
-            ]));
+            d.s(&cat(&[msg(b'2', b""), row(), complete("SELECT 1"), ready()]));
         }
         let ex = d.take();
         assert_eq!(texts(&ex), vec![Some("SELECT $1"); 3]);
@@ -1588,14 +1478,7 @@ mod tests {
         }
         batch.extend(sync());
         d.c(&batch);
-        d.s(&cat(&[
-            msg(b'1', b""),
-            msg(b'2', b""),
-            row(),
-            complete("SELECT 1"),
-            error("42703", "bad"),
-            ready(),
-        ]));
+        d.s(&cat(&[msg(b'1', b""), msg(b'2', b""), row(), complete("SELECT 1"), error("42703", "bad"), ready()]));
         let ex = d.take();
         assert_eq!(texts(&ex), vec![Some("SELECT 1"), Some("SELECT bad")]);
         assert_eq!(ex[1].error.as_ref().map(|e| e.code.as_str()), Some("42703"));
@@ -1605,13 +1488,7 @@ mod tests {
 
     #[test]
     fn split_at_every_byte() {
-        let client = cat(&[
-            query("SELECT 1"),
-            parse("", "SELECT 2"),
-            bind("", ""),
-            execute(""),
-            sync(),
-        ]);
+        let client = cat(&[query("SELECT 1"), parse("", "SELECT 2"), bind("", ""), execute(""), sync()]);
         let server = cat(&[
             msg(b'T', &[0, 0]),
             row(),
@@ -1633,11 +1510,7 @@ mod tests {
                 d.s(chunk);
             }
             let ex = d.take();
-            assert_eq!(
-                texts(&ex),
-                vec![Some("SELECT 1"), Some("SELECT 2")],
-                "step {step}"
-            );
+            assert_eq!(texts(&ex), vec![Some("SELECT 1"), Some("SELECT 2")], "step {step}");
             assert!(ex.iter().all(|e| e.rows == Some(1) && !e.no_response));
         }
     }

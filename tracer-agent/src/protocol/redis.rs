@@ -169,14 +169,11 @@ pub fn looks_like_client_start(buf: &[u8]) -> bool {
             let digits = digits.strip_suffix(b"\r").unwrap_or(digits);
             return rest.len() < 16 && digits.iter().all(|b| b.is_ascii_digit());
         };
-        return parse_int(bl.get(1..).unwrap_or(&[]))
-            .is_some_and(|l| (0..=512 * 1024 * 1024).contains(&l));
+        return parse_int(bl.get(1..).unwrap_or(&[])).is_some_and(|l| (0..=512 * 1024 * 1024).contains(&l));
     }
     INLINE_COMMANDS.iter().any(|name| {
         buf.len() > name.len()
-            && buf
-                .get(..name.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(name))
+            && buf.get(..name.len()).is_some_and(|p| p.eq_ignore_ascii_case(name))
             && matches!(buf.get(name.len()), Some(b' ' | b'\r' | b'\n'))
     })
 }
@@ -193,20 +190,10 @@ pub fn looks_like_server_start(buf: &[u8]) -> bool {
         b'+' | b'-' => match content {
             Some(c) => c.iter().all(|&b| b >= 0x20 || b == b'\t'),
             // A long line: its captured part must be text.
-            None => {
-                buf.len() > LINE_KEEP
-                    && buf
-                        .iter()
-                        .skip(1)
-                        .take(LINE_KEEP)
-                        .all(|&b| b >= 0x20 || b == b'\t')
-            }
+            None => buf.len() > LINE_KEEP && buf.iter().skip(1).take(LINE_KEEP).all(|&b| b >= 0x20 || b == b'\t'),
         },
         b':' | b'(' => content.is_some_and(|c| {
-            parse_int(c).is_some()
-                || (t == b'('
-                    && !c.is_empty()
-                    && c.iter().all(|b| b.is_ascii_digit() || *b == b'-'))
+            parse_int(c).is_some() || (t == b'(' && !c.is_empty() && c.iter().all(|b| b.is_ascii_digit() || *b == b'-'))
         }),
         b'$' | b'*' | b'!' | b'=' | b'%' | b'~' | b'>' | b'|' => content
             .and_then(parse_int)
@@ -216,11 +203,7 @@ pub fn looks_like_server_start(buf: &[u8]) -> bool {
         b',' => content.is_some_and(|c| {
             !c.is_empty()
                 && c.iter().all(|b| {
-                    b.is_ascii_digit()
-                        || matches!(
-                            b,
-                            b'-' | b'+' | b'.' | b'e' | b'E' | b'i' | b'n' | b'f' | b'a'
-                        )
+                    b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'i' | b'n' | b'f' | b'a')
                 })
         }),
         _ => false,
@@ -366,12 +349,7 @@ impl RespReader {
             + self.stack.capacity() * std::mem::size_of::<Frame>()
             + self.summary.text.capacity()
             + self.summary.items.capacity() * std::mem::size_of::<(u8, Vec<u8>)>()
-            + self
-                .summary
-                .items
-                .iter()
-                .map(|i| i.1.capacity())
-                .sum::<usize>()
+            + self.summary.items.iter().map(|i| i.1.capacity()).sum::<usize>()
     }
 
     /// Keep (a prefix of) an element's content in the summary; remembers
@@ -383,9 +361,7 @@ impl RespReader {
             self.summary.ty = ty;
             self.summary.text.clear();
             let n = content.len().min(LINE_KEEP);
-            self.summary
-                .text
-                .extend_from_slice(content.get(..n).unwrap_or(&[]));
+            self.summary.text.extend_from_slice(content.get(..n).unwrap_or(&[]));
             self.bulk_keep = true;
         } else if direct
             && self.summary.items.len() < MAX_ITEMS
@@ -393,9 +369,7 @@ impl RespReader {
         {
             let n = content.len().min(MAX_ARG_TEXT);
             self.summary.item_bytes += n;
-            self.summary
-                .items
-                .push((ty, content.get(..n).unwrap_or(&[]).to_vec()));
+            self.summary.items.push((ty, content.get(..n).unwrap_or(&[]).to_vec()));
             self.bulk_keep = true;
         }
     }
@@ -408,9 +382,7 @@ impl RespReader {
         if self.bulk_depth == 0 {
             let room = LINE_KEEP.saturating_sub(self.summary.text.len());
             let n = room.min(chunk.len());
-            self.summary
-                .text
-                .extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+            self.summary.text.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
         } else {
             if let Some(last) = self.summary.items.last_mut() {
                 let room = MAX_ARG_TEXT.saturating_sub(last.1.len());
@@ -448,24 +420,16 @@ impl RespReader {
                 ReadState::Bulk { left, crlf } => {
                     if left > 0 {
                         if !inp.data.is_empty() {
-                            let n = usize::try_from(left)
-                                .unwrap_or(usize::MAX)
-                                .min(inp.data.len());
+                            let n = usize::try_from(left).unwrap_or(usize::MAX).min(inp.data.len());
                             let chunk = inp.data.get(..n).unwrap_or(&[]);
                             self.record_bulk_bytes(chunk);
                             inp.data = inp.data.get(n..).unwrap_or(&[]);
-                            self.state = ReadState::Bulk {
-                                left: left - n as u64,
-                                crlf,
-                            };
+                            self.state = ReadState::Bulk { left: left - n as u64, crlf };
                         } else if inp.gap > 0 {
                             let m = inp.gap.min(left);
                             inp.gap -= m;
                             self.summary.truncated = true;
-                            self.state = ReadState::Bulk {
-                                left: left - m,
-                                crlf,
-                            };
+                            self.state = ReadState::Bulk { left: left - m, crlf };
                         } else {
                             return Step::NeedMore;
                         }
@@ -483,10 +447,7 @@ impl RespReader {
                         } else {
                             return Step::NeedMore;
                         }
-                        self.state = ReadState::Bulk {
-                            left: 0,
-                            crlf: crlf - 1,
-                        };
+                        self.state = ReadState::Bulk { left: 0, crlf: crlf - 1 };
                         continue;
                     }
                     self.state = ReadState::Line;
@@ -586,10 +547,7 @@ impl RespReader {
                     return Some(self.element_done());
                 }
                 self.bulk_depth = depth;
-                self.state = ReadState::Bulk {
-                    left: n as u64,
-                    crlf: 2,
-                };
+                self.state = ReadState::Bulk { left: n as u64, crlf: 2 };
                 Some(false)
             }
             b'*' | b'~' | b'>' | b'%' | b'|' => {
@@ -603,11 +561,7 @@ impl RespReader {
                         self.summary.len = n;
                     }
                 }
-                let count = if matches!(t, b'%' | b'|') {
-                    n.saturating_mul(2)
-                } else {
-                    n
-                };
+                let count = if matches!(t, b'%' | b'|') { n.saturating_mul(2) } else { n };
                 if count <= 0 {
                     if t == b'|' {
                         return Some(false);
@@ -617,10 +571,7 @@ impl RespReader {
                 if self.stack.len() >= MAX_DEPTH {
                     return None;
                 }
-                self.stack.push(Frame {
-                    remaining: count as u64,
-                    attribute: t == b'|',
-                });
+                self.stack.push(Frame { remaining: count as u64, attribute: t == b'|' });
                 Some(false)
             }
             _ if self.client && depth == 0 => {
@@ -636,9 +587,7 @@ impl RespReader {
                     }
                     let n = word.len().min(MAX_ARG_TEXT);
                     self.summary.item_bytes += n;
-                    self.summary
-                        .items
-                        .push((b'$', word.get(..n).unwrap_or(&[]).to_vec()));
+                    self.summary.items.push((b'$', word.get(..n).unwrap_or(&[]).to_vec()));
                     self.summary.len += 1;
                 }
                 if self.summary.items.is_empty() {
@@ -766,22 +715,13 @@ impl Default for RedisConn {
 }
 
 fn is_subscribe_kind(s: &[u8]) -> bool {
-    [
-        &b"subscribe"[..],
-        b"psubscribe",
-        b"ssubscribe",
-        b"unsubscribe",
-        b"punsubscribe",
-        b"sunsubscribe",
-    ]
-    .iter()
-    .any(|k| s.eq_ignore_ascii_case(k))
+    [&b"subscribe"[..], b"psubscribe", b"ssubscribe", b"unsubscribe", b"punsubscribe", b"sunsubscribe"]
+        .iter()
+        .any(|k| s.eq_ignore_ascii_case(k))
 }
 
 fn is_message_kind(s: &[u8]) -> bool {
-    [&b"message"[..], b"pmessage", b"smessage"]
-        .iter()
-        .any(|k| s.eq_ignore_ascii_case(k))
+    [&b"message"[..], b"pmessage", b"smessage"].iter().any(|k| s.eq_ignore_ascii_case(k))
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -802,14 +742,8 @@ fn cut(s: &mut String, max: usize) {
 fn error_of(text: &[u8]) -> DbError {
     let s = lossy(text);
     match s.split_once(' ') {
-        Some((code, msg)) => DbError {
-            code: code.to_string(),
-            message: msg.to_string(),
-        },
-        None => DbError {
-            code: s,
-            message: String::new(),
-        },
+        Some((code, msg)) => DbError { code: code.to_string(), message: msg.to_string() },
+        None => DbError { code: s, message: String::new() },
     }
 }
 
@@ -879,23 +813,17 @@ impl RedisConn {
             if looks_like_client_start(seg.data) || plausible_prefix(seg.data, true) {
                 self.cli.reset();
             } else {
-                self.stats.client_desync_bytes =
-                    self.stats.client_desync_bytes.saturating_add(total);
+                self.stats.client_desync_bytes = self.stats.client_desync_bytes.saturating_add(total);
                 return;
             }
         }
-        let mut inp = Input {
-            data: seg.data,
-            gap: seg.uncaptured,
-            enter: seg.ts_enter,
-        };
+        let mut inp = Input { data: seg.data, gap: seg.uncaptured, enter: seg.ts_enter };
         loop {
             match self.cli.next(&mut inp) {
                 Step::NeedMore => break,
                 Step::Lost | Step::Invalid => {
                     let rest = (inp.data.len() as u64).saturating_add(inp.gap);
-                    self.stats.client_desync_bytes =
-                        self.stats.client_desync_bytes.saturating_add(rest);
+                    self.stats.client_desync_bytes = self.stats.client_desync_bytes.saturating_add(rest);
                     self.stats.framing_lost += 1;
                     self.cli.lost = true;
                     break;
@@ -938,19 +866,8 @@ impl RedisConn {
         ex.query_text = Some(text);
         ex.req_first_enter = enter;
         ex.req_last_exit = exit;
-        let channels = if name.ends_with("SUBSCRIBE") {
-            (s.len.max(1) as u64).saturating_sub(1).max(1)
-        } else {
-            0
-        };
-        let p = Pending {
-            ex,
-            name,
-            sub,
-            arg1,
-            channels,
-            reply_started: false,
-        };
+        let channels = if name.ends_with("SUBSCRIBE") { (s.len.max(1) as u64).saturating_sub(1).max(1) } else { 0 };
+        let p = Pending { ex, name, sub, arg1, channels, reply_started: false };
         // CLIENT REPLY OFF|SKIP and the commands they silence get no reply.
         let silenced = self.reply_mode != ReplyMode::On;
         if self.reply_mode == ReplyMode::Skip {
@@ -980,12 +897,7 @@ impl RedisConn {
                 self.emit(old, false, out);
             }
         }
-        if self.pending.is_empty()
-            && !self.srv.at_boundary()
-            && !self.srv.lost
-            && !self.pubsub
-            && !self.resp3
-        {
+        if self.pending.is_empty() && !self.srv.at_boundary() && !self.srv.lost && !self.pubsub && !self.resp3 {
             // The server is inside a value nothing was waiting for.
             self.srv.lost = true;
         }
@@ -1002,8 +914,7 @@ impl RedisConn {
             if fresh && (looks_like_server_start(seg.data) || plausible_prefix(seg.data, false)) {
                 self.srv.reset();
             } else {
-                self.stats.server_desync_bytes =
-                    self.stats.server_desync_bytes.saturating_add(total);
+                self.stats.server_desync_bytes = self.stats.server_desync_bytes.saturating_add(total);
                 return;
             }
         } else if self.srv.at_boundary() && self.pending.is_empty() && !self.pubsub && !self.resp3 {
@@ -1015,11 +926,7 @@ impl RedisConn {
             self.srv.lost = true;
             return;
         }
-        let mut inp = Input {
-            data: seg.data,
-            gap: seg.uncaptured,
-            enter: seg.ts_enter,
-        };
+        let mut inp = Input { data: seg.data, gap: seg.uncaptured, enter: seg.ts_enter };
         loop {
             match self.srv.next(&mut inp) {
                 Step::NeedMore => {
@@ -1030,12 +937,10 @@ impl RedisConn {
                 }
                 Step::Lost | Step::Invalid => {
                     let rest = (inp.data.len() as u64).saturating_add(inp.gap);
-                    self.stats.server_desync_bytes =
-                        self.stats.server_desync_bytes.saturating_add(rest);
+                    self.stats.server_desync_bytes = self.stats.server_desync_bytes.saturating_add(rest);
                     self.stats.framing_lost += 1;
                     self.srv.lost = true;
-                    let started =
-                        self.pending.front().is_some_and(|p| p.reply_started) || self.srv.in_value;
+                    let started = self.pending.front().is_some_and(|p| p.reply_started) || self.srv.in_value;
                     if started && !self.pending.is_empty() {
                         self.touch(seg.ts_exit);
                         if let Some(p) = self.pending.pop_front() {
@@ -1049,15 +954,10 @@ impl RedisConn {
                     let summary = std::mem::take(&mut self.srv.summary);
                     self.reply(&summary, self.srv.first_enter, seg.ts_exit, out);
                     self.srv.summary = summary;
-                    if self.pending.is_empty()
-                        && !self.pubsub
-                        && !self.resp3
-                        && !inp.data.is_empty()
-                    {
+                    if self.pending.is_empty() && !self.pubsub && !self.resp3 && !inp.data.is_empty() {
                         // Left-over bytes with nothing waiting.
                         let rest = (inp.data.len() as u64).saturating_add(inp.gap);
-                        self.stats.server_desync_bytes =
-                            self.stats.server_desync_bytes.saturating_add(rest);
+                        self.stats.server_desync_bytes = self.stats.server_desync_bytes.saturating_add(rest);
                         self.stats.orphan_replies += 1;
                         self.srv.lost = true;
                         break;
@@ -1086,10 +986,7 @@ impl RedisConn {
             let kind_sub = aggregate && is_subscribe_kind(first_item);
             let front_wants = kind_sub
                 && self.surplus_confirms == 0
-                && self
-                    .pending
-                    .front()
-                    .is_some_and(|p| p.name.as_bytes().eq_ignore_ascii_case(first_item));
+                && self.pending.front().is_some_and(|p| p.name.as_bytes().eq_ignore_ascii_case(first_item));
             if kind_sub {
                 // The count of remaining subscriptions is the third element.
                 let count = s.items.get(2).and_then(|(_, b)| parse_int(b));
@@ -1210,10 +1107,7 @@ mod tests {
     fn aggregate_rows() {
         let out = run(&[
             (b"*1\r\n$4\r\nMGET\r\n", b"*0\r\n"),
-            (
-                b"*1\r\n$7\r\nHGETALL\r\n",
-                b"%3\r\n$2\r\n00\r\n+OK\r\n$2\r\n11\r\n:5\r\n$2\r\n22\r\n$-1\r\n",
-            ),
+            (b"*1\r\n$7\r\nHGETALL\r\n", b"%3\r\n$2\r\n00\r\n+OK\r\n$2\r\n11\r\n:5\r\n$2\r\n22\r\n$-1\r\n"),
             (b"*1\r\n$3\r\nGET\r\n", b"$3\r\nabc\r\n"),
         ]);
         let rows: Vec<Option<u64>> = out.iter().map(|e| e.rows).collect();
@@ -1248,15 +1142,7 @@ mod tests {
         ] {
             assert!(looks_like_server_start(ok), "{ok:?}");
         }
-        for bad in [
-            &b"x\r\n"[..],
-            b":x\r\n",
-            b"$abc\r\n",
-            b"_1\r\n",
-            b"#x\r\n",
-            b"%-1\r\n",
-            b"",
-        ] {
+        for bad in [&b"x\r\n"[..], b":x\r\n", b"$abc\r\n", b"_1\r\n", b"#x\r\n", b"%-1\r\n", b""] {
             assert!(!looks_like_server_start(bad), "{bad:?}");
         }
     }
@@ -1280,10 +1166,7 @@ mod tests {
     #[test]
     fn resp3_attribute_and_push_between_replies() {
         let out = run(&[
-            (
-                b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n",
-                b"%1\r\n$5\r\nproto\r\n:3\r\n",
-            ),
+            (b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", b"%1\r\n$5\r\nproto\r\n:3\r\n"),
             (
                 b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",
                 b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n",
@@ -1302,10 +1185,7 @@ mod tests {
             (b"*1\r\n$3\r\nBAR\r\n", b"-NOAUTH\r\n"),
         ]);
         let e0 = out[0].error.as_ref().expect("error");
-        assert_eq!(
-            (e0.code.as_str(), e0.message.as_str()),
-            ("SYNTAX", "invalid syntax")
-        );
+        assert_eq!((e0.code.as_str(), e0.message.as_str()), ("SYNTAX", "invalid syntax"));
         let e1 = out[1].error.as_ref().expect("error");
         assert_eq!((e1.code.as_str(), e1.message.as_str()), ("NOAUTH", ""));
     }

@@ -117,11 +117,7 @@ impl<'a> Lexer<'a> {
             if c == '$' {
                 return rest.get(..i + 1);
             }
-            let ok = if i == 1 {
-                is_ident_start(c)
-            } else {
-                c == '_' || c.is_alphanumeric()
-            };
+            let ok = if i == 1 { is_ident_start(c) } else { c == '_' || c.is_alphanumeric() };
             if !ok {
                 return None;
             }
@@ -132,12 +128,7 @@ impl<'a> Lexer<'a> {
     fn skip_number(&mut self) {
         let rest = self.rest().as_bytes();
         if rest.len() >= 2 && rest[0] == b'0' && matches!(rest[1], b'x' | b'X') {
-            let digits = rest
-                .get(2..)
-                .unwrap_or(&[])
-                .iter()
-                .take_while(|b| b.is_ascii_hexdigit())
-                .count();
+            let digits = rest.get(2..).unwrap_or(&[]).iter().take_while(|b| b.is_ascii_hexdigit()).count();
             if digits > 0 {
                 self.pos += 2 + digits;
                 return;
@@ -145,10 +136,7 @@ impl<'a> Lexer<'a> {
         }
         let mut i = 0;
         let digits = |i: &mut usize| {
-            while rest
-                .get(*i)
-                .is_some_and(|b| b.is_ascii_digit() || *b == b'_')
-            {
+            while rest.get(*i).is_some_and(|b| b.is_ascii_digit() || *b == b'_') {
                 *i += 1;
             }
         };
@@ -324,10 +312,7 @@ impl Writer {
 /// an unterminated literal or comment runs to the end of the text. The
 /// result holds at most [`MAX_SANITIZED_LEN`] bytes.
 pub fn sanitize(sql: &str) -> String {
-    let mut w = Writer {
-        out: String::with_capacity(sql.len().min(MAX_SANITIZED_LEN) + 8),
-        space: false,
-    };
+    let mut w = Writer { out: String::with_capacity(sql.len().min(MAX_SANITIZED_LEN) + 8), space: false };
     let mut list = InList::Idle;
     let mut held_space = false;
     for tok in Lexer::new(sql) {
@@ -485,17 +470,7 @@ fn is_reserved(w: &str) -> bool {
 }
 
 /// Words after a table name that mean more tables follow.
-const JOIN_WORDS: &[&str] = &[
-    "JOIN",
-    "INNER",
-    "LEFT",
-    "RIGHT",
-    "FULL",
-    "CROSS",
-    "NATURAL",
-    "STRAIGHT_JOIN",
-    "LATERAL",
-];
+const JOIN_WORDS: &[&str] = &["JOIN", "INNER", "LEFT", "RIGHT", "FULL", "CROSS", "NATURAL", "STRAIGHT_JOIN", "LATERAL"];
 
 fn unquote(q: &str) -> String {
     let mut chars = q.chars();
@@ -594,9 +569,7 @@ fn find_top_level(toks: &[Sig<'_>], mut i: usize, kw: &str) -> Option<usize> {
 
 /// Any top-level UNION/INTERSECT/EXCEPT in the statement starting at `i`.
 fn has_set_operation(toks: &[Sig<'_>], i: usize) -> bool {
-    ["UNION", "INTERSECT", "EXCEPT"]
-        .iter()
-        .any(|kw| find_top_level(toks, i, kw).is_some())
+    ["UNION", "INTERSECT", "EXCEPT"].iter().any(|kw| find_top_level(toks, i, kw).is_some())
 }
 
 /// Skip a balanced parenthesised group starting at `toks[i] == "("`.
@@ -667,10 +640,7 @@ fn skip_words(toks: &[Sig<'_>], mut i: usize, words: &[&str]) -> usize {
 }
 
 fn skip_seq(toks: &[Sig<'_>], i: usize, seq: &[&str]) -> usize {
-    let all = seq
-        .iter()
-        .enumerate()
-        .all(|(k, w)| toks.get(i + k).is_some_and(|t| t.is_kw(w)));
+    let all = seq.iter().enumerate().all(|(k, w)| toks.get(i + k).is_some_and(|t| t.is_kw(w)));
     if all {
         i + seq.len()
     } else {
@@ -691,16 +661,8 @@ fn collection_at(toks: &[Sig<'_>], i: usize, op: &str) -> Option<String> {
             single_table(toks, j)
         }
         "INSERT" | "REPLACE" => {
-            let j = skip_words(
-                toks,
-                next,
-                &["LOW_PRIORITY", "DELAYED", "HIGH_PRIORITY", "IGNORE"],
-            );
-            let j = if toks.get(j).is_some_and(|t| t.is_kw("INTO")) {
-                j + 1
-            } else {
-                j
-            };
+            let j = skip_words(toks, next, &["LOW_PRIORITY", "DELAYED", "HIGH_PRIORITY", "IGNORE"]);
+            let j = if toks.get(j).is_some_and(|t| t.is_kw("INTO")) { j + 1 } else { j };
             table_name(toks, j).map(|(n, _)| n)
         }
         "UPDATE" => {
@@ -717,11 +679,7 @@ fn collection_at(toks: &[Sig<'_>], i: usize, op: &str) -> Option<String> {
         }
         "CREATE" => {
             let mut j = skip_seq(toks, next, &["OR", "REPLACE"]);
-            j = skip_words(
-                toks,
-                j,
-                &["GLOBAL", "LOCAL", "TEMP", "TEMPORARY", "UNLOGGED"],
-            );
+            j = skip_words(toks, j, &["GLOBAL", "LOCAL", "TEMP", "TEMPORARY", "UNLOGGED"]);
             if !toks.get(j).is_some_and(|t| t.is_kw("TABLE")) {
                 return None;
             }
@@ -763,9 +721,7 @@ pub fn operation_and_collection(sql: &str) -> (Option<String>, Option<String>) {
         i += 1;
     }
     let first = match toks.get(i) {
-        Some(Sig::Word(w))
-            if w.len() <= 32 && w.chars().all(|c| c.is_ascii_alphabetic() || c == '_') =>
-        {
+        Some(Sig::Word(w)) if w.len() <= 32 && w.chars().all(|c| c.is_ascii_alphabetic() || c == '_') => {
             w.to_ascii_uppercase()
         }
         _ => return (None, None),
@@ -777,8 +733,7 @@ pub fn operation_and_collection(sql: &str) -> (Option<String>, Option<String>) {
                     Some(Sig::Word(w)) => w.to_ascii_uppercase(),
                     _ => return (Some(first), None),
                 };
-                let coll = collection_at(&toks, k, &op)
-                    .filter(|c| !ctes.iter().any(|n| n.eq_ignore_ascii_case(c)));
+                let coll = collection_at(&toks, k, &op).filter(|c| !ctes.iter().any(|n| n.eq_ignore_ascii_case(c)));
                 (Some(op), coll)
             }
             None => (Some(first), None),
@@ -791,12 +746,7 @@ pub fn operation_and_collection(sql: &str) -> (Option<String>, Option<String>) {
 /// Span name per the OpenTelemetry database convention:
 /// `{operation} {collection}`, else `{operation}`, else the namespace, else
 /// the system name. Empty values count as unknown.
-pub fn span_name(
-    operation: Option<&str>,
-    collection: Option<&str>,
-    namespace: Option<&str>,
-    system: &str,
-) -> String {
+pub fn span_name(operation: Option<&str>, collection: Option<&str>, namespace: Option<&str>, system: &str) -> String {
     let op = operation.filter(|s| !s.is_empty());
     let coll = collection.filter(|s| !s.is_empty());
     match (op, coll) {
@@ -829,17 +779,11 @@ mod tests {
 
     #[test]
     fn sanitize_strings() {
-        assert_eq!(
-            s("SELECT * FROM t WHERE a = 'x'"),
-            "SELECT * FROM t WHERE a = ?"
-        );
+        assert_eq!(s("SELECT * FROM t WHERE a = 'x'"), "SELECT * FROM t WHERE a = ?");
         assert_eq!(s("SELECT 'it''s'"), "SELECT ?");
         assert_eq!(s("SELECT E'a\\'b', 'c'"), "SELECT ?, ?");
         assert_eq!(s("SELECT 'a\\'b' FROM t"), "SELECT ? FROM t");
-        assert_eq!(
-            s("SELECT e'x' || N'y' || B'0101' || X'FF' || U&'d\\0061'"),
-            "SELECT ? || ? || ? || ? || ?"
-        );
+        assert_eq!(s("SELECT e'x' || N'y' || B'0101' || X'FF' || U&'d\\0061'"), "SELECT ? || ? || ? || ? || ?");
         assert_eq!(s("SELECT ''"), "SELECT ?");
     }
 
@@ -855,45 +799,24 @@ mod tests {
 
     #[test]
     fn sanitize_numbers() {
-        assert_eq!(
-            s("SELECT 1, 2.5, .5, 1e10, 1.5E-3, 0x1F, 1_000"),
-            "SELECT ?, ?, ?, ?, ?, ?, ?"
-        );
-        assert_eq!(
-            s("SELECT t1.col_2 FROM t1 WHERE x1 > 10"),
-            "SELECT t1.col_2 FROM t1 WHERE x1 > ?"
-        );
+        assert_eq!(s("SELECT 1, 2.5, .5, 1e10, 1.5E-3, 0x1F, 1_000"), "SELECT ?, ?, ?, ?, ?, ?, ?");
+        assert_eq!(s("SELECT t1.col_2 FROM t1 WHERE x1 > 10"), "SELECT t1.col_2 FROM t1 WHERE x1 > ?");
         assert_eq!(s("SELECT -5"), "SELECT -?");
         assert_eq!(s("SELECT a::int4 FROM t"), "SELECT a::int4 FROM t");
     }
 
     #[test]
     fn sanitize_keeps_identifiers_and_placeholders() {
-        assert_eq!(
-            s("SELECT \"Col 1\", `b2` FROM \"T\""),
-            "SELECT \"Col 1\", `b2` FROM \"T\""
-        );
+        assert_eq!(s("SELECT \"Col 1\", `b2` FROM \"T\""), "SELECT \"Col 1\", `b2` FROM \"T\"");
         assert_eq!(s("SELECT \"a\"\"b\" FROM t"), "SELECT \"a\"\"b\" FROM t");
-        assert_eq!(
-            s("UPDATE t SET a = :name WHERE b = ?"),
-            "UPDATE t SET a = :name WHERE b = ?"
-        );
+        assert_eq!(s("UPDATE t SET a = :name WHERE b = ?"), "UPDATE t SET a = :name WHERE b = ?");
     }
 
     #[test]
     fn sanitize_in_lists() {
-        assert_eq!(
-            s("SELECT * FROM t WHERE id IN (1, 2, 3)"),
-            "SELECT * FROM t WHERE id IN (?)"
-        );
-        assert_eq!(
-            s("SELECT * FROM t WHERE id in ('a','b')"),
-            "SELECT * FROM t WHERE id in (?)"
-        );
-        assert_eq!(
-            s("SELECT * FROM t WHERE id IN (?, ?, ?) AND x = 1"),
-            "SELECT * FROM t WHERE id IN (?) AND x = ?"
-        );
+        assert_eq!(s("SELECT * FROM t WHERE id IN (1, 2, 3)"), "SELECT * FROM t WHERE id IN (?)");
+        assert_eq!(s("SELECT * FROM t WHERE id in ('a','b')"), "SELECT * FROM t WHERE id in (?)");
+        assert_eq!(s("SELECT * FROM t WHERE id IN (?, ?, ?) AND x = 1"), "SELECT * FROM t WHERE id IN (?) AND x = ?");
         assert_eq!(s("WHERE id IN (1, a)"), "WHERE id IN (?, a)");
         assert_eq!(s("WHERE id IN ($1, $2)"), "WHERE id IN ($1, $2)");
         assert_eq!(s("WHERE id IN (SELECT 1)"), "WHERE id IN (SELECT ?)");
@@ -904,10 +827,7 @@ mod tests {
 
     #[test]
     fn sanitize_comments_and_whitespace() {
-        assert_eq!(
-            s("  SELECT  1 -- secret 'x'\n FROM\tt  "),
-            "SELECT ? FROM t"
-        );
+        assert_eq!(s("  SELECT  1 -- secret 'x'\n FROM\tt  "), "SELECT ? FROM t");
         assert_eq!(s("SELECT /* a /* nested */ b */ 1"), "SELECT ?");
         assert_eq!(s("SELECT/*c*/1"), "SELECT ?");
         assert_eq!(s("SELECT 1 /* unterminated 'x'"), "SELECT ?");
@@ -930,10 +850,7 @@ mod tests {
 
     #[test]
     fn sanitize_unicode() {
-        assert_eq!(
-            s("SELECT naïve, 'café' FROM données WHERE é = 'ü'"),
-            "SELECT naïve, ? FROM données WHERE é = ?"
-        );
+        assert_eq!(s("SELECT naïve, 'café' FROM données WHERE é = 'ü'"), "SELECT naïve, ? FROM données WHERE é = ?");
         assert_eq!(s("SELECT '日本語', 列1 FROM 表"), "SELECT ?, 列1 FROM 表");
         assert_eq!(s("SELECT 1 ➕ 2"), "SELECT ? ➕ ?");
         assert_eq!(s("SELECT\u{00a0}1"), "SELECT ?");
@@ -948,45 +865,22 @@ mod tests {
         let out = s(&wide);
         assert!(out.len() <= MAX_SANITIZED_LEN);
         assert!(out.is_char_boundary(out.len()));
-        let many = format!(
-            "SELECT * FROM t WHERE id IN ({})",
-            vec!["1"; 100_000].join(", ")
-        );
+        let many = format!("SELECT * FROM t WHERE id IN ({})", vec!["1"; 100_000].join(", "));
         assert_eq!(s(&many), "SELECT * FROM t WHERE id IN (?)");
     }
 
     #[test]
     fn operation_basic() {
-        op_coll(
-            "SELECT * FROM orders WHERE id = 1",
-            "SELECT",
-            Some("orders"),
-        );
-        op_coll(
-            "select a from public.orders o where o.id = 1",
-            "SELECT",
-            Some("public.orders"),
-        );
-        op_coll(
-            "SELECT a FROM \"Public\".\"Order Items\" AS x",
-            "SELECT",
-            Some("Public.Order Items"),
-        );
+        op_coll("SELECT * FROM orders WHERE id = 1", "SELECT", Some("orders"));
+        op_coll("select a from public.orders o where o.id = 1", "SELECT", Some("public.orders"));
+        op_coll("SELECT a FROM \"Public\".\"Order Items\" AS x", "SELECT", Some("Public.Order Items"));
         op_coll("SELECT 1", "SELECT", None);
         op_coll("SELECT * FROM t; SELECT * FROM u", "SELECT", Some("t"));
         op_coll("INSERT INTO t (a, b) VALUES (1, 2)", "INSERT", Some("t"));
-        op_coll(
-            "insert ignore into `db`.`t` values (1)",
-            "INSERT",
-            Some("db.t"),
-        );
+        op_coll("insert ignore into `db`.`t` values (1)", "INSERT", Some("db.t"));
         op_coll("UPDATE t SET a = 1 WHERE b = 2", "UPDATE", Some("t"));
         op_coll("DELETE FROM only t WHERE a = 1", "DELETE", Some("t"));
-        op_coll(
-            "CREATE TABLE IF NOT EXISTS s.t (id int)",
-            "CREATE",
-            Some("s.t"),
-        );
+        op_coll("CREATE TABLE IF NOT EXISTS s.t (id int)", "CREATE", Some("s.t"));
         op_coll("CREATE TEMP TABLE t (id int)", "CREATE", Some("t"));
         op_coll("CREATE INDEX i ON t (a)", "CREATE", None);
         op_coll("DROP TABLE IF EXISTS t", "DROP", Some("t"));
@@ -1002,19 +896,11 @@ mod tests {
     fn operation_multi_table_is_none() {
         op_coll("SELECT * FROM a JOIN b ON a.id = b.id", "SELECT", None);
         op_coll("SELECT * FROM a, b", "SELECT", None);
-        op_coll(
-            "SELECT * FROM a x LEFT OUTER JOIN b y ON x.i = y.i",
-            "SELECT",
-            None,
-        );
+        op_coll("SELECT * FROM a x LEFT OUTER JOIN b y ON x.i = y.i", "SELECT", None);
         op_coll("SELECT * FROM (SELECT 1) s", "SELECT", None);
         op_coll("SELECT * FROM generate_series(1, 3)", "SELECT", None);
         op_coll("SELECT a FROM t UNION SELECT a FROM u", "SELECT", None);
-        op_coll(
-            "SELECT (SELECT max(x) FROM u) FROM t WHERE y IN (SELECT y FROM v)",
-            "SELECT",
-            Some("t"),
-        );
+        op_coll("SELECT (SELECT max(x) FROM u) FROM t WHERE y IN (SELECT y FROM v)", "SELECT", Some("t"));
     }
 
     #[test]
@@ -1035,11 +921,7 @@ mod tests {
 
     #[test]
     fn operation_with_cte() {
-        op_coll(
-            "WITH x AS (SELECT 1) SELECT * FROM orders",
-            "SELECT",
-            Some("orders"),
-        );
+        op_coll("WITH x AS (SELECT 1) SELECT * FROM orders", "SELECT", Some("orders"));
         op_coll("WITH x AS (SELECT 1) SELECT * FROM x", "SELECT", None);
         op_coll("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM r), y AS MATERIALIZED (SELECT 2) INSERT INTO t SELECT * FROM r", "INSERT", Some("t"));
         op_coll("WITH broken", "WITH", None);
@@ -1071,18 +953,9 @@ mod tests {
 
     #[test]
     fn span_names() {
-        assert_eq!(
-            span_name(Some("SELECT"), Some("orders"), Some("shop"), "postgresql"),
-            "SELECT orders"
-        );
-        assert_eq!(
-            span_name(Some("SELECT"), None, Some("shop"), "postgresql"),
-            "SELECT"
-        );
-        assert_eq!(
-            span_name(None, Some("orders"), Some("shop"), "postgresql"),
-            "shop"
-        );
+        assert_eq!(span_name(Some("SELECT"), Some("orders"), Some("shop"), "postgresql"), "SELECT orders");
+        assert_eq!(span_name(Some("SELECT"), None, Some("shop"), "postgresql"), "SELECT");
+        assert_eq!(span_name(None, Some("orders"), Some("shop"), "postgresql"), "shop");
         assert_eq!(span_name(None, None, None, "postgresql"), "postgresql");
         assert_eq!(span_name(Some(""), None, Some(""), "mysql"), "mysql");
     }
@@ -1091,9 +964,7 @@ mod tests {
     fn random_text_never_panics() {
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let alphabet: Vec<char> =
-            "SELECT FROM IN ( ) , ' \" ` $ $$ -- /* */ \\ e E x 0 1 9 . ? : ; é 日 \n\t"
-                .chars()
-                .collect();
+            "SELECT FROM IN ( ) , ' \" ` $ $$ -- /* */ \\ e E x 0 1 9 . ? : ; é 日 \n\t".chars().collect();
         for _ in 0..5000 {
             x ^= x << 13;
             x ^= x >> 7;

@@ -42,12 +42,7 @@ pub(crate) trait Direction: Copy {
 
 #[derive(Debug, Clone)]
 pub enum Event<D> {
-    Segment {
-        dir: D,
-        data: Vec<u8>,
-        uncaptured: u64,
-        ts: Option<(u64, u64)>,
-    },
+    Segment { dir: D, data: Vec<u8>, uncaptured: u64, ts: Option<(u64, u64)> },
     Close,
 }
 
@@ -62,9 +57,7 @@ fn unescape(s: &str, line_no: usize) -> Result<Vec<u8>, String> {
             i += 1;
             continue;
         }
-        let esc = *bytes
-            .get(i + 1)
-            .ok_or_else(|| format!("line {line_no}: dangling backslash"))?;
+        let esc = *bytes.get(i + 1).ok_or_else(|| format!("line {line_no}: dangling backslash"))?;
         i += 2;
         match esc {
             b'r' => out.push(b'\r'),
@@ -74,30 +67,19 @@ fn unescape(s: &str, line_no: usize) -> Result<Vec<u8>, String> {
             b's' => out.push(b' '),
             b'\\' => out.push(b'\\'),
             b'x' => {
-                let hex = s
-                    .get(i..i + 2)
-                    .ok_or_else(|| format!("line {line_no}: short \\x escape"))?;
-                let v = u8::from_str_radix(hex, 16)
-                    .map_err(|_| format!("line {line_no}: bad \\x escape {hex:?}"))?;
+                let hex = s.get(i..i + 2).ok_or_else(|| format!("line {line_no}: short \\x escape"))?;
+                let v = u8::from_str_radix(hex, 16).map_err(|_| format!("line {line_no}: bad \\x escape {hex:?}"))?;
                 out.push(v);
                 i += 2;
             }
-            other => {
-                return Err(format!(
-                    "line {line_no}: unknown escape \\{}",
-                    other as char
-                ))
-            }
+            other => return Err(format!("line {line_no}: unknown escape \\{}", other as char)),
         }
     }
     Ok(out)
 }
 
 fn number(s: &str, line_no: usize) -> Result<u64, String> {
-    s.trim()
-        .replace('_', "")
-        .parse::<u64>()
-        .map_err(|_| format!("line {line_no}: bad number {s:?}"))
+    s.trim().replace('_', "").parse::<u64>().map_err(|_| format!("line {line_no}: bad number {s:?}"))
 }
 
 fn last_segment<D>(events: &mut [Event<D>], line_no: usize) -> Result<&mut Event<D>, String> {
@@ -121,17 +103,8 @@ pub fn parse_script<D: Direction>(text: &str) -> Result<Vec<Event<D>>, String> {
             unescape(rest.strip_prefix(' ').unwrap_or(rest), line_no)
         };
         if line.starts_with('>') || line.starts_with('<') {
-            let dir = if line.starts_with('>') {
-                D::CLIENT
-            } else {
-                D::SERVER
-            };
-            events.push(Event::Segment {
-                dir,
-                data: payload(1)?,
-                uncaptured: 0,
-                ts: None,
-            });
+            let dir = if line.starts_with('>') { D::CLIENT } else { D::SERVER };
+            events.push(Event::Segment { dir, data: payload(1)?, uncaptured: 0, ts: None });
         } else if line.starts_with('+') {
             let add = payload(1)?;
             if let Event::Segment { data, .. } = last_segment(&mut events, line_no)? {
@@ -162,9 +135,7 @@ pub fn parse_script<D: Direction>(text: &str) -> Result<Vec<Event<D>>, String> {
                 *uncaptured = uncaptured.saturating_add(n);
             }
         } else if let Some(rest) = line.strip_prefix('@') {
-            let (a, b) = rest
-                .split_once(',')
-                .ok_or_else(|| format!("line {line_no}: expected @ENTER,EXIT"))?;
+            let (a, b) = rest.split_once(',').ok_or_else(|| format!("line {line_no}: expected @ENTER,EXIT"))?;
             let pair = (number(a, line_no)?, number(b, line_no)?);
             if let Event::Segment { ts, .. } = last_segment(&mut events, line_no)? {
                 *ts = Some(pair);
@@ -198,12 +169,7 @@ macro_rules! script_types {
         impl common::Conn for $conn {
             type Dir = Dir;
             type Exchange = $exchange;
-            fn segment(
-                &mut self,
-                dir: Dir,
-                seg: tracer_agent::protocol::Segment<'_>,
-                out: &mut Vec<$exchange>,
-            ) {
+            fn segment(&mut self, dir: Dir, seg: tracer_agent::protocol::Segment<'_>, out: &mut Vec<$exchange>) {
                 match dir {
                     Dir::$client => self.$on_client(seg, out),
                     Dir::$server => self.$on_server(seg, out),
@@ -229,12 +195,7 @@ pub fn check_script_format<D: Direction + PartialEq + std::fmt::Debug>(
     let ev = parse_script::<D>(script).expect("valid script");
     assert_eq!(ev.len(), 3);
     match &ev[1] {
-        Event::Segment {
-            dir: got_dir,
-            data: got_data,
-            uncaptured,
-            ts,
-        } => {
+        Event::Segment { dir: got_dir, data: got_data, uncaptured, ts } => {
             assert_eq!(*got_dir, dir);
             assert_eq!(got_data.as_slice(), data);
             assert_eq!(*uncaptured, 1000);
@@ -257,28 +218,14 @@ pub(crate) trait Conn {
 
 /// Feeds `events` to `conn`; after event i (0-based) `each(i, emitted)`
 /// receives the exchanges that event emitted.
-pub fn replay<C: Conn>(
-    events: &[Event<C::Dir>],
-    conn: &mut C,
-    mut each: impl FnMut(usize, Vec<C::Exchange>),
-) {
+pub fn replay<C: Conn>(events: &[Event<C::Dir>], conn: &mut C, mut each: impl FnMut(usize, Vec<C::Exchange>)) {
     for (i, ev) in events.iter().enumerate() {
         let idx = (i as u64 + 1) * 1000;
         let mut emitted = Vec::new();
         match ev {
-            Event::Segment {
-                dir,
-                data,
-                uncaptured,
-                ts,
-            } => {
+            Event::Segment { dir, data, uncaptured, ts } => {
                 let (ts_enter, ts_exit) = ts.unwrap_or((idx, idx + 500));
-                let seg = Segment {
-                    data,
-                    uncaptured: *uncaptured,
-                    ts_enter,
-                    ts_exit,
-                };
+                let seg = Segment { data, uncaptured: *uncaptured, ts_enter, ts_exit };
                 conn.segment(*dir, seg, &mut emitted);
             }
             Event::Close => conn.close(idx, &mut emitted),
@@ -314,12 +261,8 @@ pub fn render_db_exchange(out: &mut String, n: usize, at: usize, e: &DbExchange)
         out,
         "exchange {n} (emitted at event {at}): system={} namespace={} operation={} rows={}{}",
         e.system.as_str(),
-        e.namespace
-            .as_deref()
-            .map_or_else(|| "-".to_string(), |s| format!("{s:?}")),
-        e.operation
-            .as_deref()
-            .map_or_else(|| "-".to_string(), |s| format!("{s:?}")),
+        e.namespace.as_deref().map_or_else(|| "-".to_string(), |s| format!("{s:?}")),
+        e.operation.as_deref().map_or_else(|| "-".to_string(), |s| format!("{s:?}")),
         e.rows.map_or_else(|| "-".to_string(), |r| r.to_string()),
         if e.no_response { " no_response" } else { "" }
     );
@@ -330,11 +273,7 @@ pub fn render_db_exchange(out: &mut String, n: usize, at: usize, e: &DbExchange)
         None => out.push_str("  query: -\n"),
     }
     if let Some(err) = &e.error {
-        let _ = writeln!(
-            out,
-            "  error: code={:?} message={:?}",
-            err.code, err.message
-        );
+        let _ = writeln!(out, "  error: code={:?} message={:?}", err.code, err.message);
     }
     let _ = writeln!(
         out,
@@ -345,9 +284,7 @@ pub fn render_db_exchange(out: &mut String, n: usize, at: usize, e: &DbExchange)
 
 /// `tests/fixtures/NAME` of this crate.
 pub fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// The `*.EXT` scripts in `dir`, sorted.
@@ -370,11 +307,7 @@ fn first_difference(expected: &str, actual: &str) -> String {
             (None, None) => return "identical".to_string(),
             (x, y) if x == y => n += 1,
             (x, y) => {
-                return format!(
-                    "line {n}:\n  expected: {}\n  actual:   {}",
-                    x.unwrap_or("<end>"),
-                    y.unwrap_or("<end>")
-                )
+                return format!("line {n}:\n  expected: {}\n  actual:   {}", x.unwrap_or("<end>"), y.unwrap_or("<end>"))
             }
         }
     }
@@ -383,18 +316,9 @@ fn first_difference(expected: &str, actual: &str) -> String {
 /// Replays every `*.EXT` script in `dir` (at least `min` of them) through
 /// `run`, comparing with the `.expected` files (or writing them with
 /// `UPDATE_GOLDEN=1`).
-pub fn check_fixtures<D: Direction>(
-    dir: &Path,
-    ext: &str,
-    min: usize,
-    run: impl Fn(&[Event<D>]) -> String,
-) {
+pub fn check_fixtures<D: Direction>(dir: &Path, ext: &str, min: usize, run: impl Fn(&[Event<D>]) -> String) {
     let scripts = scripts(dir, ext);
-    assert!(
-        scripts.len() >= min,
-        "expected at least {min} fixtures, found {}",
-        scripts.len()
-    );
+    assert!(scripts.len() >= min, "expected at least {min} fixtures, found {}", scripts.len());
     let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
     let mut failures = Vec::new();
     for script in &scripts {
@@ -458,12 +382,7 @@ impl XorShift {
 /// Splits `bytes` into random segments of up to 4 bytes (20% of the time)
 /// or up to `max` bytes; with `capture` set, each segment keeps at most
 /// that many captured bytes and reports the rest as uncaptured.
-pub fn split(
-    rng: &mut XorShift,
-    bytes: &[u8],
-    capture: Option<usize>,
-    max: u64,
-) -> Vec<(Vec<u8>, u64)> {
+pub fn split(rng: &mut XorShift, bytes: &[u8], capture: Option<usize>, max: u64) -> Vec<(Vec<u8>, u64)> {
     let mut segs = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
@@ -510,12 +429,7 @@ pub fn feed_segments<C: Conn>(
 ) {
     for (data, gap) in segs {
         *ts += 1000;
-        let seg = Segment {
-            data: &data,
-            uncaptured: gap,
-            ts_enter: *ts,
-            ts_exit: *ts + 500,
-        };
+        let seg = Segment { data: &data, uncaptured: gap, ts_enter: *ts, ts_exit: *ts + 500 };
         conn.segment(dir, seg, out);
         check(conn);
     }

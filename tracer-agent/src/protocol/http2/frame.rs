@@ -108,9 +108,7 @@ pub fn plausible(h: &FrameHeader, sender: Sender) -> bool {
             if h.kind == HEADERS {
                 // A header block is never empty in practice, and PRIORITY
                 // adds five bytes.
-                let min = 1
-                    + u32::from(h.has(FLAG_PADDED))
-                    + if h.has(FLAG_PRIORITY) { 5 } else { 0 };
+                let min = 1 + u32::from(h.has(FLAG_PADDED)) + if h.has(FLAG_PRIORITY) { 5 } else { 0 };
                 if len < min {
                     return false;
                 }
@@ -119,9 +117,7 @@ pub fn plausible(h: &FrameHeader, sender: Sender) -> bool {
         }
         PRIORITY => h.stream != 0 && len == 5,
         RST_STREAM => h.stream != 0 && len == 4,
-        SETTINGS => {
-            h.stream == 0 && len.is_multiple_of(6) && (!h.has(FLAG_ACK) || len == 0) && len <= 6 * 64
-        }
+        SETTINGS => h.stream == 0 && len.is_multiple_of(6) && (!h.has(FLAG_ACK) || len == 0) && len <= 6 * 64,
         PUSH_PROMISE => sender == Sender::Server && h.stream != 0 && len >= 4,
         PING => h.stream == 0 && len == 8,
         GOAWAY => h.stream == 0 && len >= 8,
@@ -168,9 +164,7 @@ pub fn plausible_chain(buf: &[u8], sender: Sender, max_frames: usize) -> usize {
             return 0;
         }
         seen += 1;
-        pos = pos
-            .saturating_add(HEADER_LEN)
-            .saturating_add(h.length as usize);
+        pos = pos.saturating_add(HEADER_LEN).saturating_add(h.length as usize);
     }
     seen
 }
@@ -181,14 +175,7 @@ mod tests {
 
     fn hdr(length: u32, kind: u8, flags: u8, stream: u32) -> Vec<u8> {
         let mut v = Vec::new();
-        FrameHeader {
-            length,
-            kind,
-            flags,
-            stream,
-            reserved: false,
-        }
-        .encode(&mut v);
+        FrameHeader { length, kind, flags, stream, reserved: false }.encode(&mut v);
         v
     }
 

@@ -393,10 +393,7 @@ impl Decoder {
     /// When the known entries fill the table so that no older entry can fit
     /// beside them, the table is fully known again.
     fn check_tail_gone(&mut self) {
-        if self.tail_unknown
-            && self.max_known
-            && self.size.saturating_add(ENTRY_OVERHEAD) > self.max_size
-        {
+        if self.tail_unknown && self.max_known && self.size.saturating_add(ENTRY_OVERHEAD) > self.max_size {
             self.tail_unknown = false;
         }
     }
@@ -408,11 +405,7 @@ impl Decoder {
         let size = ENTRY_OVERHEAD + name_len + value_len;
         // Could the entry be larger than the table, in which case the table
         // is emptied and the entry is not inserted?
-        let upper = if name.is_none() {
-            size + ASSUMED_MAX_NAME
-        } else {
-            size
-        };
+        let upper = if name.is_none() { size + ASSUMED_MAX_NAME } else { size };
         if self.max_known {
             if size > self.max_size {
                 self.entries.clear();
@@ -434,9 +427,7 @@ impl Decoder {
             }
         }
         self.evict_to(self.max_size.saturating_sub(size));
-        let mut data = Vec::with_capacity(
-            name.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len),
-        );
+        let mut data = Vec::with_capacity(name.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
         data.extend_from_slice(name.unwrap_or(&[]));
         let stored_name_len = data.len();
         data.extend_from_slice(value.unwrap_or(&[]));
@@ -482,13 +473,8 @@ impl Decoder {
 
     fn resolve<'a>(&'a self, src: Src, name: bool, scratch: &'a [u8]) -> Option<&'a [u8]> {
         match src {
-            Src::Static(i) => STATIC_TABLE
-                .get(i)
-                .map(|(n, v)| if name { n.as_bytes() } else { v.as_bytes() }),
-            Src::Dynamic(i) => self
-                .entries
-                .get(i)
-                .and_then(|e| if name { e.name() } else { e.value() }),
+            Src::Static(i) => STATIC_TABLE.get(i).map(|(n, v)| if name { n.as_bytes() } else { v.as_bytes() }),
+            Src::Dynamic(i) => self.entries.get(i).and_then(|e| if name { e.name() } else { e.value() }),
             Src::Scratch => Some(scratch),
             Src::Unknown => None,
         }
@@ -500,12 +486,7 @@ impl Decoder {
     /// far as the bytes go, and the table is forgotten afterwards since
     /// insertions from the lost part are unknown. Each decoded field is
     /// passed to `field(name, value)`.
-    pub fn decode_block(
-        &mut self,
-        block: &[u8],
-        truncated: bool,
-        field: &mut dyn FnMut(&[u8], &[u8]),
-    ) -> BlockOutcome {
+    pub fn decode_block(&mut self, block: &[u8], truncated: bool, field: &mut dyn FnMut(&[u8], &[u8])) -> BlockOutcome {
         self.stats.blocks += 1;
         let mut outcome = BlockOutcome::default();
         let mut pos = 0usize;
@@ -533,15 +514,13 @@ impl Decoder {
                         error = true;
                         break;
                     }
-                    Some((ns, vs)) => {
-                        match (self.resolve(ns, true, &[]), self.resolve(vs, false, &[])) {
-                            (Some(name), Some(value)) => {
-                                field(name, value);
-                                outcome.fields += 1;
-                            }
-                            _ => outcome.missing += 1,
+                    Some((ns, vs)) => match (self.resolve(ns, true, &[]), self.resolve(vs, false, &[])) {
+                        (Some(name), Some(value)) => {
+                            field(name, value);
+                            outcome.fields += 1;
                         }
-                    }
+                        _ => outcome.missing += 1,
+                    },
                 }
                 continue;
             }
@@ -727,27 +706,19 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     fn decode(d: &mut Decoder, block: &[u8]) -> (Vec<(String, String)>, BlockOutcome) {
         let mut fields = Vec::new();
         let o = d.decode_block(block, false, &mut |n, v| {
-            fields.push((
-                String::from_utf8_lossy(n).into_owned(),
-                String::from_utf8_lossy(v).into_owned(),
-            ))
+            fields.push((String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned()))
         });
         (fields, o)
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
+        list.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
     }
 
     fn table(d: &Decoder) -> Vec<(String, String)> {
@@ -788,10 +759,7 @@ mod tests {
         let mut out = Vec::new();
         encode_int(u32::MAX, 7, 0, &mut out);
         assert_eq!(decode_int(&out, 7), Ok((u32::MAX, out.len())));
-        assert_eq!(
-            decode_int(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0x0f], 7),
-            Err(IntError::Overflow)
-        );
+        assert_eq!(decode_int(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0x0f], 7), Err(IntError::Overflow));
         // Endless continuation bytes are rejected, not looped over.
         let long = [0x7f, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01];
         assert_eq!(decode_int(&long, 7), Err(IntError::Overflow));
@@ -827,7 +795,13 @@ mod tests {
         assert_eq!(f, pairs(&[(":method", "GET")]));
     }
 
-    fn run_sequence(blocks: &[&str], expected: &[&[(&str, &str)]], tables: &[&[(&str, &str)]], sizes: &[usize], max: Option<u32>) {
+    fn run_sequence(
+        blocks: &[&str],
+        expected: &[&[(&str, &str)]],
+        tables: &[&[(&str, &str)]],
+        sizes: &[usize],
+        max: Option<u32>,
+    ) {
         let mut d = Decoder::new();
         if let Some(m) = max {
             d.size_update(m);
@@ -842,12 +816,8 @@ mod tests {
         }
     }
 
-    const REQ1: &[(&str, &str)] = &[
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":path", "/"),
-        (":authority", "www.example.com"),
-    ];
+    const REQ1: &[(&str, &str)] =
+        &[(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com")];
     const REQ2: &[(&str, &str)] = &[
         (":method", "GET"),
         (":scheme", "http"),
@@ -875,11 +845,7 @@ mod tests {
             &[
                 &[(":authority", "www.example.com")],
                 &[("cache-control", "no-cache"), (":authority", "www.example.com")],
-                &[
-                    ("custom-key", "custom-value"),
-                    ("cache-control", "no-cache"),
-                    (":authority", "www.example.com"),
-                ],
+                &[("custom-key", "custom-value"), ("cache-control", "no-cache"), (":authority", "www.example.com")],
             ],
             &[57, 110, 164],
             None,
@@ -898,11 +864,7 @@ mod tests {
             &[
                 &[(":authority", "www.example.com")],
                 &[("cache-control", "no-cache"), (":authority", "www.example.com")],
-                &[
-                    ("custom-key", "custom-value"),
-                    ("cache-control", "no-cache"),
-                    (":authority", "www.example.com"),
-                ],
+                &[("custom-key", "custom-value"), ("cache-control", "no-cache"), (":authority", "www.example.com")],
             ],
             &[57, 110, 164],
             None,

@@ -318,12 +318,7 @@ const fn build_canon() -> Canon {
         }
         len += 1;
     }
-    Canon {
-        first,
-        count,
-        offset,
-        symbols,
-    }
+    Canon { first, count, offset, symbols }
 }
 
 static CANON: Canon = build_canon();
@@ -355,13 +350,11 @@ pub fn decode(input: &[u8], out: &mut Vec<u8>) -> Result<(), HuffmanError> {
                 // stay total.
                 return Err(HuffmanError::BadPadding);
             }
-            let (Some(&first), Some(&count)) = (CANON.first.get(len), CANON.count.get(len))
-            else {
+            let (Some(&first), Some(&count)) = (CANON.first.get(len), CANON.count.get(len)) else {
                 return Err(HuffmanError::BadPadding);
             };
             if count > 0 && code >= first && code - first < count {
-                let idx = usize::from(CANON.offset.get(len).copied().unwrap_or(0))
-                    + (code - first) as usize;
+                let idx = usize::from(CANON.offset.get(len).copied().unwrap_or(0)) + (code - first) as usize;
                 let sym = CANON.symbols.get(idx).copied().unwrap_or(EOS);
                 if sym == EOS {
                     return Err(HuffmanError::Eos);
@@ -401,10 +394,7 @@ pub fn encode(input: &[u8], out: &mut Vec<u8>) {
 
 /// Length of the Huffman encoding of `input`, in bytes.
 pub fn encoded_len(input: &[u8]) -> usize {
-    let bits: usize = input
-        .iter()
-        .map(|&b| usize::from(CODES[usize::from(b)].1))
-        .sum();
+    let bits: usize = input.iter().map(|&b| usize::from(CODES[usize::from(b)].1)).sum();
     bits.div_ceil(8)
 }
 
@@ -414,10 +404,7 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     #[test]
@@ -515,19 +502,10 @@ mod tests {
         assert_eq!(decode(&[0b0000_0111], &mut out), Ok(()));
         assert_eq!(out, b"0");
         // Padding with a zero bit.
-        assert_eq!(
-            decode(&[0b0000_0110], &mut Vec::new()),
-            Err(HuffmanError::BadPadding)
-        );
+        assert_eq!(decode(&[0b0000_0110], &mut Vec::new()), Err(HuffmanError::BadPadding));
         // A whole byte of ones is more than 7 bits of padding.
-        assert_eq!(
-            decode(&[0b0000_0111, 0xff], &mut Vec::new()),
-            Err(HuffmanError::BadPadding)
-        );
+        assert_eq!(decode(&[0b0000_0111, 0xff], &mut Vec::new()), Err(HuffmanError::BadPadding));
         // EOS encoded explicitly (30 ones) followed by padding.
-        assert_eq!(
-            decode(&[0xff, 0xff, 0xff, 0xff], &mut Vec::new()),
-            Err(HuffmanError::Eos)
-        );
+        assert_eq!(decode(&[0xff, 0xff, 0xff, 0xff], &mut Vec::new()), Err(HuffmanError::Eos));
     }
 }

@@ -266,12 +266,7 @@ struct Stream {
 
 impl Stream {
     fn is_grpc(&self) -> bool {
-        self.resp_grpc_type
-            || self
-                .ex
-                .content_type
-                .as_deref()
-                .is_some_and(|c| c.starts_with("application/grpc"))
+        self.resp_grpc_type || self.ex.content_type.as_deref().is_some_and(|c| c.starts_with("application/grpc"))
     }
 
     fn heap_size(&self) -> usize {
@@ -331,8 +326,7 @@ fn parse_num(v: &[u8]) -> Option<u32> {
     if v.is_empty() || v.len() > 9 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    v.iter()
-        .try_fold(0u32, |acc, &d| acc.checked_mul(10)?.checked_add(u32::from(d - b'0')))
+    v.iter().try_fold(0u32, |acc, &d| acc.checked_mul(10)?.checked_add(u32::from(d - b'0')))
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -351,10 +345,9 @@ fn percent_decode(v: &[u8]) -> String {
     let mut i = 0;
     while let Some(&b) = v.get(i) {
         if b == b'%' {
-            if let (Some(h), Some(l)) = (
-                v.get(i + 1).copied().and_then(hex_val),
-                v.get(i + 2).copied().and_then(hex_val),
-            ) {
+            if let (Some(h), Some(l)) =
+                (v.get(i + 1).copied().and_then(hex_val), v.get(i + 2).copied().and_then(hex_val))
+            {
                 out.push(h << 4 | l);
                 i += 3;
                 continue;
@@ -408,9 +401,7 @@ impl HeaderSink {
                 self.scheme = Some(text(value));
             } else if is(":status") {
                 match parse_num(value) {
-                    Some(s) if value.len() == 3 && (100..=999).contains(&s) => {
-                        self.status = Some(s as u16)
-                    }
+                    Some(s) if value.len() == 3 && (100..=999).contains(&s) => self.status = Some(s as u16),
                     _ => self.bad_status = true,
                 }
             }
@@ -594,15 +585,7 @@ impl H2Conn {
             req_last_exit,
             ..H2Exchange::default()
         };
-        c.streams.insert(
-            1,
-            Stream {
-                ex,
-                req_headers: true,
-                req_ended: true,
-                ..Stream::default()
-            },
-        );
+        c.streams.insert(1, Stream { ex, req_headers: true, req_ended: true, ..Stream::default() });
         c.max_stream = 1;
         c
     }
@@ -624,14 +607,8 @@ impl H2Conn {
     /// Approximate heap memory held: frame and header block buffers, HPACK
     /// tables and the tracked streams.
     pub fn buffered_bytes(&self) -> usize {
-        let streams: usize = self
-            .streams
-            .values()
-            .map(|s| s.heap_size() + std::mem::size_of::<Stream>() + 16)
-            .sum();
-        self.dirs.iter().map(Dir::heap_bytes).sum::<usize>()
-            + streams
-            + self.closed.capacity() * 4
+        let streams: usize = self.streams.values().map(|s| s.heap_size() + std::mem::size_of::<Stream>() + 16).sum();
+        self.dirs.iter().map(Dir::heap_bytes).sum::<usize>() + streams + self.closed.capacity() * 4
     }
 
     /// Bytes travelling client -> server.
@@ -691,9 +668,7 @@ impl H2Conn {
                     // connection.
                     let fresh = match FrameHeader::parse(data) {
                         Some(h) => {
-                            h.kind == frame::SETTINGS
-                                && !h.has(frame::FLAG_ACK)
-                                && frame::plausible(&h, Sender::Server)
+                            h.kind == frame::SETTINGS && !h.has(frame::FLAG_ACK) && frame::plausible(&h, Sender::Server)
                         }
                         None => data.get(3).is_none_or(|&t| t == frame::SETTINGS),
                     };
@@ -746,10 +721,7 @@ impl H2Conn {
                         at_start = false;
                         continue;
                     }
-                    self.stats.desync_bytes_skipped = self
-                        .stats
-                        .desync_bytes_skipped
-                        .saturating_add(data.len() as u64);
+                    self.stats.desync_bytes_skipped = self.stats.desync_bytes_skipped.saturating_add(data.len() as u64);
                     data = &[];
                 }
             }
@@ -830,10 +802,7 @@ impl H2Conn {
         if h.kind == frame::CONTINUATION {
             return false;
         }
-        if h.stream != 0
-            && self.max_stream > 0
-            && h.stream > self.max_stream.saturating_add(RESYNC_STREAM_WINDOW)
-        {
+        if h.stream != 0 && self.max_stream > 0 && h.stream > self.max_stream.saturating_add(RESYNC_STREAM_WINDOW) {
             return false;
         }
         true
@@ -849,9 +818,7 @@ impl H2Conn {
             return;
         }
         self.stats.frames += 1;
-        if self.dirs[side].block_open
-            && (fh.kind != frame::CONTINUATION || fh.stream != self.dirs[side].block_stream)
-        {
+        if self.dirs[side].block_open && (fh.kind != frame::CONTINUATION || fh.stream != self.dirs[side].block_stream) {
             // A header block must continue with CONTINUATION frames on the
             // same stream; decode what was assembled.
             self.stats.protocol_errors += 1;
@@ -881,9 +848,7 @@ impl H2Conn {
             frame::DATA => self.data_bytes(side, chunk, n),
             frame::HEADERS | frame::CONTINUATION | frame::PUSH_PROMISE => match chunk {
                 Some(c) => {
-                    let room = MAX_HEADER_BLOCK
-                        .saturating_sub(d.block.len())
-                        .saturating_sub(d.buf.len());
+                    let room = MAX_HEADER_BLOCK.saturating_sub(d.block.len()).saturating_sub(d.buf.len());
                     let take = room.min(c.len());
                     d.buf.extend_from_slice(c.get(..take).unwrap_or(&[]));
                     if take < c.len() {
@@ -955,11 +920,7 @@ impl H2Conn {
         if !st.is_grpc() {
             return;
         }
-        let reader = if side == CLIENT {
-            &mut st.req_grpc
-        } else {
-            &mut st.resp_grpc
-        };
+        let reader = if side == CLIENT { &mut st.req_grpc } else { &mut st.resp_grpc };
         match chunk {
             Some(c) => {
                 let a = (s - off) as usize;
@@ -1038,10 +999,7 @@ impl H2Conn {
                 }
             }
             frame::RST_STREAM => {
-                let code = self.dirs[side]
-                    .buf
-                    .get(..4)
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                let code = self.dirs[side].buf.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                 self.stats.resets += 1;
                 if let Some(st) = self.streams.get_mut(&fh.stream) {
                     st.ex.reset = Some(code.unwrap_or(0));
@@ -1073,10 +1031,8 @@ impl H2Conn {
             }
             frame::GOAWAY => {
                 self.stats.goaways += 1;
-                let last = self.dirs[side]
-                    .buf
-                    .get(..4)
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff);
+                let last =
+                    self.dirs[side].buf.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff);
                 if let (Some(last), SERVER) = (last, side) {
                     // Client streams above last-stream-id were not processed.
                     let ids: Vec<u32> = self
@@ -1136,13 +1092,7 @@ impl H2Conn {
     fn decode_block(&mut self, side: usize, range: Option<(usize, usize)>, ts_exit: u64, out: &mut Vec<H2Exchange>) {
         let mut sink = HeaderSink::default();
         let outcome = {
-            let Dir {
-                hpack,
-                buf,
-                block,
-                block_lost,
-                ..
-            } = &mut self.dirs[side];
+            let Dir { hpack, buf, block, block_lost, .. } = &mut self.dirs[side];
             let bytes: &[u8] = match range {
                 Some((s, e)) => buf.get(s..e).unwrap_or(&[]),
                 None => block.as_slice(),
@@ -1206,16 +1156,8 @@ impl H2Conn {
                 self.stats.stream_overflow += 1;
                 self.emit(oldest, false, out);
             }
-            self.streams.insert(
-                id,
-                Stream {
-                    ex: H2Exchange {
-                        stream_id: id,
-                        ..H2Exchange::default()
-                    },
-                    ..Stream::default()
-                },
-            );
+            self.streams
+                .insert(id, Stream { ex: H2Exchange { stream_id: id, ..H2Exchange::default() }, ..Stream::default() });
         }
         self.max_stream = self.max_stream.max(id);
         let Some(st) = self.streams.get_mut(&id) else {
@@ -1253,10 +1195,7 @@ impl H2Conn {
                     st.resp_headers = true;
                     ex.status = sink.status;
                     ex.resp_first_enter = enter;
-                    st.resp_grpc_type = sink
-                        .content_type
-                        .as_deref()
-                        .is_some_and(|c| c.starts_with("application/grpc"));
+                    st.resp_grpc_type = sink.content_type.as_deref().is_some_and(|c| c.starts_with("application/grpc"));
                 }
                 // Trailers, or a trailers-only response.
                 if sink.grpc_status.is_some() {
@@ -1305,14 +1244,7 @@ mod tests {
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
-        FrameHeader {
-            length: payload.len() as u32,
-            kind,
-            flags,
-            stream,
-            reserved: false,
-        }
-        .encode(&mut v);
+        FrameHeader { length: payload.len() as u32, kind, flags, stream, reserved: false }.encode(&mut v);
         v.extend_from_slice(payload);
         v
     }
@@ -1393,12 +1325,7 @@ mod tests {
     }
 
     fn seg(data: &[u8], ts: u64) -> Segment<'_> {
-        Segment {
-            data,
-            uncaptured: 0,
-            ts_enter: ts,
-            ts_exit: ts + 1,
-        }
+        Segment { data, uncaptured: 0, ts_enter: ts, ts_exit: ts + 1 }
     }
 
     fn check_conversation(out: &[H2Exchange]) {
@@ -1481,15 +1408,7 @@ mod tests {
         let cut = c.len() - 4000;
         let mut conn = H2Conn::new();
         let mut out = Vec::new();
-        conn.on_client_segment(
-            Segment {
-                data: &c[..cut],
-                uncaptured: 4000,
-                ts_enter: 1,
-                ts_exit: 2,
-            },
-            &mut out,
-        );
+        conn.on_client_segment(Segment { data: &c[..cut], uncaptured: 4000, ts_enter: 1, ts_exit: 2 }, &mut out);
         let mut s = frame(HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 1, &[0x88]);
         s.extend(frame(RST_STREAM, 0, 1, &[0, 0, 0, 0]));
         conn.on_server_segment(seg(&s, 3), &mut out);
@@ -1509,15 +1428,7 @@ mod tests {
         c.extend_from_slice(&hdr[..hdr.len() - 100]);
         let mut conn = H2Conn::new();
         let mut out = Vec::new();
-        conn.on_client_segment(
-            Segment {
-                data: &c,
-                uncaptured: 100,
-                ts_enter: 1,
-                ts_exit: 2,
-            },
-            &mut out,
-        );
+        conn.on_client_segment(Segment { data: &c, uncaptured: 100, ts_enter: 1, ts_exit: 2 }, &mut out);
         conn.on_server_segment(seg(&frame(HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 1, &[0x8e]), 3), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].path.as_deref(), Some("/cut"));
@@ -1584,15 +1495,7 @@ mod tests {
         // A segment starting mid-frame is skipped, the next plausible one
         // resyncs.
         conn.on_client_segment(seg(b"\x12\x34garbage", 3), &mut out);
-        conn.on_client_segment(
-            Segment {
-                data: &c[..4],
-                uncaptured: 10,
-                ts_enter: 4,
-                ts_exit: 5,
-            },
-            &mut out,
-        );
+        conn.on_client_segment(Segment { data: &c[..4], uncaptured: 10, ts_enter: 4, ts_exit: 5 }, &mut out);
         assert_eq!(conn.stats().sync_lost, 1);
         conn.on_client_segment(seg(b"junk that is not a frame", 6), &mut out);
         let c2 = frame(HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 45, &block);
