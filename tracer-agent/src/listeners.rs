@@ -1,7 +1,7 @@
 //! Which side of a connection a process is on, for connections the agent did
 //! not see being opened: a process that listens on the connection's local
 //! port is its server. Read from `/proc/<pid>/net/tcp{,6}`, which shows the
-//! process's own network namespace, and cached briefly per process.
+//! process's own network namespace, and cached briefly per namespace.
 
 use std::time::{Duration, Instant};
 
@@ -10,9 +10,12 @@ use ahash::AHashMap as HashMap;
 const TTL: Duration = Duration::from_secs(5);
 const MAX_PROCESSES: usize = 4096;
 
+/// Listening ports per network namespace (processes of one namespace share
+/// one table, read once per TTL), and which namespace each process is in.
 #[derive(Default)]
 pub struct Listeners {
-    by_pid: HashMap<u32, (Instant, Vec<u16>)>,
+    by_netns: HashMap<u64, (Instant, Vec<u16>)>,
+    netns_of: HashMap<u32, u64>,
 }
 
 /// Local ports in LISTEN state from the text of a `/proc/net/tcp` file.
@@ -31,11 +34,29 @@ pub fn parse_listening(text: &str, out: &mut Vec<u16>) {
     }
 }
 
+/// The inode of a process's network namespace (`/proc/<pid>/ns/net` → `net:[N]`).
+fn netns(pid: u32) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    let s = link.to_str()?;
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
 impl Listeners {
     /// True when `pid` (its network namespace) listens on `port`; None when unknown.
     pub fn listens(&mut self, pid: u32, port: u16) -> Option<bool> {
+        let ns = match self.netns_of.get(&pid) {
+            Some(ns) => *ns,
+            None => {
+                let ns = netns(pid)?;
+                if self.netns_of.len() >= MAX_PROCESSES {
+                    self.netns_of.clear();
+                }
+                self.netns_of.insert(pid, ns);
+                ns
+            }
+        };
         let now = Instant::now();
-        let fresh = self.by_pid.get(&pid).is_some_and(|(t, _)| now.duration_since(*t) < TTL);
+        let fresh = self.by_netns.get(&ns).is_some_and(|(t, _)| now.duration_since(*t) < TTL);
         if !fresh {
             let mut ports = Vec::new();
             let mut any = false;
@@ -48,12 +69,9 @@ impl Listeners {
             if !any {
                 return None;
             }
-            if self.by_pid.len() >= MAX_PROCESSES {
-                self.by_pid.clear();
-            }
-            self.by_pid.insert(pid, (now, ports));
+            self.by_netns.insert(ns, (now, ports));
         }
-        self.by_pid.get(&pid).map(|(_, ports)| ports.contains(&port))
+        self.by_netns.get(&ns).map(|(_, ports)| ports.contains(&port))
     }
 }
 

@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tracer_agent::{
     config::Args,
-    conntrack::Tracker,
     export::{ExportStats, Exporter},
     pipeline::{self, Pipeline, PipelineStats, SpanQueue},
     probes::{Filters, Probes},
@@ -50,12 +49,7 @@ async fn replay(
     export_stats: Arc<ExportStats>,
 ) -> Result<()> {
     let file = tracer_agent::record::Replay::open(path)?;
-    let mut pipe = Pipeline::new(
-        Tracker::new(args.max_connections, args.connection_idle_secs.saturating_mul(1_000_000_000)),
-        routes,
-        Clock { offset: file.clock_offset },
-    );
-    pipe.db_full_text = args.db_full_query_text;
+    let pipe = Pipeline::from_args(args, routes, Clock { offset: file.clock_offset });
     let (queue, rx, queued) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
     let exporter_task = tokio::spawn(exporter.run(rx, queued));
     let cpu0 = cpu_seconds();
@@ -133,14 +127,9 @@ async fn run(args: Args) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Mutex::new(PipelineStats::default()));
     let clock = Clock::now();
-    let mut pipe = Pipeline::new(
-        Tracker::new(args.max_connections, args.connection_idle_secs.saturating_mul(1_000_000_000)),
-        routes,
-        clock,
-    );
+    let mut pipe = Pipeline::from_args(&args, routes, clock);
     pipe.discard = args.discard;
     pipe.tracker.listeners = Some(tracer_agent::listeners::Listeners::default());
-    pipe.db_full_text = args.db_full_query_text;
     if let Some(path) = &args.record {
         pipe.recorder = Some(tracer_agent::record::Recorder::create(path, clock.offset)?);
     }

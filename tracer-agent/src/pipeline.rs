@@ -17,7 +17,7 @@ use crate::event::decode;
 use crate::export::ExportStats;
 use crate::protocol::Exchange;
 use crate::route::RouteMatcher;
-use crate::span::{db_span, h2_span, http_span, new_span_id, Clock, ConnMeta, Span, SpanKind};
+use crate::span::{db_span, h2_span, http_span, monotonic_ns, new_span_id, Clock, ConnMeta, Span, SpanKind};
 
 /// Where spans go: a bounded queue in front of the exporter.
 pub struct SpanQueue {
@@ -36,28 +36,26 @@ impl SpanQueue {
 
     /// Hand over spans, waiting for room instead of dropping (replay only).
     pub fn push_blocking(&self, spans: Vec<Span>) {
-        if spans.is_empty() {
-            return;
-        }
-        self.queued.fetch_add(spans.len(), Ordering::Relaxed);
-        let n = spans.len();
-        if self.tx.blocking_send(spans).is_err() {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-            self.stats.dropped_queue_full.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        self.send(spans, false);
     }
 
+    /// Hand over spans; when the queue is full they are dropped and counted.
     pub fn push(&self, spans: Vec<Span>) {
-        if spans.is_empty() {
+        self.send(spans, true);
+    }
+
+    fn send(&self, spans: Vec<Span>, drop_when_full: bool) {
+        let n = spans.len();
+        if n == 0 {
             return;
         }
-        let n = spans.len();
-        if self.queued.load(Ordering::Relaxed) + n > self.max {
+        if drop_when_full && self.queued.load(Ordering::Relaxed) + n > self.max {
             self.stats.dropped_queue_full.fetch_add(n as u64, Ordering::Relaxed);
             return;
         }
         self.queued.fetch_add(n, Ordering::Relaxed);
-        if self.tx.try_send(spans).is_err() {
+        let sent = if drop_when_full { self.tx.try_send(spans).is_ok() } else { self.tx.blocking_send(spans).is_ok() };
+        if !sent {
             self.queued.fetch_sub(n, Ordering::Relaxed);
             self.stats.dropped_queue_full.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -108,14 +106,18 @@ pub struct Pipeline {
     pub stats: PipelineStats,
 }
 
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 impl Pipeline {
+    /// A pipeline from the agent's settings.
+    pub fn from_args(args: &crate::config::Args, routes: RouteMatcher, clock: Clock) -> Self {
+        let mut p = Self::new(
+            Tracker::new(args.max_connections, args.connection_idle_secs.saturating_mul(1_000_000_000)),
+            routes,
+            clock,
+        );
+        p.db_full_text = args.db_full_query_text;
+        p
+    }
+
     pub fn new(tracker: Tracker, routes: RouteMatcher, clock: Clock) -> Self {
         Self {
             recorder: None,
@@ -148,6 +150,9 @@ impl Pipeline {
     }
 
     fn make_spans(&mut self) {
+        if self.exchanges.is_empty() {
+            return;
+        }
         let exchanges = std::mem::take(&mut self.exchanges);
         for (meta, ex) in &exchanges {
             match ex {

@@ -260,6 +260,14 @@ pub fn target_path(target: &str) -> &str {
     &t[..end]
 }
 
+/// CLOCK_MONOTONIC in ns: the clock of the probes' `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Convert monotonic kernel timestamps to Unix time.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -269,10 +277,7 @@ pub struct Clock {
 
 impl Clock {
     pub fn now() -> Self {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: valid pointer to a timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let mono = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+        let mono = monotonic_ns() as i128;
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
@@ -623,8 +628,10 @@ pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
         }
         // Trailers came but their status could not be decoded (a dynamic
         // table entry from before the agent joined): unknown, not an error.
-        None if ex.ended && ex.reset.is_none() && ex.status.is_some() && ex.headers_incomplete => {}
-        None if ex.ended && ex.reset.is_none() && ex.headers_incomplete && conn.kind == SpanKind::Server => {}
+        None if ex.ended
+            && ex.reset.is_none()
+            && ex.headers_incomplete
+            && (ex.status.is_some() || conn.kind == SpanKind::Server) => {}
         None => {
             status = Status::Error;
             let why = if ex.reset.is_some() { "cancelled" } else { "no_response" };
@@ -635,10 +642,8 @@ pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
         attrs.push(("tracer.headers_incomplete", Value::Int(1)));
     }
     let name = if full.is_empty() { "grpc".to_string() } else { full.to_string() };
-    let start = match conn.kind {
-        SpanKind::Server => ex.req_first_enter.max(1),
-        SpanKind::Client => ex.req_first_enter,
-    };
+    // Streams seen only from their response never get here (no request time).
+    let start = ex.req_first_enter;
     let end = if ex.resp_last_exit > 0 { ex.resp_last_exit } else { ex.req_last_exit };
     finish_span(name, attrs, status, parent, start, end, conn, clock)
 }

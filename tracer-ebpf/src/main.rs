@@ -363,7 +363,6 @@ fn exit_io<const IOV: bool>(ctx: &TracePointContext) -> u32 {
     let Some(kind) = EventKind::from_u32(a.kind) else { return 0 };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 0 };
     let scratch = unsafe { &mut *scratch };
-    scratch.header = header(cfg, kind, a.syscall, a.ts_enter, a.fd, ret, &a.sock);
     let limit = if (cfg.capture_bytes as usize) < MAX_CAPTURE { cfg.capture_bytes as u64 } else { MAX_CAPTURE as u64 };
     let want = if (ret as u64) < limit { ret as u64 } else { limit };
     // Only the vectored syscalls carry the iovec walk, which is what makes
@@ -378,10 +377,10 @@ fn exit_io<const IOV: bool>(ctx: &TracePointContext) -> u32 {
     if a.buf != 0 && (captured as i64) < ret {
         bump(counter::TRUNCATED);
     }
+    // The header (and its exit time) is made after the copy, right before
+    // the write: the agent merges per-CPU rings by this time.
+    scratch.header = header(cfg, kind, a.syscall, a.ts_enter, a.fd, ret, &a.sock);
     scratch.header.captured = captured as u32;
-    // Stamp the exit time after the copy, right before the write: the agent
-    // merges per-CPU rings by this time.
-    scratch.header.ts_exit = unsafe { bpf_ktime_get_ns() };
     let len = HEADER_SIZE + (captured as usize & (MAX_CAPTURE * 2 - 1));
     let total = if len > HEADER_SIZE + MAX_CAPTURE { HEADER_SIZE + MAX_CAPTURE } else { len };
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, total) };

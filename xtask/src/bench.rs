@@ -34,17 +34,6 @@ enum Mode {
     Full,
 }
 
-impl Mode {
-    #[allow(dead_code)]
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Off => "OFF",
-            Mode::Kernel => "KERNEL",
-            Mode::Full => "FULL",
-        }
-    }
-}
-
 /// What one mode measured in one round.
 #[derive(Clone, Debug, Default)]
 struct Run {
