@@ -209,8 +209,23 @@ impl Btf {
             sk_v6_rcv_saddr: self.offset("sock_common", "skc_v6_rcv_saddr")?,
             task_group_leader: self.offset("task_struct", "group_leader")?,
             task_comm: self.offset("task_struct", "comm")?,
+            regs_arg: self.syscall_arg_offsets()?,
             _pad: 0,
         })
+    }
+
+    /// Where a syscall's first three arguments sit in the saved user
+    /// registers. x86-64 passes them in di/si/dx; arm64 passes them in
+    /// x0..x2 but overwrites x0 with the return value, keeping the first
+    /// argument in orig_x0.
+    fn syscall_arg_offsets(&self) -> Result<[u32; 3], BtfError> {
+        if let (Ok(di), Ok(si), Ok(dx)) =
+            (self.offset("pt_regs", "di"), self.offset("pt_regs", "si"), self.offset("pt_regs", "dx"))
+        {
+            return Ok([di, si, dx]);
+        }
+        let regs = self.offset("pt_regs", "regs")?;
+        Ok([self.offset("pt_regs", "orig_x0")?, regs + 8, regs + 16])
     }
 }
 
@@ -237,5 +252,7 @@ mod tests {
         assert_eq!(o.sk_daddr, 0);
         assert_eq!(o.sk_rcv_saddr, 4);
         assert!(o.task_files > 0 && o.file_private_data > 0);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(o.regs_arg, [112, 104, 96]);
     }
 }

@@ -14,22 +14,6 @@ use crate::btf::Btf;
 
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"));
 
-/// Syscall tracepoints attached, in pairs of enter/exit.
-const SYSCALLS: &[&str] = &[
-    "read",
-    "write",
-    "readv",
-    "writev",
-    "recvfrom",
-    "sendto",
-    "recvmsg",
-    "sendmsg",
-    "sendfile64",
-    "accept",
-    "accept4",
-    "connect",
-];
-
 /// How events travel from the probes to the agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RingMode {
@@ -216,17 +200,16 @@ impl Probes {
             cfg.set(0, c, 0)?;
         }
 
-        let mut names: Vec<String> = Vec::new();
-        for s in SYSCALLS {
-            names.push(format!("sys_enter_{s}"));
-            names.push(format!("sys_exit_{s}"));
-        }
-        names.push("sys_enter_close".to_string());
+        // Every program in the object is a tracepoint named after it
+        // (`sys_enter_read`, `sys_exit_read`, ..., `sched_process_exec`).
+        let mut names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_string()).collect();
+        names.sort();
         for name in &names {
             let prog: &mut TracePoint =
                 ebpf.program_mut(name).with_context(|| format!("probe object has no program {name}"))?.try_into()?;
             prog.load().map_err(|e| anyhow!("loading probe {name} failed: {}", verifier_summary(&e)))?;
-            prog.attach("syscalls", name).map_err(|e| anyhow!("attaching tracepoint syscalls/{name} failed: {e}"))?;
+            let category = if name.starts_with("sched_") { "sched" } else { "syscalls" };
+            prog.attach(category, name).map_err(|e| anyhow!("attaching tracepoint {category}/{name} failed: {e}"))?;
         }
 
         if ring_mode == RingMode::Shared {

@@ -153,6 +153,9 @@ pub struct KernelOffsets {
     pub sk_v6_rcv_saddr: u32,
     pub task_group_leader: u32,
     pub task_comm: u32,
+    /// `struct pt_regs` offsets of a syscall's first three arguments, as they
+    /// still are when the syscall returns.
+    pub regs_arg: [u32; 3],
     pub _pad: u32,
 }
 

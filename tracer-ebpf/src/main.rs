@@ -1,13 +1,19 @@
 //! Kernel programs: socket I/O capture on syscall tracepoints.
 //!
-//! Every data syscall is handled in two halves. The `sys_enter_*` half applies
-//! the cheap filters (own process, pid/comm allow and deny lists), resolves the
-//! file descriptor to a TCP socket by walking `task->files` with offsets read
-//! from the running kernel's BTF, applies the port filter and parks the call's
-//! arguments in `ACTIVE`. The `sys_exit_*` half copies the first
-//! `capture_bytes` of the transferred payload into a per-CPU scratch event and
-//! writes it to the ring buffer without waking the reader (user space drains
-//! on a short timer), so no event ever causes a wake-up.
+//! Sends are handled in two halves. The `sys_enter_*` half applies the cheap
+//! filters (own process, a per-process verdict for the pid/comm allow and
+//! deny lists), resolves the file descriptor to a TCP socket and parks the
+//! call's arguments in `ACTIVE`; the `sys_exit_*` half copies the first
+//! `capture_bytes` of the payload into a per-CPU scratch event and writes it
+//! to the ring buffer. Receives need only their `sys_exit_*` program: the
+//! arguments are read back from the task's saved registers.
+//!
+//! An fd is resolved by walking `task->files` with offsets read from the
+//! running kernel's BTF, down to the `struct file`; `SOCKS` keeps, per
+//! (process, fd), the socket behind that file (addresses, role, port-filter
+//! verdict, process name), so the walk from the file to the socket happens
+//! once per connection. Records are written without waking the reader (user
+//! space drains on a short timer), so no event ever causes a wake-up.
 #![no_std]
 #![no_main]
 #![allow(clippy::missing_safety_doc)]
@@ -21,6 +27,7 @@ use aya_ebpf::{
     macros::{btf_map, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
+    EbpfContext,
 };
 use tracer_common::{
     counter, filter, mode, role, syscall, Config, EventHeader, EventKind, SockInfo, AF_INET, AF_INET6, HEADER_SIZE,
@@ -49,9 +56,10 @@ static RINGS: ArrayOfMaps<CpuRing<u8, { PER_CPU_RING_BYTES as usize }>, { MAX_CP
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
-/// In-flight data syscalls, by pid_tgid.
+/// In-flight sends, by pid_tgid. Every entry is removed by the syscall's
+/// exit, so a plain hash map (cheaper than an LRU one) cannot fill up.
 #[map]
-static ACTIVE: LruHashMap<u64, ActiveIo> = LruHashMap::with_max_entries(16384, 0);
+static ACTIVE: HashMap<u64, ActiveIo> = HashMap::with_max_entries(16384, 0);
 /// Role of sockets whose accept/connect was seen, by socket inode.
 #[map]
 static ROLES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
@@ -59,6 +67,11 @@ static ROLES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 /// other end of these (e.g. a local collector receiving our exports) is not
 /// traced. Keyed by both ports, since the same local port can serve other
 /// connections to other destinations at the same time.
+/// Sockets of traced processes by (tgid << 32 | fd), checked against the
+/// fd table's `struct file` pointer on every use: a hit saves the walk from
+/// the file to the socket, its addresses and the filters.
+#[map]
+static SOCKS: LruHashMap<u64, CachedSock> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static SELF_PORTS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
 
@@ -66,6 +79,11 @@ static SELF_PORTS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
 fn port_pair(local: u16, remote: u16) -> u32 {
     ((local as u32) << 16) | remote as u32
 }
+/// Process filter verdicts by tgid (1 = traced), dropped when the process
+/// execs (its name may change) or its main thread exits (the pid may be
+/// reused).
+#[map]
+static VERDICTS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
@@ -92,6 +110,21 @@ struct ActiveIo {
     kind: u32,
     syscall: u16,
     _pad: [u16; 3],
+    comm: [u8; 16],
+    sock: SockInfo,
+}
+
+/// `CachedSock::wanted` of a socket whose port filters are not applied yet.
+const UNCHECKED: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CachedSock {
+    file: u64,
+    comm: [u8; 16],
+    /// Passed the port filters (1), failed them (0), or `UNCHECKED`.
+    wanted: u8,
+    _pad: [u8; 7],
     sock: SockInfo,
 }
 
@@ -132,12 +165,26 @@ fn process_comm(cfg: &Config) -> [u8; 16] {
     }
 }
 
-/// Process-level filters: own pid, pid and comm allow/deny lists.
+/// Process-level filters: own pid, pid and comm allow/deny lists. The
+/// verdict is kept per process until it execs or exits.
 #[inline(always)]
 fn process_wanted(cfg: &Config, tgid: u32) -> bool {
     if tgid == cfg.self_pid || tgid == 0 {
         return false;
     }
+    if cfg.flags & (filter::PID_ALLOW | filter::PID_DENY | filter::COMM_ALLOW | filter::COMM_DENY) == 0 {
+        return true;
+    }
+    if let Some(v) = unsafe { VERDICTS.get(&tgid) } {
+        return *v != 0;
+    }
+    let wanted = process_filters(cfg, tgid);
+    let _ = VERDICTS.insert(&tgid, &(wanted as u8), 0);
+    wanted
+}
+
+#[inline(always)]
+fn process_filters(cfg: &Config, tgid: u32) -> bool {
     if cfg.flags & (filter::PID_ALLOW | filter::PID_DENY) != 0 {
         match unsafe { PIDS.get(&tgid) } {
             Some(v) if *v == filter::DENY => return false,
@@ -147,13 +194,10 @@ fn process_wanted(cfg: &Config, tgid: u32) -> bool {
         }
     }
     if cfg.flags & (filter::COMM_ALLOW | filter::COMM_DENY) != 0 {
-        let comm = process_comm(cfg);
-        match unsafe { COMMS.get(&comm) } {
-            Some(v) if *v == filter::DENY => return false,
-            Some(_) => {}
-            None if cfg.flags & filter::COMM_ALLOW != 0 => return false,
-            None => {}
-        }
+        return match unsafe { COMMS.get(&process_comm(cfg)) } {
+            Some(v) => *v != filter::DENY,
+            None => cfg.flags & filter::COMM_ALLOW == 0,
+        };
     }
     true
 }
@@ -184,9 +228,9 @@ fn port_wanted(cfg: &Config, s: &SockInfo) -> bool {
     true
 }
 
-/// Resolve `fd` of the current task to a TCP (IPv4/IPv6 stream) socket.
+/// The `struct file` behind `fd` in the current task's fd table.
 #[inline(always)]
-unsafe fn tcp_socket(cfg: &Config, fd: i32) -> Option<SockInfo> {
+unsafe fn fd_file(cfg: &Config, fd: i32) -> Option<u64> {
     if fd < 0 {
         return None;
     }
@@ -203,6 +247,13 @@ unsafe fn tcp_socket(cfg: &Config, fd: i32) -> Option<SockInfo> {
     if file == 0 {
         return None;
     }
+    Some(file)
+}
+
+/// The IPv4/IPv6 stream socket behind `file`, if it is one.
+#[inline(always)]
+unsafe fn file_socket(cfg: &Config, file: u64) -> Option<SockInfo> {
+    let o = &cfg.offsets;
     let inode: u64 = rk(file + o.file_inode as u64)?;
     let mode: u16 = rk(inode + o.inode_mode as u64)?;
     if mode & S_IFMT != S_IFSOCK {
@@ -236,6 +287,52 @@ unsafe fn tcp_socket(cfg: &Config, fd: i32) -> Option<SockInfo> {
     Some(s)
 }
 
+/// Resolve `fd` of the current task to a TCP (IPv4/IPv6 stream) socket.
+#[inline(always)]
+unsafe fn tcp_socket(cfg: &Config, fd: i32) -> Option<SockInfo> {
+    file_socket(cfg, fd_file(cfg, fd)?)
+}
+
+#[inline(always)]
+fn sock_key(tgid: u32, fd: i32) -> u64 {
+    ((tgid as u64) << 32) | fd as u32 as u64
+}
+
+/// `fd` of a traced process as a TCP socket, from `SOCKS` when the fd still
+/// holds the same file, else resolved, filtered by port and cached.
+#[inline(always)]
+fn traced_socket(cfg: &Config, tgid: u32, fd: i32) -> Option<CachedSock> {
+    let file = unsafe { fd_file(cfg, fd) }?;
+    let key = sock_key(tgid, fd);
+    if let Some(c) = unsafe { SOCKS.get(&key) } {
+        if c.file == file {
+            if c.wanted != UNCHECKED {
+                return Some(*c);
+            }
+            // Cached at accept/connect: the port filters are applied at the
+            // first data, once the agent's own end of a local connection is
+            // known for sure.
+            let mut c = *c;
+            c.wanted = port_wanted(cfg, &c.sock) as u8;
+            let _ = SOCKS.insert(&key, &c, 0);
+            return Some(c);
+        }
+    }
+    let sock = unsafe { file_socket(cfg, file) }?;
+    let c = CachedSock { file, comm: process_comm(cfg), wanted: port_wanted(cfg, &sock) as u8, _pad: [0; 7], sock };
+    let _ = SOCKS.insert(&key, &c, 0);
+    Some(c)
+}
+
+/// Syscall argument `n` (0-based) of a `sys_enter_*` tracepoint, or the
+/// return value (`n` = 0) of a `sys_exit_*` one.
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> i64 {
+    // Tracepoint records are readable in place: 8 bytes of common fields,
+    // then the syscall number, then the arguments.
+    unsafe { *(ctx.as_ptr().add(16 + n * 8) as *const i64) }
+}
+
 #[inline(always)]
 fn v4(a: u32) -> [u8; 16] {
     let b = a.to_ne_bytes();
@@ -243,7 +340,7 @@ fn v4(a: u32) -> [u8; 16] {
 }
 
 #[inline(always)]
-fn header(cfg: &Config, kind: EventKind, sc: u16, ts_enter: u64, fd: i32, ret: i64, sock: &SockInfo) -> EventHeader {
+fn header(kind: EventKind, sc: u16, ts_enter: u64, fd: i32, ret: i64, comm: [u8; 16], sock: &SockInfo) -> EventHeader {
     let id = bpf_get_current_pid_tgid();
     EventHeader {
         kind: kind as u32,
@@ -256,7 +353,7 @@ fn header(cfg: &Config, kind: EventKind, sc: u16, ts_enter: u64, fd: i32, ret: i
         fd,
         captured: 0,
         ret,
-        comm: process_comm(cfg),
+        comm,
         sock: *sock,
     }
 }
@@ -301,16 +398,17 @@ fn emit_header(cfg: &Config, h: &EventHeader) {
 fn enter_io(ctx: &TracePointContext, kind: EventKind, sc: u16, iov: bool, msg: bool) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let id = bpf_get_current_pid_tgid();
-    if !process_wanted(cfg, (id >> 32) as u32) {
+    let tgid = (id >> 32) as u32;
+    if !process_wanted(cfg, tgid) {
         return 0;
     }
-    let fd: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
-    let Some(sock) = (unsafe { tcp_socket(cfg, fd as i32) }) else { return 0 };
-    if !port_wanted(cfg, &sock) {
+    let fd = arg(ctx, 0) as i32;
+    let Some(cached) = traced_socket(cfg, tgid, fd) else { return 0 };
+    if cached.wanted == 0 {
         return 0;
     }
-    let arg1: u64 = unsafe { ctx.read_at(24) }.unwrap_or(0);
-    let arg2: u64 = unsafe { ctx.read_at(32) }.unwrap_or(0);
+    let arg1 = arg(ctx, 1) as u64;
+    let arg2 = arg(ctx, 2) as u64;
     let sendfile = sc == syscall::SENDFILE;
     let (buf, iov_len) = if sendfile {
         // Payload comes from a file: only its length is reported.
@@ -328,23 +426,19 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, sc: u16, iov: bool, msg: b
     if buf == 0 && !sendfile {
         return 0;
     }
+    if (iov || msg) && iov_len == 0 {
+        return 0;
+    }
     let a = ActiveIo {
         ts_enter: unsafe { bpf_ktime_get_ns() },
         buf,
-        iov_len: if iov || msg {
-            if iov_len == 0 {
-                return 0;
-            } else {
-                iov_len
-            }
-        } else {
-            0
-        },
-        fd: fd as i32,
+        iov_len,
+        fd,
         kind: kind as u32,
         syscall: sc,
         _pad: [0; 3],
-        sock,
+        comm: cached.comm,
+        sock: cached.sock,
     };
     let _ = ACTIVE.insert(&id, &a, 0);
     0
@@ -355,11 +449,69 @@ fn exit_io<const IOV: bool>(ctx: &TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(a) = (unsafe { ACTIVE.get(&id) }).copied() else { return 0 };
     let _ = ACTIVE.remove(&id);
-    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    let ret = arg(ctx, 0);
     if ret <= 0 {
         return 0;
     }
     let Some(cfg) = config() else { return 0 };
+    emit_data::<IOV>(cfg, &a, ret)
+}
+
+/// Receives are handled when they return, in one program: the arguments
+/// are still in the task's saved registers, and the time a receive started
+/// waiting says nothing about the data, so there is nothing to keep from
+/// the syscall's entry.
+#[inline(always)]
+fn recv_exit<const IOV: bool>(ctx: &TracePointContext, sc: u16, msg: bool) -> u32 {
+    let ret = arg(ctx, 0);
+    if ret <= 0 {
+        return 0;
+    }
+    let Some(cfg) = config() else { return 0 };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !process_wanted(cfg, tgid) {
+        return 0;
+    }
+    let o = &cfg.offsets;
+    // SAFETY: helpers on the current task, valid in any tracing program.
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
+    let Some(fd) = (unsafe { rk::<u64>(regs + o.regs_arg[0] as u64) }) else { return 0 };
+    let Some(buf) = (unsafe { rk::<u64>(regs + o.regs_arg[1] as u64) }) else { return 0 };
+    let Some(cached) = traced_socket(cfg, tgid, fd as i32) else { return 0 };
+    if cached.wanted == 0 {
+        return 0;
+    }
+    let (buf, iov_len) = if msg {
+        // struct user_msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen; ... }
+        let iov_ptr: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((buf + 16) as *const u64) }.unwrap_or(0);
+        let n: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((buf + 24) as *const u64) }.unwrap_or(0);
+        (iov_ptr, n)
+    } else if IOV {
+        let Some(n) = (unsafe { rk::<u64>(regs + o.regs_arg[2] as u64) }) else { return 0 };
+        (buf, n)
+    } else {
+        (buf, 0)
+    };
+    if buf == 0 || (IOV && iov_len == 0) {
+        return 0;
+    }
+    let a = ActiveIo {
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        buf,
+        iov_len,
+        fd: fd as i32,
+        kind: EventKind::Recv as u32,
+        syscall: sc,
+        _pad: [0; 3],
+        comm: cached.comm,
+        sock: cached.sock,
+    };
+    emit_data::<IOV>(cfg, &a, ret)
+}
+
+/// Copy the payload of a finished data syscall and write the event.
+#[inline(always)]
+fn emit_data<const IOV: bool>(cfg: &Config, a: &ActiveIo, ret: i64) -> u32 {
     let Some(kind) = EventKind::from_u32(a.kind) else { return 0 };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 0 };
     let scratch = unsafe { &mut *scratch };
@@ -379,7 +531,7 @@ fn exit_io<const IOV: bool>(ctx: &TracePointContext) -> u32 {
     }
     // The header (and its exit time) is made after the copy, right before
     // the write: the agent merges per-CPU rings by this time.
-    scratch.header = header(cfg, kind, a.syscall, a.ts_enter, a.fd, ret, &a.sock);
+    scratch.header = header(kind, a.syscall, a.ts_enter, a.fd, ret, a.comm, &a.sock);
     scratch.header.captured = captured as u32;
     let len = HEADER_SIZE + (captured as usize & (MAX_CAPTURE * 2 - 1));
     let total = if len > HEADER_SIZE + MAX_CAPTURE { HEADER_SIZE + MAX_CAPTURE } else { len };
@@ -469,13 +621,22 @@ macro_rules! io_pair {
     };
 }
 
-io_pair!(sys_enter_read, sys_exit_read, EventKind::Recv, syscall::READ, false, false);
+macro_rules! recv {
+    ($exit:ident, $sc:expr, $iov:expr, $msg:expr) => {
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            recv_exit::<{ $iov || $msg }>(&ctx, $sc, $msg)
+        }
+    };
+}
+
+recv!(sys_exit_read, syscall::READ, false, false);
+recv!(sys_exit_readv, syscall::READV, true, false);
+recv!(sys_exit_recvfrom, syscall::RECVFROM, false, false);
+recv!(sys_exit_recvmsg, syscall::RECVMSG, false, true);
 io_pair!(sys_enter_write, sys_exit_write, EventKind::Send, syscall::WRITE, false, false);
-io_pair!(sys_enter_readv, sys_exit_readv, EventKind::Recv, syscall::READV, true, false);
 io_pair!(sys_enter_writev, sys_exit_writev, EventKind::Send, syscall::WRITEV, true, false);
-io_pair!(sys_enter_recvfrom, sys_exit_recvfrom, EventKind::Recv, syscall::RECVFROM, false, false);
 io_pair!(sys_enter_sendto, sys_exit_sendto, EventKind::Send, syscall::SENDTO, false, false);
-io_pair!(sys_enter_recvmsg, sys_exit_recvmsg, EventKind::Recv, syscall::RECVMSG, false, true);
 io_pair!(sys_enter_sendmsg, sys_exit_sendmsg, EventKind::Send, syscall::SENDMSG, false, true);
 io_pair!(sys_enter_sendfile64, sys_exit_sendfile64, EventKind::Send, syscall::SENDFILE, false, false);
 
@@ -501,7 +662,7 @@ fn enter_conn(ctx: &TracePointContext, sc: u16) -> u32 {
     if !(own && sc == syscall::CONNECT) && !process_wanted(cfg, (id >> 32) as u32) {
         return 0;
     }
-    let fd: i64 = if sc == syscall::CONNECT { unsafe { ctx.read_at(16) }.unwrap_or(-1) } else { -1 };
+    let fd = if sc == syscall::CONNECT { arg(ctx, 0) } else { -1 };
     let p = PendingConn { ts_enter: unsafe { bpf_ktime_get_ns() }, fd, sc, _pad: [0; 3] };
     let _ = PENDING.insert(&id, &p, 0);
     0
@@ -513,7 +674,7 @@ fn exit_conn(ctx: &TracePointContext) -> u32 {
     let Some(p) = (unsafe { PENDING.get(&id) }).copied() else { return 0 };
     let _ = PENDING.remove(&id);
     let Some(cfg) = config() else { return 0 };
-    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    let ret = arg(ctx, 0);
     let (fd, kind, r) = if p.sc == syscall::CONNECT {
         if ret != 0 && ret != -EINPROGRESS {
             return 0;
@@ -525,17 +686,22 @@ fn exit_conn(ctx: &TracePointContext) -> u32 {
         }
         (ret as i32, EventKind::Accept, role::SERVER)
     };
-    let Some(mut sock) = (unsafe { tcp_socket(cfg, fd) }) else { return 0 };
-    if (id >> 32) as u32 == cfg.self_pid {
+    let Some(file) = (unsafe { fd_file(cfg, fd) }) else { return 0 };
+    let Some(mut sock) = (unsafe { file_socket(cfg, file) }) else { return 0 };
+    let tgid = (id >> 32) as u32;
+    if tgid == cfg.self_pid {
         let _ = SELF_PORTS.insert(&port_pair(sock.lport, sock.rport), &1, 0);
         return 0;
     }
     sock.role = r;
     let _ = ROLES.insert(&sock.ino, &r, 0);
+    let comm = process_comm(cfg);
+    let c = CachedSock { file, comm, wanted: UNCHECKED, _pad: [0; 7], sock };
+    let _ = SOCKS.insert(&sock_key(tgid, fd), &c, 0);
     if !port_wanted(cfg, &sock) {
         return 0;
     }
-    emit_header(cfg, &header(cfg, kind, p.sc, p.ts_enter, fd, ret, &sock));
+    emit_header(cfg, &header(kind, p.sc, p.ts_enter, fd, ret, comm, &sock));
     0
 }
 
@@ -568,22 +734,43 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let id = bpf_get_current_pid_tgid();
-    let own = (id >> 32) as u32 == cfg.self_pid;
-    if !own && !process_wanted(cfg, (id >> 32) as u32) {
+    let tgid = (id >> 32) as u32;
+    let fd = arg(&ctx, 0) as i32;
+    if tgid == cfg.self_pid {
+        if let Some(sock) = unsafe { tcp_socket(cfg, fd) } {
+            let _ = SELF_PORTS.remove(&port_pair(sock.lport, sock.rport));
+        }
         return 0;
     }
-    let fd: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
-    let Some(sock) = (unsafe { tcp_socket(cfg, fd as i32) }) else { return 0 };
-    if own {
-        let _ = SELF_PORTS.remove(&port_pair(sock.lport, sock.rport));
-        return 0;
-    }
-    let _ = ROLES.remove(&sock.ino);
-    if !port_wanted(cfg, &sock) {
+    // Sockets of traced processes are in SOCKS once they carried data; one
+    // that never did has nothing for the agent to close.
+    let key = sock_key(tgid, fd);
+    let Some(c) = (unsafe { SOCKS.get(&key) }).copied() else { return 0 };
+    let _ = SOCKS.remove(&key);
+    let _ = ROLES.remove(&c.sock.ino);
+    if c.wanted == 0 || (c.wanted == UNCHECKED && !port_wanted(cfg, &c.sock)) {
         return 0;
     }
     let ts = unsafe { bpf_ktime_get_ns() };
-    emit_header(cfg, &header(cfg, EventKind::Close, syscall::CLOSE, ts, fd as i32, 0, &sock));
+    emit_header(cfg, &header(EventKind::Close, syscall::CLOSE, ts, fd, 0, c.comm, &c.sock));
+    0
+}
+
+// ------------------------------------------------------------ process path
+
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = VERDICTS.remove(&tgid);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if (id >> 32) as u32 == id as u32 {
+        let _ = VERDICTS.remove(&((id >> 32) as u32));
+    }
     0
 }
 
