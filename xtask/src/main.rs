@@ -10,6 +10,7 @@
 mod bench;
 mod bootstrap;
 mod build;
+mod pipeline;
 mod test;
 mod util;
 
@@ -66,6 +67,9 @@ enum Command {
         /// Only the nginx workload
         #[arg(long)]
         skip_gin: bool,
+        /// Only count the user-space pipeline's instructions per event (callgrind)
+        #[arg(long)]
+        pipeline: bool,
     },
     /// Only run the toolchain bootstrap steps
     #[command(hide = true)]
@@ -99,7 +103,14 @@ fn run_command(command: Command) -> Result<()> {
             run_agent(&bin, &args)
         }
         Command::Test { unit, args } => test::test(&paths, unit, &args),
-        Command::Bench { rounds, seconds, skip_gin } => {
+        Command::Bench { pipeline: true, .. } => {
+            let m = pipeline::measure(&paths)?;
+            if !m.within_budget() {
+                bail!("the pipeline is over its instruction budget");
+            }
+            Ok(())
+        }
+        Command::Bench { rounds, seconds, skip_gin, .. } => {
             bench::bench(&paths, &bench::Options { rounds: rounds.max(1), seconds: seconds.max(1), skip_gin })
         }
         Command::Bootstrap => {

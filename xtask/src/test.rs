@@ -101,6 +101,15 @@ pub fn test(paths: &Paths, unit_only: bool, extra: &[String]) -> Result<()> {
         .status()?;
     let unit = if unit.success() { Outcome::Passed } else { Outcome::Failed };
 
+    let instructions = match crate::pipeline::measure(paths) {
+        Ok(m) if m.within_budget() => Outcome::Passed,
+        Ok(_) => Outcome::Failed,
+        Err(e) => {
+            warn(format!("pipeline instruction count failed: {e:#}"));
+            Outcome::Failed
+        }
+    };
+
     let integration = if unit_only {
         Outcome::Skipped
     } else if !root {
@@ -131,7 +140,8 @@ pub fn test(paths: &Paths, unit_only: bool, extra: &[String]) -> Result<()> {
         _ => "",
     };
     note(format!("integration tests: {}{why}", integration.label()));
-    let failed = [unit, integration].iter().filter(|o| **o == Outcome::Failed).count();
+    note(format!("pipeline budget:   {}", instructions.label()));
+    let failed = [unit, instructions, integration].iter().filter(|o| **o == Outcome::Failed).count();
     if failed > 0 {
         bail!("{failed} test step(s) failed");
     }
