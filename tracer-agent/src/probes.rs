@@ -135,6 +135,11 @@ impl Probes {
             }
         }
         let mut loader = EbpfLoader::new();
+        // The fd table walk reads these as constants known to the verifier,
+        // which lets it follow kernel pointers with plain loads.
+        let fd_walk = [offsets.task_files, offsets.files_fdt, offsets.fdt_max_fds, offsets.fdt_fd];
+        loader.override_global("FD_WALK", &fd_walk, true);
+        loader.override_global("SYSCALL_ARGS", &offsets.regs_arg, true);
         if ring_mode == RingMode::PerCpu {
             // The shared ring is unused: keep it at one page.
             loader.map_max_entries("EVENTS", 4096);

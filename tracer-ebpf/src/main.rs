@@ -228,21 +228,54 @@ fn port_wanted(cfg: &Config, s: &SockInfo) -> bool {
     true
 }
 
+/// Offsets of `task_struct.files`, `files_struct.fdt`, `fdtable.max_fds` and
+/// `fdtable.fd`, written by the agent before loading. Being read-only data,
+/// the verifier knows their values, so the walk below can follow the typed
+/// task pointer with plain loads instead of one helper call per field.
+#[unsafe(no_mangle)]
+static FD_WALK: [u32; 4] = [0; 4];
+
+#[inline(always)]
+fn fd_walk(i: usize) -> usize {
+    unsafe { core::ptr::read_volatile(&FD_WALK[i]) as usize }
+}
+
+/// Offsets of a syscall's first three arguments in `struct pt_regs`
+/// (`KernelOffsets::regs_arg`), read-only like `FD_WALK`.
+#[unsafe(no_mangle)]
+static SYSCALL_ARGS: [u32; 3] = [0; 3];
+
+/// Argument `i` (< 3) of the current syscall, from the task's saved user
+/// registers: still there when the syscall returns.
+#[inline(always)]
+fn saved_arg(i: usize) -> u64 {
+    unsafe {
+        let off = core::ptr::read_volatile(&SYSCALL_ARGS[i]) as usize;
+        let regs = generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as *const u8;
+        *(regs.add(off) as *const u64)
+    }
+}
+
 /// The `struct file` behind `fd` in the current task's fd table.
 #[inline(always)]
-unsafe fn fd_file(cfg: &Config, fd: i32) -> Option<u64> {
+unsafe fn fd_file(_cfg: &Config, fd: i32) -> Option<u64> {
     if fd < 0 {
         return None;
     }
-    let o = &cfg.offsets;
-    let task = bpf_get_current_task();
-    let files: u64 = rk(task + o.task_files as u64)?;
-    let fdt: u64 = rk(files + o.files_fdt as u64)?;
-    let max_fds: u32 = rk(fdt + o.fdt_max_fds as u64)?;
+    let task = generated::bpf_get_current_task_btf() as *const u8;
+    let files = *(task.add(fd_walk(0)) as *const *const u8);
+    if files.is_null() {
+        return None;
+    }
+    let fdt = *(files.add(fd_walk(1)) as *const *const u8);
+    if fdt.is_null() {
+        return None;
+    }
+    let max_fds = *(fdt.add(fd_walk(2)) as *const u32);
     if fd as u32 >= max_fds {
         return None;
     }
-    let fd_array: u64 = rk(fdt + o.fdt_fd as u64)?;
+    let fd_array = *(fdt.add(fd_walk(3)) as *const u64);
     let file: u64 = rk(fd_array + (fd as u64) * 8)?;
     if file == 0 {
         return None;
@@ -472,11 +505,8 @@ fn recv_exit<const IOV: bool>(ctx: &TracePointContext, sc: u16, msg: bool) -> u3
     if !process_wanted(cfg, tgid) {
         return 0;
     }
-    let o = &cfg.offsets;
-    // SAFETY: helpers on the current task, valid in any tracing program.
-    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
-    let Some(fd) = (unsafe { rk::<u64>(regs + o.regs_arg[0] as u64) }) else { return 0 };
-    let Some(buf) = (unsafe { rk::<u64>(regs + o.regs_arg[1] as u64) }) else { return 0 };
+    let fd = saved_arg(0);
+    let buf = saved_arg(1);
     let Some(cached) = traced_socket(cfg, tgid, fd as i32) else { return 0 };
     if cached.wanted == 0 {
         return 0;
@@ -487,8 +517,7 @@ fn recv_exit<const IOV: bool>(ctx: &TracePointContext, sc: u16, msg: bool) -> u3
         let n: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((buf + 24) as *const u64) }.unwrap_or(0);
         (iov_ptr, n)
     } else if IOV {
-        let Some(n) = (unsafe { rk::<u64>(regs + o.regs_arg[2] as u64) }) else { return 0 };
-        (buf, n)
+        (buf, saved_arg(2))
     } else {
         (buf, 0)
     };
