@@ -329,7 +329,9 @@ pub fn run(
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let horizon = if stopping { u64::MAX } else { monotonic_ns().saturating_sub(MERGE_DELAY_NS) };
-        let mut n = 0usize;
+        // A ring cut off at DRAIN_BATCH has more waiting: go round again at
+        // once. Otherwise sleep, so that records are handled in bursts.
+        let mut more = false;
         for ring in rings.iter_mut() {
             let mut k = 0usize;
             while let Some(item) = ring.next() {
@@ -340,10 +342,10 @@ pub fn run(
                 }
                 k += 1;
                 if k >= DRAIN_BATCH {
+                    more = true;
                     break;
                 }
             }
-            n += k;
         }
         if merge {
             merger.release(horizon, |rec| p.on_record(rec));
@@ -360,7 +362,7 @@ pub fn run(
             }
             last_stats = Instant::now();
         }
-        if n == 0 {
+        if !more {
             if stopping && merger.is_empty() {
                 break;
             }
