@@ -464,7 +464,51 @@ fn measure(
     Ok(run)
 }
 
-fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]]) {
+/// Run time of the probes themselves per request: one more KERNEL run with
+/// the kernel's BPF statistics switched on (they cost a clock read per
+/// program run, so they stay off during the rounds). Returns (µs of probe
+/// time per request, program runs per request).
+fn probe_time(w: &Workload, agent: &Path, sink: &Sink, seconds: u64) -> Result<(f64, f64)> {
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(STATS).context("reading kernel.bpf_stats_enabled")?;
+    std::fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let result = (|| {
+        let a = start_agent(agent, Mode::Kernel, w.comm, sink.port)?.context("no agent in KERNEL mode")?;
+        std::thread::sleep(Duration::from_millis(300));
+        let read = || program_stats(a.child.id());
+        let (ns0, runs0) = read();
+        let (requests, _) = wrk(&w.url, seconds)?;
+        let (ns1, runs1) = read();
+        stop_agent(a);
+        let n = requests.max(1) as f64;
+        Ok(((ns1 - ns0) as f64 / 1e3 / n, (runs1 - runs0) as f64 / n))
+    })();
+    let _ = std::fs::write(STATS, before.trim());
+    result
+}
+
+/// Summed `run_time_ns` and `run_cnt` of the BPF programs a process holds.
+fn program_stats(pid: u32) -> (u64, u64) {
+    let (mut ns, mut runs) = (0u64, 0u64);
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return (0, 0) };
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        if !text.contains("prog_type") {
+            continue;
+        }
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            match (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) {
+                (Some("run_time_ns:"), Some(v)) => ns += v,
+                (Some("run_cnt:"), Some(v)) => runs += v,
+                _ => {}
+            }
+        }
+    }
+    (ns, runs)
+}
+
+fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]], probes: Option<(f64, f64)>) {
     let col =
         |m: usize, f: &dyn Fn(&Run, &Run) -> f64| -> Vec<f64> { rounds.iter().map(|r| f(&r[m], &r[0])).collect() };
     let off_rps = median(rounds.iter().map(|r| r[0].rps).collect());
@@ -507,6 +551,11 @@ fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]]) {
         4,
     );
     row(out, "kernel events lost", &|r, _| r.kernel_lost as f64, 0);
+    if let Some((us, runs)) = probes {
+        out.push_str(&format!(
+            "\nProbe run time (kernel BPF statistics, one extra KERNEL run): {us:.2} µs per request in {runs:.1} program runs.\n"
+        ));
+    }
 }
 
 pub fn bench(paths: &Paths, opts: &Options) -> Result<()> {
@@ -588,7 +637,14 @@ pub fn bench(paths: &Paths, opts: &Options) -> Result<()> {
             ));
             rounds.push(r);
         }
-        report_workload(&mut report, &w, &rounds);
+        let probes = match probe_time(&w, &agent, &sink, opts.seconds) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn(format!("probe run time not measured: {e:#}"));
+                None
+            }
+        };
+        report_workload(&mut report, &w, &rounds, probes);
     }
     note(format!("the OTLP sink received {} export requests", sink.requests.load(Ordering::Relaxed)));
     drop(sink);
