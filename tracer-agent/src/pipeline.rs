@@ -313,7 +313,7 @@ impl Merger {
 }
 
 /// Drain the ring buffers until `stop` is set; polls every few milliseconds
-/// (the probes never wake the reader for single events). With one ring per
+/// (the probes never wake the reader). With one ring per
 /// CPU, records are merged by timestamp before processing.
 pub fn run(
     mut rings: Vec<aya::maps::RingBuf<aya::maps::MapData>>,

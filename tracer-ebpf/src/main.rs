@@ -35,8 +35,6 @@ use tracer_common::{
 };
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
 const SOCK_STREAM: u16 = 1;
@@ -391,29 +389,18 @@ fn header(kind: EventKind, sc: u16, ts_enter: u64, fd: i32, ret: i64, comm: [u8;
     }
 }
 
-/// Write one record; wake the reader only when its ring is more than half full.
+/// Write one record without waking the reader: the agent drains the rings
+/// on a short timer and never waits for a wake-up.
 #[inline(always)]
 fn output(cfg: &Config, bytes: &[u8]) {
     let ok = if cfg.flags & mode::PER_CPU_RINGS != 0 {
         let cpu = unsafe { bpf_get_smp_processor_id() };
         match RINGS.get(cpu) {
-            Some(ring) => {
-                let pending = unsafe {
-                    generated::bpf_ringbuf_query(ring as *const _ as *mut core::ffi::c_void, BPF_RB_AVAIL_DATA)
-                };
-                let flags =
-                    if pending > (PER_CPU_RING_BYTES / 2) as u64 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
-                ring.output_untyped::<[u8]>(bytes, flags).is_ok()
-            }
+            Some(ring) => ring.output_untyped::<[u8]>(bytes, BPF_RB_NO_WAKEUP).is_ok(),
             None => false,
         }
     } else {
-        let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > (SHARED_RING_BYTES / 2) as u64 {
-            BPF_RB_FORCE_WAKEUP
-        } else {
-            BPF_RB_NO_WAKEUP
-        };
-        EVENTS.output::<[u8]>(bytes, flags).is_ok()
+        EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP).is_ok()
     };
     bump(if ok { counter::SENT } else { counter::LOST });
 }
