@@ -12,7 +12,7 @@ use std::hint::black_box;
 
 use tracer_agent::conntrack::Tracker;
 use tracer_agent::event::encode;
-use tracer_agent::export::encode_request;
+use tracer_agent::export::{encode_request, EncodedSpans, SpanBatch};
 use tracer_agent::pipeline::Pipeline;
 use tracer_agent::resource::Resources;
 use tracer_agent::route::RouteMatcher;
@@ -88,10 +88,11 @@ fn run_pipeline(records: &[Vec<u8>], pipe: &mut Pipeline, resources: &mut Resour
     let mut spans = 0u64;
     let mut bytes = 0u64;
     let mut flush = |pipe: &mut Pipeline, body: &mut Vec<u8>| {
-        let batch = pipe.take_spans();
+        let Some(SpanBatch::Encoded(batch)) = pipe.take_batch(EncodedSpans::default) else { return };
         spans += batch.len() as u64;
+        let all: Vec<(&EncodedSpans, usize)> = (0..batch.len()).map(|i| (&batch, i)).collect();
         body.clear();
-        encode_request(&batch, resources, body);
+        encode_request(&all, resources, body);
         bytes += body.len() as u64;
     };
     for (i, rec) in records.iter().enumerate() {
@@ -112,6 +113,7 @@ fn main() {
         RouteMatcher::new(&[]).expect("no routes"),
         Clock { offset: 0 },
     );
+    pipe.encode_spans();
     let mut resources = Resources::new(Vec::new(), Vec::new());
     let mut body = Vec::new();
     let t0 = cpu_seconds();

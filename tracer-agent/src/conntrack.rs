@@ -8,6 +8,7 @@
 
 use ahash::AHashMap as HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tracer_common::{role, EventKind};
 
@@ -37,7 +38,9 @@ enum Proto {
 }
 
 struct Conn {
-    meta: ConnMeta,
+    /// Shared with the exchanges it produces (changed only when the
+    /// connection's owner or side turns out to be another).
+    meta: Arc<ConnMeta>,
     /// Kernel hint (`role::*`), refined by detection.
     role: u8,
     last_seen: u64,
@@ -76,8 +79,10 @@ pub struct Tracker {
     /// Looks up listening sockets for connections whose opening was not seen
     /// (None in replays and tests: the traffic alone decides).
     pub listeners: Option<crate::listeners::Listeners>,
-    /// Reused for the HTTP/1 exchanges finished by one segment.
+    /// Reused for the exchanges finished by one segment.
     done: Vec<http1::Exchange>,
+    done_h2: Vec<http2::H2Exchange>,
+    done_db: Vec<crate::protocol::db::DbExchange>,
     conns: HashMap<u64, Conn>,
     by_tuple: HashMap<Tuple, u64>,
     max_conns: usize,
@@ -105,6 +110,8 @@ impl Tracker {
         Self {
             listeners: None,
             done: Vec::new(),
+            done_h2: Vec::new(),
+            done_db: Vec::new(),
             conns: HashMap::new(),
             by_tuple: HashMap::new(),
             max_conns: max_conns.max(16),
@@ -122,7 +129,7 @@ impl Tracker {
     }
 
     /// Feed one event; finished exchanges are appended to `out`.
-    pub fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<(ConnMeta, Exchange)>) {
+    pub fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<(Arc<ConnMeta>, Exchange)>) {
         self.stats.events += 1;
         let key = ev.header.sock.ino;
         let now = ev.header.ts_exit;
@@ -137,7 +144,7 @@ impl Tracker {
                 self.insert(
                     key,
                     Conn {
-                        meta: meta_for(ev, kind),
+                        meta: Arc::new(meta_for(ev, kind)),
                         role: if kind == SpanKind::Server { role::SERVER } else { role::CLIENT },
                         last_seen: now,
                         proto: Proto::Detecting(0),
@@ -193,7 +200,7 @@ impl Tracker {
 
     /// Forget connections idle for longer than the expiry; unanswered requests
     /// on them are reported without a response.
-    pub fn expire(&mut self, now: u64, out: &mut Vec<(ConnMeta, Exchange)>) {
+    pub fn expire(&mut self, now: u64, out: &mut Vec<(Arc<ConnMeta>, Exchange)>) {
         let idle = self.idle_ns;
         let dead: Vec<u64> =
             self.conns.iter().filter(|(_, c)| now.saturating_sub(c.last_seen) > idle).map(|(k, _)| *k).collect();
@@ -220,7 +227,7 @@ impl Tracker {
             .sum()
     }
 
-    fn on_data(&mut self, ev: &Event<'_>, out: &mut Vec<(ConnMeta, Exchange)>) {
+    fn on_data(&mut self, ev: &Event<'_>, out: &mut Vec<(Arc<ConnMeta>, Exchange)>) {
         let key = ev.header.sock.ino;
         let now = ev.header.ts_exit;
         if !self.conns.contains_key(&key) {
@@ -238,14 +245,16 @@ impl Tracker {
                 }
             }
             let kind = if r == role::CLIENT { SpanKind::Client } else { SpanKind::Server };
-            self.insert(key, Conn { meta: meta_for(ev, kind), role: r, last_seen: now, proto: Proto::Detecting(0) });
+            let meta = Arc::new(meta_for(ev, kind));
+            self.insert(key, Conn { meta, role: r, last_seen: now, proto: Proto::Detecting(0) });
         }
         let Some(c) = self.conns.get_mut(&key) else { return };
         c.last_seen = now;
         if c.meta.pid != ev.header.pid {
             // Shared socket (e.g. inherited): attribute to the process doing the I/O.
-            c.meta.pid = ev.header.pid;
-            c.meta.comm = comm(&ev.header.comm).into();
+            let meta = Arc::make_mut(&mut c.meta);
+            meta.pid = ev.header.pid;
+            meta.comm = comm(&ev.header.comm).into();
         }
         let inbound = ev.kind == EventKind::Recv;
         let ret = ev.header.ret.max(0) as u64;
@@ -253,7 +262,8 @@ impl Tracker {
             match detect(c.role, inbound, ev.payload) {
                 Some((kind, r)) => {
                     c.role = r;
-                    c.meta.kind = if r == role::SERVER { SpanKind::Server } else { SpanKind::Client };
+                    Arc::make_mut(&mut c.meta).kind =
+                        if r == role::SERVER { SpanKind::Server } else { SpanKind::Client };
                     c.proto = match kind {
                         Kind::Http1 => Proto::Http1(Box::new(Http1Conn::new())),
                         Kind::Http2 => Proto::Http2(Box::new(H2Conn::new())),
@@ -334,7 +344,7 @@ impl Tracker {
                                         ts_exit: ev.header.ts_exit,
                                     };
                                     h2.on_server_segment(tail, &mut done);
-                                    out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Http2(ex))));
+                                    out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::http2(ex))));
                                 }
                             }
                             Proto::Http2(Box::new(h2))
@@ -343,10 +353,10 @@ impl Tracker {
                     };
                 }
             }
-            Proto::Http2(h) => feed(h.as_mut(), client_dir, seg, &c.meta, Exchange::Http2, out),
-            Proto::Postgres(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, out),
-            Proto::Mysql(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, out),
-            Proto::Redis(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, out),
+            Proto::Http2(h) => feed(h.as_mut(), client_dir, seg, &c.meta, Exchange::http2, &mut self.done_h2, out),
+            Proto::Postgres(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),
+            Proto::Mysql(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),
+            Proto::Redis(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),
             Proto::Opaque => self.stats.bytes_ignored += ret,
             Proto::Detecting(_) => {}
         }
@@ -454,43 +464,44 @@ stream_parser!(PgConn, crate::protocol::db::DbExchange);
 stream_parser!(MysqlConn, crate::protocol::db::DbExchange);
 stream_parser!(RedisConn, crate::protocol::db::DbExchange);
 
+/// `done`: scratch space, empty before and after.
 fn feed<P: StreamParser>(
     p: &mut P,
     client_dir: bool,
     seg: Segment<'_>,
-    meta: &ConnMeta,
+    meta: &Arc<ConnMeta>,
     wrap: fn(P::Out) -> Exchange,
-    out: &mut Vec<(ConnMeta, Exchange)>,
+    done: &mut Vec<P::Out>,
+    out: &mut Vec<(Arc<ConnMeta>, Exchange)>,
 ) {
-    let mut done = Vec::new();
     if client_dir {
-        p.client(seg, &mut done);
+        p.client(seg, done);
     } else {
-        p.server(seg, &mut done);
+        p.server(seg, done);
     }
-    out.extend(done.into_iter().map(|ex| (meta.clone(), wrap(ex))));
+    out.extend(done.drain(..).map(|ex| (meta.clone(), wrap(ex))));
 }
 
 fn close<P: StreamParser>(
     mut p: Box<P>,
     now: u64,
-    meta: &ConnMeta,
+    meta: &Arc<ConnMeta>,
     wrap: fn(P::Out) -> Exchange,
-    out: &mut Vec<(ConnMeta, Exchange)>,
+    out: &mut Vec<(Arc<ConnMeta>, Exchange)>,
 ) {
     let mut done = Vec::new();
     p.close(now, &mut done);
     out.extend(done.into_iter().map(|ex| (meta.clone(), wrap(ex))));
 }
 
-fn finish(c: Conn, now: u64, out: &mut Vec<(ConnMeta, Exchange)>) {
+fn finish(c: Conn, now: u64, out: &mut Vec<(Arc<ConnMeta>, Exchange)>) {
     match c.proto {
         Proto::Http1(mut h) => {
             let mut done = Vec::new();
             h.on_close(now, &mut done);
             out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Http1(ex))));
         }
-        Proto::Http2(p) => close(p, now, &c.meta, Exchange::Http2, out),
+        Proto::Http2(p) => close(p, now, &c.meta, Exchange::http2, out),
         Proto::Postgres(p) => close(p, now, &c.meta, Exchange::Db, out),
         Proto::Mysql(p) => close(p, now, &c.meta, Exchange::Db, out),
         Proto::Redis(p) => close(p, now, &c.meta, Exchange::Db, out),

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use tokio::sync::mpsc;
 
 use crate::config::{ExportConfig, Protocol};
 use crate::otlp;
+use crate::pipeline::SpanReceiver;
 use crate::resource::{ResourceKey, Resources};
 use crate::span::{hex, Span, SpanKind, Status, Value};
 
@@ -50,23 +50,176 @@ pub struct Exporter {
     max_batch: usize,
     stats: Arc<ExportStats>,
     last_error_log: Option<Instant>,
+    bodies: BodyPool,
 }
 
-/// Encode spans as an OTLP `ExportTraceServiceRequest`, one resource per
-/// process (and service name).
-pub fn encode_request(spans: &[Span], resources: &mut Resources, out: &mut Vec<u8>) {
-    // Few processes per batch: a linear scan beats hashing every span.
-    let mut groups: Vec<(ResourceKey, std::sync::Arc<str>, Vec<usize>)> = Vec::new();
-    for (i, s) in spans.iter().enumerate() {
-        let key = resources.key(s);
-        match groups.iter_mut().find(|g| g.0 == key) {
-            Some(g) => g.2.push(i),
-            None => groups.push((key, s.comm.clone(), vec![i])),
+/// Request bodies, back from the transport once sent, for the next requests:
+/// a fresh buffer of that size costs a page fault every 4 KiB.
+#[derive(Clone, Default)]
+struct BodyPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+/// Bodies kept (requests are sent one at a time), and the most room one may
+/// hold to be kept.
+const SPARE_BODIES: usize = 2;
+const SPARE_BODY_BYTES: usize = 8 << 20;
+
+impl BodyPool {
+    fn take(&self) -> Vec<u8> {
+        self.0.lock().ok().and_then(|mut spare| spare.pop()).unwrap_or_default()
+    }
+
+    fn wrap(&self, buf: Vec<u8>) -> PooledBody {
+        PooledBody { buf, pool: self.clone() }
+    }
+}
+
+/// An encoded request body that goes back to its pool when dropped.
+struct PooledBody {
+    buf: Vec<u8>,
+    pool: BodyPool,
+}
+
+impl AsRef<[u8]> for PooledBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.capacity() > SPARE_BODY_BYTES {
+            return;
+        }
+        buf.clear();
+        if let Ok(mut spare) = self.pool.0.lock() {
+            if spare.len() < SPARE_BODIES {
+                spare.push(buf);
+            }
         }
     }
-    for (key, comm, idx) in &groups {
-        let attrs = resources.attributes(key, comm);
-        otlp::put_resource_spans(out, &attrs, idx.iter().map(|&i| &spans[i]));
+}
+
+/// The process a span comes from, which decides its resource.
+struct Origin {
+    pid: u32,
+    comm: Arc<str>,
+    server_port: Option<u16>,
+}
+
+/// Spans encoded for export by the thread that made them, so that span data
+/// does not have to travel to the exporter's thread, with what it takes to
+/// group them by resource.
+#[derive(Default)]
+pub struct EncodedSpans {
+    /// The spans as `ScopeSpans.spans` fields, one after the other.
+    bytes: Vec<u8>,
+    /// Per span: where its field ends in `bytes`, and its index in `origins`.
+    ends: Vec<(usize, usize)>,
+    origins: Vec<Origin>,
+}
+
+impl EncodedSpans {
+    pub fn push(&mut self, span: &Span) {
+        otlp::put_span(&mut self.bytes, span);
+        // Few processes per batch: a linear scan beats hashing every span.
+        let same = |o: &Origin| o.pid == span.pid && o.server_port == span.server_port && o.comm == span.comm;
+        let origin = match self.origins.iter().rposition(same) {
+            Some(i) => i,
+            None => {
+                self.origins.push(Origin { pid: span.pid, comm: span.comm.clone(), server_port: span.server_port });
+                self.origins.len() - 1
+            }
+        };
+        self.ends.push((self.bytes.len(), origin));
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of room held.
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// Empty, keeping the room.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        self.origins.clear();
+    }
+
+    /// The encoded field of span `i`, and its origin.
+    fn span(&self, i: usize) -> (&[u8], &Origin) {
+        let start = i.checked_sub(1).map_or(0, |p| self.ends[p].0);
+        let (end, origin) = self.ends[i];
+        (&self.bytes[start..end], &self.origins[origin])
+    }
+}
+
+/// Spans on their way from the pipeline to the exporter.
+pub enum SpanBatch {
+    /// To be printed.
+    Spans(Vec<Span>),
+    /// To be exported.
+    Encoded(EncodedSpans),
+}
+
+impl SpanBatch {
+    pub fn len(&self) -> usize {
+        match self {
+            SpanBatch::Spans(s) => s.len(),
+            SpanBatch::Encoded(e) => e.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The spans of one resource in a request.
+struct Group<'a> {
+    key: ResourceKey,
+    /// Process name of the first span.
+    comm: &'a str,
+    spans: Vec<&'a [u8]>,
+}
+
+/// Encode spans (span `i` of each batch listed) as an OTLP
+/// `ExportTraceServiceRequest`, one resource per process (and service name).
+pub fn encode_request(spans: &[(&EncodedSpans, usize)], resources: &mut Resources, out: &mut Vec<u8>) {
+    // Few processes per request: a linear scan beats hashing every span, and
+    // consecutive spans mostly share their origin.
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    let mut last: Option<(&Origin, usize)> = None;
+    for &(batch, i) in spans {
+        let (bytes, origin) = batch.span(i);
+        let group = match last {
+            Some((o, g)) if std::ptr::eq(o, origin) => g,
+            _ => {
+                let key = resources.key_of(origin.pid, &origin.comm, origin.server_port);
+                let g = match groups.iter().position(|g| g.key == key) {
+                    Some(g) => g,
+                    None => {
+                        groups.push(Group { key, comm: &origin.comm, spans: Vec::new() });
+                        groups.len() - 1
+                    }
+                };
+                last = Some((origin, g));
+                g
+            }
+        };
+        groups[group].spans.push(bytes);
+    }
+    for g in &groups {
+        let attrs = resources.attributes(&g.key, g.comm);
+        otlp::put_resource_spans(out, &attrs, g.spans.iter().copied());
     }
 }
 
@@ -77,11 +230,11 @@ struct RawEncoder;
 struct RawDecoder;
 
 impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
+    type Item = PooledBody;
     type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+    fn encode(&mut self, item: PooledBody, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
         use bytes::BufMut;
-        dst.put_slice(&item);
+        dst.put_slice(item.as_ref());
         Ok(())
     }
 }
@@ -98,7 +251,7 @@ impl tonic::codec::Decoder for RawDecoder {
 }
 
 impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
+    type Encode = PooledBody;
     type Decode = ();
     type Encoder = RawEncoder;
     type Decoder = RawDecoder;
@@ -177,58 +330,95 @@ impl Exporter {
                 }
             },
         };
-        Ok(Self { sink, resources, delay, max_batch: max_batch.max(1), stats, last_error_log: None })
+        Ok(Self {
+            sink,
+            resources,
+            delay,
+            max_batch: max_batch.max(1),
+            stats,
+            last_error_log: None,
+            bodies: BodyPool::default(),
+        })
     }
 
-    /// Run until the span channel closes, then flush what is left.
-    /// `queued` counts spans handed over but not yet taken from the channel.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Vec<Span>>, queued: Arc<std::sync::atomic::AtomicUsize>) {
-        let mut pending: Vec<Span> = Vec::new();
+    /// Spans are printed rather than exported.
+    pub fn prints(&self) -> bool {
+        matches!(self.sink, Sink::Print)
+    }
+
+    /// Run until the span queue closes, then flush what is left.
+    pub async fn run(mut self, mut spans: SpanReceiver) {
+        // Batches as received, and how many spans they hold.
+        let mut pending: Vec<SpanBatch> = Vec::new();
+        let mut pending_spans = 0usize;
         let mut tick = tokio::time::interval(self.delay.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                batch = rx.recv() => match batch {
+                batch = spans.recv() => match batch {
                     Some(b) => {
-                        queued.fetch_sub(b.len(), Ordering::Relaxed);
-                        pending.extend(b);
-                        if matches!(self.sink, Sink::Print) || pending.len() >= self.max_batch {
-                            self.flush(&mut pending).await;
+                        pending_spans += b.len();
+                        pending.push(b);
+                        if matches!(self.sink, Sink::Print) || pending_spans >= self.max_batch {
+                            self.flush(&mut pending, &spans).await;
+                            pending_spans = 0;
                         }
                     }
                     None => break,
                 },
-                _ = tick.tick() => self.flush(&mut pending).await,
+                _ = tick.tick() => {
+                    self.flush(&mut pending, &spans).await;
+                    pending_spans = 0;
+                }
             }
         }
-        self.flush(&mut pending).await;
+        self.flush(&mut pending, &spans).await;
     }
 
-    async fn flush(&mut self, pending: &mut Vec<Span>) {
-        let mut start = 0;
-        while start < pending.len() {
-            let end = (start + self.max_batch).min(pending.len());
-            let batch = std::mem::take(pending);
-            self.send(&batch[start..end]).await;
-            *pending = batch;
-            start = end;
-        }
-        pending.clear();
-    }
-
-    async fn send(&mut self, spans: &[Span]) {
-        if let Sink::Print = self.sink {
-            let mut out = std::io::stdout().lock();
-            for s in spans {
-                let key = self.resources.key(s);
-                let _ = writeln!(out, "{}", format_line(s, &key.service));
+    /// Send everything pending, in requests of at most `max_batch` spans.
+    /// Encoded batches go back to the pipeline to be reused.
+    async fn flush(&mut self, pending: &mut Vec<SpanBatch>, spans: &SpanReceiver) {
+        let total: usize = pending.iter().map(SpanBatch::len).sum();
+        let mut request: Vec<(&EncodedSpans, usize)> = Vec::with_capacity(total.min(self.max_batch));
+        for batch in pending.iter() {
+            match batch {
+                SpanBatch::Spans(s) => self.print(s),
+                SpanBatch::Encoded(e) => {
+                    for i in 0..e.len() {
+                        request.push((e, i));
+                        if request.len() == self.max_batch {
+                            self.send(&request).await;
+                            request.clear();
+                        }
+                    }
+                }
             }
-            let _ = out.flush();
-            self.stats.printed.fetch_add(spans.len() as u64, Ordering::Relaxed);
-            return;
         }
-        let mut body = Vec::with_capacity(spans.len() * 400);
+        if !request.is_empty() {
+            self.send(&request).await;
+        }
+        drop(request);
+        for batch in pending.drain(..) {
+            if let SpanBatch::Encoded(e) = batch {
+                spans.give_back(e);
+            }
+        }
+    }
+
+    fn print(&mut self, spans: &[Span]) {
+        let mut out = std::io::stdout().lock();
+        for s in spans {
+            let key = self.resources.key(s);
+            let _ = writeln!(out, "{}", format_line(s, &key.service));
+        }
+        let _ = out.flush();
+        self.stats.printed.fetch_add(spans.len() as u64, Ordering::Relaxed);
+    }
+
+    async fn send(&mut self, spans: &[(&EncodedSpans, usize)]) {
+        let mut body = self.bodies.take();
         encode_request(spans, &mut self.resources, &mut body);
+        let body = self.bodies.wrap(body);
         let result = match &mut self.sink {
             Sink::Print => Ok(()),
             Sink::Grpc { client, headers, timeout } => {
@@ -252,7 +442,7 @@ impl Exporter {
                 }
             }
             Sink::Http { client, url, headers, timeout } => {
-                let body = Bytes::from(body);
+                let body = Bytes::from_owner(body);
                 let mut b = hyper::Request::post(url.clone()).header("content-type", "application/x-protobuf");
                 for (k, v) in headers.iter() {
                     b = b.header(k.as_str(), v.as_str());

@@ -60,9 +60,12 @@ async fn replay(
     export_stats: Arc<ExportStats>,
 ) -> Result<()> {
     let file = tracer_agent::record::Replay::open(path)?;
-    let pipe = Pipeline::from_args(args, routes, Clock { offset: file.clock_offset });
-    let (queue, rx, queued) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
-    let exporter_task = tokio::spawn(exporter.run(rx, queued));
+    let mut pipe = Pipeline::from_args(args, routes, Clock { offset: file.clock_offset });
+    if !exporter.prints() {
+        pipe.encode_spans();
+    }
+    let (queue, spans) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
+    let exporter_task = tokio::spawn(exporter.run(spans));
     let cpu0 = cpu_seconds();
     let wall0 = std::time::Instant::now();
     let stats = tokio::task::spawn_blocking(move || {
@@ -132,14 +135,18 @@ async fn run(args: Args) -> Result<()> {
         .context("installing SIGTERM handler")?;
 
     let (probes, rings) = Probes::load(args.capture_bytes, &filters, args.ring_buffer)?;
-    let (queue, rx, queued) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
-    let exporter_task = tokio::spawn(exporter.run(rx, queued));
+    let encode = !exporter.prints();
+    let (queue, spans) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
+    let exporter_task = tokio::spawn(exporter.run(spans));
 
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Mutex::new(PipelineStats::default()));
     let clock = Clock::now();
     let mut pipe = Pipeline::from_args(&args, routes, clock);
     pipe.discard = args.discard;
+    if encode {
+        pipe.encode_spans();
+    }
     pipe.tracker.listeners = Some(tracer_agent::listeners::Listeners::default());
     if let Some(path) = &args.record {
         pipe.recorder = Some(tracer_agent::record::Recorder::create(path, clock.offset)?);

@@ -10,47 +10,194 @@ const WIRE_FIXED64: u32 = 1;
 const WIRE_LEN: u32 = 2;
 const WIRE_FIXED32: u32 = 5;
 
+/// Keys of the length-delimited fields 1 and 2.
+const KEY_1_LEN: u8 = (1 << 3) | WIRE_LEN as u8;
+const KEY_2_LEN: u8 = (2 << 3) | WIRE_LEN as u8;
+
 /// Schema of the semantic conventions the spans follow.
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.37.0";
 const SCOPE_NAME: &str = "tracer-agent";
 const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
+#[inline]
+fn varint_len(v: u64) -> usize {
+    if v < 0x80 {
+        // Most lengths and keys.
+        1
+    } else {
+        // Each byte carries 7 bits.
+        (64 - v.leading_zeros() as usize).div_ceil(7)
     }
-    n
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_key(out: &mut Vec<u8>, field: u32, wire: u32) {
-    put_varint(out, u64::from((field << 3) | wire));
-}
-
+#[inline]
 fn key_len(field: u32) -> usize {
     varint_len(u64::from(field << 3))
 }
 
 /// Size of a length-delimited field holding `len` bytes.
+#[inline]
 fn len_field(field: u32, len: usize) -> usize {
     key_len(field) + varint_len(len as u64) + len
 }
 
-fn put_bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
-    put_key(out, field, WIRE_LEN);
-    put_varint(out, b.len() as u64);
-    out.extend_from_slice(b);
+/// A cursor over bytes already sized to the exact encoded length, so that
+/// each write is a store rather than a growable-buffer push. The lengths are
+/// computed by the `*_len` functions below; a mismatch is a bug and panics on
+/// the bounds check instead of producing a corrupt message.
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
 }
 
+impl Writer<'_> {
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        self.buf[self.pos] = b;
+        self.pos += 1;
+    }
+
+    #[inline]
+    fn raw(&mut self, b: &[u8]) {
+        let end = self.pos + b.len();
+        let dst = &mut self.buf[self.pos..end];
+        // Most strings here are short: fixed-size moves instead of a call.
+        match b.len() {
+            0 => {}
+            1..=3 => {
+                dst[0] = b[0];
+                dst[b.len() / 2] = b[b.len() / 2];
+                dst[b.len() - 1] = b[b.len() - 1];
+            }
+            4..=7 => copy_ends::<4>(dst, b),
+            8..=15 => copy_ends::<8>(dst, b),
+            16..=32 => copy_ends::<16>(dst, b),
+            _ => dst.copy_from_slice(b),
+        }
+        self.pos = end;
+    }
+
+    #[inline]
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    #[inline]
+    fn key(&mut self, field: u32, wire: u32) {
+        self.varint(u64::from((field << 3) | wire));
+    }
+
+    /// The key and length of a length-delimited field whose body follows.
+    #[inline]
+    fn len_key(&mut self, field: u32, len: usize) {
+        self.key(field, WIRE_LEN);
+        self.varint(len as u64);
+    }
+
+    #[inline]
+    fn bytes(&mut self, field: u32, b: &[u8]) {
+        self.len_key(field, b.len());
+        self.raw(b);
+    }
+
+    /// Four bytes at once.
+    #[inline]
+    fn quad(&mut self, b: [u8; 4]) {
+        let end = self.pos + 4;
+        self.buf[self.pos..end].copy_from_slice(&b);
+        self.pos = end;
+    }
+
+    #[inline(always)]
+    fn key_value(&mut self, field: u32, k: &str, v: &Value) {
+        let any_len = any_value_len(v);
+        let kv_len = len_field(1, k.len()) + len_field(2, any_len);
+        if field < 16 && kv_len < 0x80 {
+            // Every key and length of the field fits in a byte (the usual
+            // case): they are written four at a time.
+            self.quad([((field << 3) | WIRE_LEN) as u8, kv_len as u8, KEY_1_LEN, k.len() as u8]);
+            self.raw(k.as_bytes());
+            match v {
+                Value::Str(_) | Value::Shared(_) => {
+                    let text = v.as_str().unwrap_or("");
+                    self.quad([KEY_2_LEN, any_len as u8, KEY_1_LEN, text.len() as u8]);
+                    self.raw(text.as_bytes());
+                }
+                Value::Int(i) => {
+                    self.byte(KEY_2_LEN);
+                    self.byte(any_len as u8);
+                    self.key(3, WIRE_VARINT);
+                    self.varint(*i as u64);
+                }
+            }
+            return;
+        }
+        self.len_key(field, kv_len);
+        self.bytes(1, k.as_bytes());
+        self.len_key(2, any_len);
+        match v {
+            Value::Str(s) => self.bytes(1, s.as_bytes()),
+            Value::Shared(s) => self.bytes(1, s.as_bytes()),
+            Value::Int(i) => {
+                self.key(3, WIRE_VARINT);
+                self.varint(*i as u64);
+            }
+        }
+    }
+
+    #[inline]
+    fn span(&mut self, s: &Span, len: usize) {
+        self.len_key(2, len); // ScopeSpans.spans
+        self.bytes(1, &s.trace_id);
+        self.bytes(2, &s.span_id);
+        if let Some(p) = &s.parent_span_id {
+            self.bytes(4, p);
+        }
+        self.bytes(5, s.name.as_bytes());
+        self.key(6, WIRE_VARINT);
+        self.byte(match s.kind {
+            SpanKind::Server => 2,
+            SpanKind::Client => 3,
+        });
+        self.key(7, WIRE_FIXED64);
+        self.raw(&s.start_unix_ns.to_le_bytes());
+        self.key(8, WIRE_FIXED64);
+        self.raw(&s.end_unix_ns.to_le_bytes());
+        for (k, v) in &s.attributes {
+            self.key_value(9, k, v);
+        }
+        self.len_key(15, status_len(s));
+        if s.status == Status::Error {
+            self.key(3, WIRE_VARINT);
+            self.byte(2); // STATUS_CODE_ERROR
+        }
+        // Trace flags (sampled bit) and "is_remote is known" (0x100); the parent is remote when set.
+        let mut flags: u32 = u32::from(s.sampled) | 0x100;
+        if s.parent_span_id.is_some() {
+            flags |= 0x200;
+        }
+        self.key(16, WIRE_FIXED32);
+        self.raw(&flags.to_le_bytes());
+    }
+}
+
+/// Copies `src` to `dst` (of the same length, between `N` and `2 * N`) as its
+/// first and its last `N` bytes, which overlap unless the length is `2 * N`.
+#[inline(always)]
+fn copy_ends<const N: usize>(dst: &mut [u8], src: &[u8]) {
+    if let (Some(d), Some(s)) = (dst.first_chunk_mut::<N>(), src.first_chunk::<N>()) {
+        *d = *s;
+    }
+    if let (Some(d), Some(s)) = (dst.last_chunk_mut::<N>(), src.last_chunk::<N>()) {
+        *d = *s;
+    }
+}
+
+#[inline]
 fn any_value_len(v: &Value) -> usize {
     match v {
         Value::Str(s) => len_field(1, s.len()),
@@ -59,24 +206,9 @@ fn any_value_len(v: &Value) -> usize {
     }
 }
 
+#[inline]
 fn key_value_len(k: &str, v: &Value) -> usize {
     len_field(1, k.len()) + len_field(2, any_value_len(v))
-}
-
-fn put_key_value(out: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
-    put_key(out, field, WIRE_LEN);
-    put_varint(out, key_value_len(k, v) as u64);
-    put_bytes(out, 1, k.as_bytes());
-    put_key(out, 2, WIRE_LEN);
-    put_varint(out, any_value_len(v) as u64);
-    match v {
-        Value::Str(s) => put_bytes(out, 1, s.as_bytes()),
-        Value::Shared(s) => put_bytes(out, 1, s.as_bytes()),
-        Value::Int(i) => {
-            put_key(out, 3, WIRE_VARINT);
-            put_varint(out, *i as u64);
-        }
-    }
 }
 
 fn status_len(s: &Span) -> usize {
@@ -102,77 +234,62 @@ fn span_len(s: &Span) -> usize {
     n
 }
 
-fn put_span(out: &mut Vec<u8>, s: &Span) {
-    put_key(out, 2, WIRE_LEN); // ScopeSpans.spans
-    put_varint(out, span_len(s) as u64);
-    put_bytes(out, 1, &s.trace_id);
-    put_bytes(out, 2, &s.span_id);
-    if let Some(p) = &s.parent_span_id {
-        put_bytes(out, 4, p);
-    }
-    put_bytes(out, 5, s.name.as_bytes());
-    put_key(out, 6, WIRE_VARINT);
-    out.push(match s.kind {
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-    });
-    put_key(out, 7, WIRE_FIXED64);
-    out.extend_from_slice(&s.start_unix_ns.to_le_bytes());
-    put_key(out, 8, WIRE_FIXED64);
-    out.extend_from_slice(&s.end_unix_ns.to_le_bytes());
-    for (k, v) in &s.attributes {
-        put_key_value(out, 9, k, v);
-    }
-    put_key(out, 15, WIRE_LEN);
-    put_varint(out, status_len(s) as u64);
-    if s.status == Status::Error {
-        put_key(out, 3, WIRE_VARINT);
-        out.push(2); // STATUS_CODE_ERROR
-    }
-    // Trace flags (sampled bit) and "is_remote is known" (0x100); the parent is remote when set.
-    let mut flags: u32 = u32::from(s.sampled) | 0x100;
-    if s.parent_span_id.is_some() {
-        flags |= 0x200;
-    }
-    put_key(out, 16, WIRE_FIXED32);
-    out.extend_from_slice(&flags.to_le_bytes());
-}
-
 fn scope_len() -> usize {
     len_field(1, SCOPE_NAME.len()) + len_field(2, SCOPE_VERSION.len())
 }
 
+/// Appends a span as a `ScopeSpans.spans` field (key and length included),
+/// ready to be placed in a `ResourceSpans` by [`put_resource_spans`].
+pub fn put_span(out: &mut Vec<u8>, s: &Span) {
+    let len = span_len(s);
+    let start = out.len();
+    out.resize(start + len_field(2, len), 0);
+    let mut w = Writer { buf: &mut out[start..], pos: 0 };
+    w.span(s, len);
+    debug_assert_eq!(w.pos, w.buf.len());
+}
+
 /// Appends one `ResourceSpans` (field 1 of ExportTraceServiceRequest) for
-/// spans of one resource.
+/// spans of one resource, each encoded by [`put_span`].
 pub fn put_resource_spans<'a>(
     out: &mut Vec<u8>,
     resource: &[(String, Value)],
-    spans: impl Iterator<Item = &'a Span> + Clone,
+    spans: impl Iterator<Item = &'a [u8]> + Clone,
 ) {
     let res_len: usize = resource.iter().map(|(k, v)| len_field(1, key_value_len(k, v))).sum();
-    let spans_len: usize = spans.clone().map(|s| len_field(2, span_len(s))).sum();
+    let spans_len: usize = spans.clone().map(<[u8]>::len).sum();
     let scope_spans_len = len_field(1, scope_len()) + spans_len + len_field(3, SCHEMA_URL.len());
     let rs_len = len_field(1, res_len) + len_field(2, scope_spans_len);
+    // What comes before the spans: the key and length of the ResourceSpans,
+    // the Resource, the key and length of the ScopeSpans, the scope.
+    let head_len = key_len(1)
+        + varint_len(rs_len as u64)
+        + len_field(1, res_len)
+        + key_len(2)
+        + varint_len(scope_spans_len as u64)
+        + len_field(1, scope_len());
+    let start = out.len();
     out.reserve(len_field(1, rs_len));
-    put_key(out, 1, WIRE_LEN);
-    put_varint(out, rs_len as u64);
+    out.resize(start + head_len, 0);
+    let mut w = Writer { buf: &mut out[start..], pos: 0 };
+    w.len_key(1, rs_len);
     // Resource
-    put_key(out, 1, WIRE_LEN);
-    put_varint(out, res_len as u64);
+    w.len_key(1, res_len);
     for (k, v) in resource {
-        put_key_value(out, 1, k, v);
+        w.key_value(1, k, v);
     }
     // ScopeSpans
-    put_key(out, 2, WIRE_LEN);
-    put_varint(out, scope_spans_len as u64);
-    put_key(out, 1, WIRE_LEN);
-    put_varint(out, scope_len() as u64);
-    put_bytes(out, 1, SCOPE_NAME.as_bytes());
-    put_bytes(out, 2, SCOPE_VERSION.as_bytes());
-    for s in spans {
-        put_span(out, s);
+    w.len_key(2, scope_spans_len);
+    w.len_key(1, scope_len());
+    w.bytes(1, SCOPE_NAME.as_bytes());
+    w.bytes(2, SCOPE_VERSION.as_bytes());
+    debug_assert_eq!(w.pos, w.buf.len());
+    for span in spans {
+        out.extend_from_slice(span);
     }
-    put_bytes(out, 3, SCHEMA_URL.as_bytes());
+    let start = out.len();
+    out.resize(start + len_field(3, SCHEMA_URL.len()), 0);
+    Writer { buf: &mut out[start..], pos: 0 }.bytes(3, SCHEMA_URL.as_bytes());
 }
 
 #[cfg(test)]
@@ -206,13 +323,40 @@ mod tests {
     }
 
     #[test]
+    fn lengths_and_copies() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut buf = [0u8; 10];
+            let mut w = Writer { buf: &mut buf, pos: 0 };
+            w.varint(v);
+            assert_eq!(w.pos, varint_len(v), "{v}");
+        }
+        let src: Vec<u8> = (1..=80).collect();
+        for n in 0..=src.len() {
+            let mut buf = vec![0u8; n + 2];
+            let mut w = Writer { buf: &mut buf, pos: 1 };
+            w.raw(&src[..n]);
+            assert_eq!(w.pos, n + 1);
+            assert_eq!(&buf[1..n + 1], &src[..n]);
+            assert_eq!((buf[0], buf[n + 1]), (0, 0));
+        }
+    }
+
+    #[test]
     fn decodes_with_the_reference_types() {
         let spans: Vec<Span> = (0..5).map(|i| span(i, i % 2 == 1, i == 3)).collect();
         let resource =
             vec![("service.name".to_string(), Value::Str("nginx".into())), ("process.pid".to_string(), Value::Int(42))];
+        let encoded: Vec<Vec<u8>> = spans
+            .iter()
+            .map(|s| {
+                let mut b = Vec::new();
+                put_span(&mut b, s);
+                b
+            })
+            .collect();
         let mut buf = Vec::new();
-        put_resource_spans(&mut buf, &resource, spans.iter());
-        put_resource_spans(&mut buf, &resource, spans[..1].iter());
+        put_resource_spans(&mut buf, &resource, encoded.iter().map(Vec::as_slice));
+        put_resource_spans(&mut buf, &resource, encoded[..1].iter().map(Vec::as_slice));
         let req = ExportTraceServiceRequest::decode(buf.as_slice()).unwrap();
         assert_eq!(req.resource_spans.len(), 2);
         let rs = &req.resource_spans[0];

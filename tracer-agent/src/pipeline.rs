@@ -14,38 +14,69 @@ use ahash::AHashMap as HashMap;
 
 use crate::conntrack::{Tracker, TrackerStats, Tuple};
 use crate::event::decode;
-use crate::export::ExportStats;
+use crate::export::{EncodedSpans, ExportStats, SpanBatch};
 use crate::protocol::Exchange;
 use crate::route::RouteMatcher;
-use crate::span::{db_span, h2_span, http_span, monotonic_ns, new_span_id, Clock, ConnMeta, Span, SpanKind};
+use crate::span::{db_span, h2_span, http_span, monotonic_ns, Clock, ConnMeta, Span, SpanKind, SpanState};
 
-/// Where spans go: a bounded queue in front of the exporter.
+/// Where spans go: a bounded queue in front of the exporter. Spans to be
+/// exported travel encoded ([`Pipeline::encode_spans`]), and the encoded
+/// batches come back to be reused.
 pub struct SpanQueue {
-    tx: mpsc::Sender<Vec<Span>>,
+    tx: mpsc::Sender<SpanBatch>,
+    spare: Arc<SpareBatches>,
     queued: Arc<AtomicUsize>,
     max: usize,
     stats: Arc<ExportStats>,
 }
 
+/// The exporter's end of a [`SpanQueue`].
+pub struct SpanReceiver {
+    rx: mpsc::Receiver<SpanBatch>,
+    /// Spans handed over but not yet received.
+    queued: Arc<AtomicUsize>,
+    spare: Arc<SpareBatches>,
+}
+
+impl SpanReceiver {
+    /// The next batch; None once the queue is closed and empty.
+    pub async fn recv(&mut self) -> Option<SpanBatch> {
+        let batch = self.rx.recv().await?;
+        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        Some(batch)
+    }
+
+    /// Return an exported batch for reuse.
+    pub fn give_back(&self, batch: EncodedSpans) {
+        self.spare.put(batch);
+    }
+}
+
 impl SpanQueue {
-    pub fn new(max: usize, stats: Arc<ExportStats>) -> (Self, mpsc::Receiver<Vec<Span>>, Arc<AtomicUsize>) {
+    pub fn new(max: usize, stats: Arc<ExportStats>) -> (Self, SpanReceiver) {
         let (tx, rx) = mpsc::channel(4096);
+        let spare = Arc::new(SpareBatches::default());
         let queued = Arc::new(AtomicUsize::new(0));
-        (Self { tx, queued: queued.clone(), max, stats }, rx, queued)
+        (Self { tx, spare: spare.clone(), queued: queued.clone(), max, stats }, SpanReceiver { rx, queued, spare })
+    }
+
+    /// An empty batch to encode spans into, reused when one has come back.
+    pub fn spare(&self) -> EncodedSpans {
+        self.spare.take()
     }
 
     /// Hand over spans, waiting for room instead of dropping (replay only).
-    pub fn push_blocking(&self, spans: Vec<Span>) {
-        self.send(spans, false);
+    pub fn push_blocking(&self, batch: SpanBatch) {
+        self.send(batch, false);
     }
 
     /// Hand over spans; when the queue is full they are dropped and counted.
-    pub fn push(&self, spans: Vec<Span>) {
-        self.send(spans, true);
+    pub fn push(&self, batch: SpanBatch) {
+        self.send(batch, true);
     }
 
-    fn send(&self, spans: Vec<Span>, drop_when_full: bool) {
-        let n = spans.len();
+    fn send(&self, batch: SpanBatch, drop_when_full: bool) {
+        let n = batch.len();
         if n == 0 {
             return;
         }
@@ -54,10 +85,37 @@ impl SpanQueue {
             return;
         }
         self.queued.fetch_add(n, Ordering::Relaxed);
-        let sent = if drop_when_full { self.tx.try_send(spans).is_ok() } else { self.tx.blocking_send(spans).is_ok() };
+        let sent = if drop_when_full { self.tx.try_send(batch).is_ok() } else { self.tx.blocking_send(batch).is_ok() };
         if !sent {
             self.queued.fetch_sub(n, Ordering::Relaxed);
             self.stats.dropped_queue_full.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Exported batches kept for reuse: a few, of ordinary size (the memory of a
+/// burst is given back).
+#[derive(Default)]
+struct SpareBatches(std::sync::Mutex<Vec<EncodedSpans>>);
+
+/// Most batches kept, and the most room one may hold to be kept.
+const SPARE_ENCODED: usize = 8;
+const SPARE_ENCODED_BYTES: usize = 1 << 20;
+
+impl SpareBatches {
+    fn take(&self) -> EncodedSpans {
+        self.0.lock().ok().and_then(|mut spare| spare.pop()).unwrap_or_default()
+    }
+
+    fn put(&self, mut batch: EncodedSpans) {
+        if batch.capacity() > SPARE_ENCODED_BYTES {
+            return;
+        }
+        batch.clear();
+        if let Ok(mut spare) = self.0.lock() {
+            if spare.len() < SPARE_ENCODED {
+                spare.push(batch);
+            }
         }
     }
 }
@@ -100,9 +158,14 @@ pub struct Pipeline {
     pub tracker: Tracker,
     links: HashMap<Tuple, VecDeque<Link>>,
     routes: RouteMatcher,
+    span_state: SpanState,
     clock: Clock,
-    exchanges: Vec<(ConnMeta, Exchange)>,
+    exchanges: Vec<(Arc<ConnMeta>, Exchange)>,
     spans: Vec<Span>,
+    /// When spans are exported: they are encoded here as soon as they are
+    /// made, while their data is still in the CPU cache, and their buffers are
+    /// reused at once for the next ones.
+    encoded: Option<EncodedSpans>,
     pub stats: PipelineStats,
 }
 
@@ -126,9 +189,11 @@ impl Pipeline {
             tracker,
             links: HashMap::new(),
             routes,
+            span_state: SpanState::default(),
             clock,
             exchanges: Vec::new(),
             spans: Vec::new(),
+            encoded: None,
             stats: PipelineStats::default(),
         }
     }
@@ -157,21 +222,24 @@ impl Pipeline {
         for (meta, ex) in &exchanges {
             match ex {
                 Exchange::Http1(ex) => {
-                    let mut span = http_span(ex, meta, &self.routes, &self.clock);
+                    let mut span = http_span(ex, meta, &self.routes, &mut self.span_state, &self.clock);
                     self.link(&mut span, meta, &ex.request.target, ex.resp_last_exit.max(ex.req_last_exit));
-                    self.spans.push(span);
+                    self.emit(span);
                 }
                 // A stream whose request was sent before the agent joined:
                 // nothing is known of the request, so no span (as for an
                 // HTTP/1 response without its request).
                 Exchange::Http2(ex) if ex.req_first_enter == 0 => self.stats.orphan_streams += 1,
                 Exchange::Http2(ex) => {
-                    let mut span = h2_span(ex, meta, &self.routes, &self.clock);
+                    let mut span = h2_span(ex, meta, &self.routes, &mut self.span_state, &self.clock);
                     let target = ex.path.as_deref().unwrap_or("");
                     self.link(&mut span, meta, target, ex.resp_last_exit.max(ex.req_last_exit));
-                    self.spans.push(span);
+                    self.emit(span);
                 }
-                Exchange::Db(ex) => self.spans.push(db_span(ex, meta, &self.clock, self.db_full_text)),
+                Exchange::Db(ex) => {
+                    let span = db_span(ex, meta, &self.clock, &mut self.span_state, self.db_full_text);
+                    self.emit(span);
+                }
             }
         }
         self.exchanges = exchanges;
@@ -193,7 +261,9 @@ impl Pipeline {
             SpanKind::Client => (meta.tuple(), SpanKind::Server),
         };
         let is_client = meta.kind == SpanKind::Client;
-        if let Some(q) = self.links.get_mut(&client_tuple) {
+        // Most connections have no traced peer: no lookup while nothing waits.
+        let waiting = if self.links.is_empty() { None } else { self.links.get_mut(&client_tuple) };
+        if let Some(q) = waiting {
             q.retain(|l| now.saturating_sub(l.made_ns) < LINK_TTL_NS);
             if let Some(i) = q.iter().position(|l| l.by_client != is_client && l.target == target) {
                 let Some(l) = q.remove(i) else { return };
@@ -213,7 +283,7 @@ impl Pipeline {
         if self.tracker.kind_of(&meta.peer_tuple()) != Some(peer_kind) {
             return;
         }
-        let client_span_id = if is_client { span.span_id } else { new_span_id() };
+        let client_span_id = if is_client { span.span_id } else { self.span_state.ids.span_id() };
         if !is_client {
             span.parent_span_id = Some(client_span_id);
         }
@@ -239,10 +309,40 @@ impl Pipeline {
         self.make_spans();
     }
 
+    /// Encode spans for export as they are made ([`Pipeline::take_batch`])
+    /// rather than keep them ([`Pipeline::take_spans`]).
+    pub fn encode_spans(&mut self) {
+        self.encoded.get_or_insert_with(EncodedSpans::default);
+    }
+
+    fn emit(&mut self, span: Span) {
+        match &mut self.encoded {
+            Some(encoded) => {
+                encoded.push(&span);
+                self.span_state.reuse(span);
+            }
+            None => self.spans.push(span),
+        }
+    }
+
     /// Take the spans made so far.
     pub fn take_spans(&mut self) -> Vec<Span> {
         self.stats.spans += self.spans.len() as u64;
         std::mem::take(&mut self.spans)
+    }
+
+    /// Take the spans made so far, encoded if they are; `spare` gives an empty
+    /// batch to encode the next ones into. None when there are none.
+    pub fn take_batch(&mut self, spare: impl FnOnce() -> EncodedSpans) -> Option<SpanBatch> {
+        match &mut self.encoded {
+            Some(encoded) if !encoded.is_empty() => {
+                self.stats.spans += encoded.len() as u64;
+                Some(SpanBatch::Encoded(std::mem::replace(encoded, spare())))
+            }
+            Some(_) => None,
+            None if self.spans.is_empty() => None,
+            None => Some(SpanBatch::Spans(self.take_spans())),
+        }
     }
 
     pub fn snapshot(&self) -> PipelineStats {
@@ -266,6 +366,9 @@ pub struct Merger {
     arena: Vec<u8>,
     /// (exit timestamp, start in arena, length)
     index: Vec<(u64, usize, usize)>,
+    /// The buffers of the previous round, emptied, to move held-back records to.
+    spare_arena: Vec<u8>,
+    spare_index: Vec<(u64, usize, usize)>,
 }
 
 impl Merger {
@@ -299,14 +402,14 @@ impl Merger {
             self.index.clear();
             self.arena.clear();
         } else {
-            let mut arena = Vec::with_capacity(self.arena.len() / 2);
-            let mut index = Vec::with_capacity(self.index.len() - cut);
+            self.spare_arena.clear();
+            self.spare_index.clear();
             for &(ts, start, len) in &self.index[cut..] {
-                index.push((ts, arena.len(), len));
-                arena.extend_from_slice(&self.arena[start..start + len]);
+                self.spare_index.push((ts, self.spare_arena.len(), len));
+                self.spare_arena.extend_from_slice(&self.arena[start..start + len]);
             }
-            self.arena = arena;
-            self.index = index;
+            std::mem::swap(&mut self.arena, &mut self.spare_arena);
+            std::mem::swap(&mut self.index, &mut self.spare_index);
         }
         cut
     }
@@ -350,10 +453,10 @@ pub fn run(
         if merge {
             merger.release(horizon, |rec| p.on_record(rec));
         }
-        queue.push(p.take_spans());
+        hand_over(&mut p, &queue, false);
         if last_expire.elapsed() >= Duration::from_secs(1) {
             p.expire(monotonic_ns());
-            queue.push(p.take_spans());
+            hand_over(&mut p, &queue, false);
             last_expire = Instant::now();
         }
         if last_stats.elapsed() >= Duration::from_millis(500) {
@@ -384,11 +487,23 @@ pub fn replay(mut file: crate::record::Replay, mut p: Pipeline, queue: &SpanQueu
         p.on_record(rec);
         n += 1;
         if n % 1024 == 0 {
-            queue.push_blocking(p.take_spans());
+            hand_over(&mut p, queue, true);
         }
     }
-    queue.push_blocking(p.take_spans());
+    hand_over(&mut p, queue, true);
     Ok(p.snapshot())
+}
+
+/// Move the spans made so far to the queue (`wait`: for room, else they are
+/// dropped when it is full).
+fn hand_over(p: &mut Pipeline, queue: &SpanQueue, wait: bool) {
+    if let Some(batch) = p.take_batch(|| queue.spare()) {
+        if wait {
+            queue.push_blocking(batch);
+        } else {
+            queue.push(batch);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! times, then records as a u32 little-endian length followed by the bytes.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -51,13 +51,17 @@ impl Recorder {
 pub struct Replay {
     r: BufReader<File>,
     buf: Vec<u8>,
+    /// Bytes of the read buffer taken by the record last returned from it.
+    consumed: usize,
     pub clock_offset: i128,
 }
 
 impl Replay {
     pub fn open(path: &Path) -> Result<Self> {
         let f = File::open(path).with_context(|| format!("opening record file {}", path.display()))?;
-        let mut r = BufReader::with_capacity(1 << 20, f);
+        // Small enough for what the kernel copies in to still be in the CPU
+        // cache when the records are processed.
+        let mut r = BufReader::with_capacity(1 << 16, f);
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic).with_context(|| format!("{} is too short to be a record file", path.display()))?;
         if &magic != MAGIC {
@@ -65,11 +69,20 @@ impl Replay {
         }
         let mut off = [0u8; 16];
         r.read_exact(&mut off).context("record file header truncated")?;
-        Ok(Self { r, buf: Vec::with_capacity(8192), clock_offset: i128::from_le_bytes(off) })
+        Ok(Self { r, buf: Vec::with_capacity(8192), consumed: 0, clock_offset: i128::from_le_bytes(off) })
     }
 
     /// The next record, None at the end (a truncated last record ends the file).
     pub fn next_record(&mut self) -> Result<Option<&[u8]>> {
+        self.r.consume(std::mem::take(&mut self.consumed));
+        // A record wholly in the read buffer is handed out from there, uncopied.
+        let avail = self.r.buffer();
+        if let Some(len) = avail.first_chunk::<4>().map(|b| u32::from_le_bytes(*b) as usize) {
+            if len <= MAX_RECORD && avail.len() >= 4 + len {
+                self.consumed = 4 + len;
+                return Ok(self.r.buffer().get(4..4 + len));
+            }
+        }
         let mut len = [0u8; 4];
         match self.r.read_exact(&mut len) {
             Ok(()) => {}

@@ -70,14 +70,18 @@ impl Resources {
     /// Service name for a span: `--service-name` by server port, then by
     /// executable name, else the process name.
     pub fn key(&self, span: &Span) -> ResourceKey {
-        let service = span
-            .server_port
+        self.key_of(span.pid, &span.comm, span.server_port)
+    }
+
+    /// [`Resources::key`] of a span from this process and server port.
+    pub fn key_of(&self, pid: u32, comm: &Arc<str>, server_port: Option<u16>) -> ResourceKey {
+        let service = server_port
             .and_then(|p| self.by_port.get(&p))
-            .or_else(|| if self.by_comm.is_empty() { None } else { self.by_comm.get(&*span.comm) })
+            .or_else(|| if self.by_comm.is_empty() { None } else { self.by_comm.get(&**comm) })
             .or(self.env_service.as_ref())
             .cloned()
-            .unwrap_or_else(|| span.comm.clone());
-        ResourceKey { pid: span.pid, service }
+            .unwrap_or_else(|| comm.clone());
+        ResourceKey { pid, service }
     }
 
     /// Attributes of a resource; `comm` is the process name seen by the kernel.

@@ -62,24 +62,23 @@ impl Pattern {
         Ok(Pattern { text: trimmed.to_string(), segments })
     }
 
-    fn matches(&self, path: &[&str]) -> bool {
-        let mut i = 0usize;
+    /// `path`: the non-empty segments of a path.
+    fn matches<'a>(&self, mut path: impl Iterator<Item = &'a str>) -> bool {
         for seg in &self.segments {
             match seg {
                 PatternSegment::Rest => return true,
                 PatternSegment::Param => {
-                    if path.get(i).is_none() {
+                    if path.next().is_none() {
                         return false;
                     }
                 }
-                PatternSegment::Literal(lit) => match path.get(i) {
+                PatternSegment::Literal(lit) => match path.next() {
                     Some(p) if p == lit => {}
                     _ => return false,
                 },
             }
-            i += 1;
         }
-        i == path.len()
+        path.next().is_none()
     }
 }
 
@@ -104,14 +103,19 @@ impl RouteMatcher {
     /// the first matching user pattern wins and its text is returned;
     /// otherwise [`heuristic_route`] decides.
     pub fn route(&self, target: &str) -> String {
+        let mut out = String::new();
+        self.route_into(target, &mut out);
+        out
+    }
+
+    /// [`RouteMatcher::route`], appended to `out`.
+    pub fn route_into(&self, target: &str, out: &mut String) {
         let path = path_of(target);
-        if !self.patterns.is_empty() {
-            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-            if let Some(p) = self.patterns.iter().find(|p| p.matches(&segments)) {
-                return p.text.clone();
-            }
+        let segments = || path.split('/').filter(|s| !s.is_empty());
+        match self.patterns.iter().find(|p| p.matches(segments())) {
+            Some(p) => out.push_str(&p.text),
+            None => heuristic_route_of_path(path, out),
         }
-        heuristic_route(path)
     }
 
     /// [`RouteMatcher::route`] for a raw target; invalid UTF-8 is replaced.
@@ -123,8 +127,12 @@ impl RouteMatcher {
 /// The path part of a request target: query and fragment removed, and for an
 /// absolute-form target (`http://host/p`) the scheme and authority removed.
 fn path_of(target: &str) -> &str {
-    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let end = target.bytes().position(|b| b == b'?' || b == b'#').unwrap_or(target.len());
     let mut path = target.get(..end).unwrap_or("");
+    if path.starts_with('/') {
+        // Origin-form, the usual case: no scheme to remove.
+        return path;
+    }
     for scheme in ["http://", "https://"] {
         let n = scheme.len();
         if path.len() >= n && path.get(..n).is_some_and(|s| s.eq_ignore_ascii_case(scheme)) {
@@ -161,14 +169,28 @@ fn path_of(target: &str) -> &str {
 /// 5. At most [`MAX_ROUTE_SEGMENTS`] segments are kept; a longer path gets
 ///    `/*` appended after them.
 pub fn heuristic_route(path: &str) -> String {
-    let path = path_of(path);
+    let mut out = String::with_capacity(path.len().min(256) + 8);
+    heuristic_route_of_path(path_of(path), &mut out);
+    out
+}
+
+/// [`heuristic_route`] of what [`path_of`] returns, appended to `out`.
+fn heuristic_route_of_path(path: &str, out: &mut String) {
     if path == "*" {
-        return "*".to_string();
+        out.push('*');
+        return;
     }
     let trailing_slash = path.ends_with('/');
-    let mut out = String::with_capacity(path.len().min(256) + 8);
+    let start = out.len();
     let mut truncated = false;
-    for (count, seg) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
+    let mut count = 0;
+    let mut rest = path;
+    while !rest.is_empty() {
+        let (seg, after) = rest.split_at(rest.bytes().position(|b| b == b'/').unwrap_or(rest.len()));
+        rest = after.get(1..).unwrap_or("");
+        if seg.is_empty() {
+            continue;
+        }
         if count == MAX_ROUTE_SEGMENTS {
             truncated = true;
             break;
@@ -181,13 +203,13 @@ pub fn heuristic_route(path: &str) -> String {
         } else {
             out.push_str(seg);
         }
+        count += 1;
     }
     if truncated {
         out.push_str("/*");
-    } else if out.is_empty() || trailing_slash {
+    } else if out.len() == start || trailing_slash {
         out.push('/');
     }
-    out
 }
 
 /// [`heuristic_route`] for a raw path; invalid UTF-8 is replaced.
@@ -207,13 +229,59 @@ fn is_version(seg: &str) -> bool {
 }
 
 fn is_id_like(seg: &str) -> bool {
-    seg.len() > MAX_SEGMENT_LEN
-        || is_number(seg)
+    if seg.len() > MAX_SEGMENT_LEN {
+        return true;
+    }
+    // One pass over the bytes tells which of the rules can apply at all;
+    // most segments (words, file names) are then settled without the others.
+    let (mut any, mut all) = (0u8, !0u8);
+    for b in seg.bytes() {
+        let class = BYTE_CLASS[b as usize];
+        any |= class;
+        all &= class;
+    }
+    let digit = any & DIGIT != 0;
+    (digit && is_number(seg))
         || is_uuid(seg)
-        || is_hex_id(seg)
-        || is_long_token(seg)
-        || is_email(seg)
+        || (seg.len() >= 8 && all & HEX != 0 && digit)
+        || (seg.len() >= 16 && all & TOKEN != 0 && digit && any & ALPHA != 0)
+        || (any & AT_OR_PERCENT != 0 && is_email(seg))
 }
+
+// What `is_id_like` needs to know of a byte.
+const DIGIT: u8 = 1;
+const ALPHA: u8 = 2;
+const HEX: u8 = 4;
+/// Allowed in a base64/base62-like token.
+const TOKEN: u8 = 8;
+const AT_OR_PERCENT: u8 = 16;
+
+static BYTE_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut c = 0;
+        if b.is_ascii_digit() {
+            c |= DIGIT;
+        }
+        if b.is_ascii_alphabetic() {
+            c |= ALPHA;
+        }
+        if b.is_ascii_hexdigit() {
+            c |= HEX;
+        }
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+') {
+            c |= TOKEN;
+        }
+        if b == b'@' || b == b'%' {
+            c |= AT_OR_PERCENT;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
 
 /// `[+-]?digits(.digits)?`
 fn is_number(seg: &str) -> bool {
@@ -241,10 +309,12 @@ fn is_uuid(seg: &str) -> bool {
         )
 }
 
+#[cfg(test)]
 fn is_hex_id(seg: &str) -> bool {
     seg.len() >= 8 && seg.bytes().all(|b| b.is_ascii_hexdigit()) && seg.bytes().any(|b| b.is_ascii_digit())
 }
 
+#[cfg(test)]
 fn is_long_token(seg: &str) -> bool {
     seg.len() >= 16
         && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+'))
@@ -322,6 +392,53 @@ mod tests {
         assert_eq!(heuristic_route("relative/7"), "/relative/{id}");
         assert_eq!(heuristic_route("http://example.com/u/5?q"), "/u/{id}");
         assert_eq!(heuristic_route("HTTPS://example.com"), "/");
+    }
+
+    /// The one-pass gate in `is_id_like` decides as the rules do one by one.
+    #[test]
+    fn id_gate_matches_the_rules() {
+        let plain = |seg: &str| {
+            seg.len() > MAX_SEGMENT_LEN
+                || is_number(seg)
+                || is_uuid(seg)
+                || is_hex_id(seg)
+                || is_long_token(seg)
+                || is_email(seg)
+        };
+        let mut segs: Vec<String> = [
+            "123e4567-e89b-12d3-a456-426614174000",
+            "abcdefab-abcd-abcd-abcd-abcdefabcdef",
+            "deadbeef",
+            "deadbeef01",
+            "aZ3kP9qLm2Xv7Tn4",
+            "a@b.c",
+            "x%40y.z",
+            "-7",
+            "+3.14",
+            "3.",
+            "index.html",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let any = ["a", "f", "z", "Z", "0", "9", "-", "+", ".", "_", "=", "@", "%", "%40", "é", "~"];
+        let hexish = ["a", "F", "0", "7", "-", "g"];
+        for alphabet in [&any[..], &hexish[..]] {
+            for _ in 0..20_000 {
+                let len = (next() % 40) as usize;
+                let seg: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+                segs.push(seg);
+            }
+        }
+        for seg in &segs {
+            assert_eq!(is_id_like(seg), plain(seg), "{seg:?}");
+        }
     }
 
     #[test]

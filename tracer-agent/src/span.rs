@@ -5,6 +5,9 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+
 use crate::protocol::db::{DbExchange, DbSystem};
 use crate::protocol::http1::Exchange;
 use crate::protocol::http2::H2Exchange;
@@ -182,21 +185,71 @@ pub fn parent_from_request(req: &crate::protocol::http1::RequestHead) -> Option<
     }
 }
 
-pub fn new_trace_id() -> [u8; 16] {
-    loop {
-        let id: [u8; 16] = rand::random();
-        if id != [0; 16] {
-            return id;
-        }
+/// Random trace and span ids, from a generator owned by whoever makes spans
+/// (no per-id thread-local lookup). Ids must be unique, not secret: a fast
+/// non-cryptographic generator seeded by the OS, the kind OpenTelemetry SDKs
+/// use for ids.
+pub struct IdGenerator(SmallRng);
+
+impl Default for IdGenerator {
+    fn default() -> Self {
+        Self(SmallRng::from_os_rng())
     }
 }
 
-pub fn new_span_id() -> [u8; 8] {
-    loop {
-        let id: [u8; 8] = rand::random();
-        if id != [0; 8] {
-            return id;
+impl IdGenerator {
+    pub fn trace_id(&mut self) -> [u8; 16] {
+        let mut id = [0; 16];
+        while id == [0; 16] {
+            self.0.fill_bytes(&mut id);
         }
+        id
+    }
+
+    pub fn span_id(&mut self) -> [u8; 8] {
+        let mut id = [0; 8];
+        while id == [0; 8] {
+            self.0.fill_bytes(&mut id);
+        }
+        id
+    }
+}
+
+/// Most buffers of finished spans kept for new ones (spans encoded as they
+/// are made give theirs back at once: one is the usual count).
+const SPARE_SPANS: usize = 64;
+
+/// What making spans carries from one span to the next.
+#[derive(Default)]
+pub struct SpanState {
+    pub strings: SharedStrings,
+    pub ids: IdGenerator,
+    /// Emptied attribute lists and names of finished spans.
+    spare_attributes: Vec<Vec<(&'static str, Value)>>,
+    spare_names: Vec<String>,
+}
+
+impl SpanState {
+    /// Keep the buffers of a span that is done with (encoded), for the next ones.
+    pub fn reuse(&mut self, span: Span) {
+        let Span { mut attributes, mut name, .. } = span;
+        // Unusually large buffers are not worth keeping.
+        if self.spare_attributes.len() < SPARE_SPANS && attributes.capacity() <= 32 {
+            attributes.clear();
+            self.spare_attributes.push(attributes);
+        }
+        if self.spare_names.len() < SPARE_SPANS && name.capacity() <= 256 {
+            name.clear();
+            self.spare_names.push(name);
+        }
+    }
+
+    fn attributes(&mut self) -> Vec<(&'static str, Value)> {
+        self.spare_attributes.pop().unwrap_or_else(|| Vec::with_capacity(18))
+    }
+
+    fn name(&mut self) -> String {
+        self.spare_names.pop().unwrap_or_default()
     }
 }
 
@@ -246,7 +299,9 @@ fn split_host(h: &str) -> (&str, Option<u16>) {
 
 /// Path part of a request target (origin-form or absolute-form), without query or fragment.
 pub fn target_path(target: &str) -> &str {
-    let t = match target.find("://") {
+    // An origin-form target (the usual case) cannot start with a scheme.
+    let scheme_at = if target.starts_with('/') { None } else { target.find("://") };
+    let t = match scheme_at {
         Some(i) if target[..i].bytes().all(|c| c.is_ascii_alphabetic()) => {
             let rest = &target[i + 3..];
             match rest.find('/') {
@@ -256,8 +311,62 @@ pub fn target_path(target: &str) -> &str {
         }
         _ => target,
     };
-    let end = t.find(['?', '#']).unwrap_or(t.len());
+    let end = t.bytes().position(|b| b == b'?' || b == b'#').unwrap_or(t.len());
     &t[..end]
+}
+
+/// Most strings kept by [`SharedStrings`] before it starts over.
+const SHARED_STRINGS_MAX: usize = 4096;
+
+/// Strings that repeat from span to span (routes, host names, user agents),
+/// kept once and shared by the spans that carry them, so that making a span
+/// does not copy each of them. Bounded: everything is forgotten at once when
+/// the limit is reached (the spans keep their own references).
+#[derive(Default)]
+pub struct SharedStrings {
+    set: ahash::AHashSet<Arc<str>>,
+    /// `Host` header values, split into the shared host and the port.
+    hosts: ahash::AHashMap<Box<str>, (Arc<str>, Option<u16>)>,
+    /// Reused to build a route before it is looked up.
+    scratch: String,
+}
+
+impl SharedStrings {
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.set.get(s) {
+            return shared.clone();
+        }
+        if self.set.len() >= SHARED_STRINGS_MAX {
+            self.set.clear();
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.set.insert(shared.clone());
+        shared
+    }
+
+    /// Host and port of a `Host` header value.
+    pub fn host(&mut self, raw: &str) -> (Arc<str>, Option<u16>) {
+        if let Some((host, port)) = self.hosts.get(raw) {
+            return (host.clone(), *port);
+        }
+        let (host, port) = split_host(raw);
+        let host = self.get(host);
+        if self.hosts.len() >= SHARED_STRINGS_MAX {
+            self.hosts.clear();
+        }
+        self.hosts.insert(raw.into(), (host.clone(), port));
+        (host, port)
+    }
+
+    /// The route of a request target.
+    pub fn route(&mut self, routes: &RouteMatcher, target: &str) -> Arc<str> {
+        let mut route = std::mem::take(&mut self.scratch);
+        route.clear();
+        routes.route_into(target, &mut route);
+        let shared = self.get(&route);
+        self.scratch = route;
+        shared
+    }
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of the probes' `bpf_ktime_get_ns`.
@@ -318,7 +427,7 @@ pub struct HttpView<'a> {
 }
 
 /// Build the span for one HTTP/1.x exchange.
-pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &Clock) -> Span {
+pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, state: &mut SpanState, clock: &Clock) -> Span {
     let req = &ex.request;
     // The version both ends speak: an HTTP/1.0 answer to an HTTP/1.1 request is HTTP/1.0.
     let version = ex.response.as_ref().map_or(req.version, |r| r.version.min(req.version));
@@ -338,53 +447,79 @@ pub fn http_span(ex: &Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
         req_last_exit: ex.req_last_exit,
         resp_last_exit: ex.resp_last_exit,
     };
-    http_view_span(&view, conn, routes, clock)
+    http_view_span(&view, conn, routes, state, clock)
 }
 
 /// Build an HTTP span (any HTTP version) per the HTTP semantic conventions.
-pub fn http_view_span(v: &HttpView<'_>, conn: &ConnMeta, routes: &RouteMatcher, clock: &Clock) -> Span {
+pub fn http_view_span(
+    v: &HttpView<'_>,
+    conn: &ConnMeta,
+    routes: &RouteMatcher,
+    state: &mut SpanState,
+    clock: &Clock,
+) -> Span {
     let method: &'static str = known_method(v.method).unwrap_or("_OTHER");
     let path = target_path(v.target);
-    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(18);
+    // Server spans have a route.
+    let route = match conn.kind {
+        SpanKind::Server => Some(state.strings.route(routes, v.target)),
+        SpanKind::Client => None,
+    };
+    let mut attrs = state.attributes();
     attrs.push(("http.request.method", Value::from(method)));
     if method == "_OTHER" {
         attrs.push(("http.request.method_original", Value::from(v.method.to_string())));
     }
-    attrs.push(("url.path", Value::from(path.to_string())));
-    attrs.push(("url.scheme", Value::from(if v.scheme == "https" { "https" } else { "http" })));
-    attrs.push(("network.protocol.name", Value::from("http")));
-    attrs.push(("network.protocol.version", Value::from(v.version)));
-    attrs.push(("network.transport", Value::from("tcp")));
-    attrs.push(("network.peer.address", Value::Shared(conn.remote_str.clone())));
-    attrs.push(("network.peer.port", Value::Int(conn.remote_port as i64)));
-    let host = v.host.map(split_host);
+    // A path that is its own route holds no identifiers: it repeats, so it is shared.
+    let path_value = match &route {
+        Some(r) if **r == *path => Value::Shared(r.clone()),
+        _ => Value::from(path.to_string()),
+    };
+    attrs.extend([
+        ("url.path", path_value),
+        ("url.scheme", Value::from(if v.scheme == "https" { "https" } else { "http" })),
+        ("network.protocol.name", Value::from("http")),
+        ("network.protocol.version", Value::from(v.version)),
+        ("network.transport", Value::from("tcp")),
+        ("network.peer.address", Value::Shared(conn.remote_str.clone())),
+        ("network.peer.port", Value::Int(conn.remote_port as i64)),
+    ]);
+    let host = v.host.map(|h| state.strings.host(h));
     let status = v.status;
     let mut span_status = Status::Unset;
     let name;
     let start;
     match conn.kind {
         SpanKind::Server => {
-            let route = routes.route(v.target);
-            name = format!("{method} {route}");
-            attrs.push(("http.route", Value::from(route)));
+            let route = route.unwrap_or_default();
+            let mut n = state.name();
+            n.push_str(method);
+            n.push(' ');
+            n.push_str(&route);
+            name = n;
             let (addr, port) = match host {
-                Some((h, p)) if !h.is_empty() => (Value::from(h.to_string()), p.unwrap_or(conn.local_port)),
+                Some((h, p)) if !h.is_empty() => (Value::Shared(h), p.unwrap_or(conn.local_port)),
                 _ => (Value::Shared(conn.local_str.clone()), conn.local_port),
             };
-            attrs.push(("server.address", addr));
-            attrs.push(("server.port", Value::Int(port as i64)));
-            attrs.push(("client.address", Value::Shared(conn.remote_str.clone())));
-            attrs.push(("client.port", Value::Int(conn.remote_port as i64)));
+            attrs.extend([
+                ("http.route", Value::Shared(route)),
+                ("server.address", addr),
+                ("server.port", Value::Int(port as i64)),
+                ("client.address", Value::Shared(conn.remote_str.clone())),
+                ("client.port", Value::Int(conn.remote_port as i64)),
+            ]);
             if status.is_some_and(|s| s >= 500) {
                 span_status = Status::Error;
             }
             start = v.req_first_exit;
         }
         SpanKind::Client => {
-            name = method.to_string();
+            let mut n = state.name();
+            n.push_str(method);
+            name = n;
             let (addr, port) = match host {
                 Some((h, p)) if !h.is_empty() => (h, p.unwrap_or(conn.remote_port)),
-                _ => (&*conn.remote_str, conn.remote_port),
+                _ => (conn.remote_str.clone(), conn.remote_port),
             };
             let target = if v.target.starts_with('/') { v.target } else { path };
             let scheme = if v.scheme == "https" { "https" } else { "http" };
@@ -392,14 +527,14 @@ pub fn http_view_span(v: &HttpView<'_>, conn: &ConnMeta, routes: &RouteMatcher, 
             let mut full = String::with_capacity(8 + addr.len() + 6 + target.len());
             full.push_str(scheme);
             full.push_str("://");
-            full.push_str(addr);
+            full.push_str(&addr);
             if port != default_port {
                 full.push(':');
                 full.push_str(itoa_u16(port).as_str());
             }
             full.push_str(target);
             attrs.push(("url.full", Value::from(full)));
-            attrs.push(("server.address", Value::from(addr.to_string())));
+            attrs.push(("server.address", Value::Shared(addr)));
             attrs.push(("server.port", Value::Int(port as i64)));
             if status.is_some_and(|s| s >= 400) {
                 span_status = Status::Error;
@@ -422,7 +557,7 @@ pub fn http_view_span(v: &HttpView<'_>, conn: &ConnMeta, routes: &RouteMatcher, 
         }
     }
     if let Some(ua) = v.user_agent {
-        attrs.push(("user_agent.original", Value::from(ua.to_string())));
+        attrs.push(("user_agent.original", Value::Shared(state.strings.get(ua))));
     }
     if let Some(n) = v.request_body_size {
         attrs.push(("http.request.body.size", Value::Int(n as i64)));
@@ -430,7 +565,7 @@ pub fn http_view_span(v: &HttpView<'_>, conn: &ConnMeta, routes: &RouteMatcher, 
     if let Some(n) = v.response_body_size {
         attrs.push(("http.response.body.size", Value::Int(n as i64)));
     }
-    finish_span(name, attrs, span_status, v.parent, start, end, conn, clock)
+    finish_span(name, attrs, span_status, v.parent, start, end, conn, clock, &mut state.ids)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -443,16 +578,17 @@ fn finish_span(
     end: u64,
     conn: &ConnMeta,
     clock: &Clock,
+    ids: &mut IdGenerator,
 ) -> Span {
     let (trace_id, parent_span_id, sampled) = match parent {
         Some(p) => (p.trace_id, Some(p.span_id), p.sampled),
-        None => (new_trace_id(), None, true),
+        None => (ids.trace_id(), None, true),
     };
     let start_unix = clock.unix(start);
     let end_unix = clock.unix(end).max(start_unix + 1);
     Span {
         trace_id,
-        span_id: new_span_id(),
+        span_id: ids.span_id(),
         parent_span_id,
         sampled,
         name,
@@ -532,7 +668,7 @@ pub fn grpc_is_error(kind: SpanKind, code: u32) -> bool {
 
 /// Build the span for one HTTP/2 stream: a gRPC span when the request is
 /// gRPC, an HTTP span otherwise.
-pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &Clock) -> Span {
+pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, state: &mut SpanState, clock: &Clock) -> Span {
     let parent = ex
         .traceparent
         .as_deref()
@@ -573,7 +709,7 @@ pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
             req_last_exit: ex.req_last_exit,
             resp_last_exit: ex.resp_last_exit,
         };
-        let mut span = http_view_span(&view, conn, routes, clock);
+        let mut span = http_view_span(&view, conn, routes, state, clock);
         if ex.headers_incomplete {
             span.attributes.push(("tracer.headers_incomplete", Value::Int(1)));
         }
@@ -585,7 +721,7 @@ pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
         Some((s, m)) if !s.is_empty() && !m.is_empty() => (Some(s), Some(m)),
         _ => (None, None),
     };
-    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(14);
+    let mut attrs = state.attributes();
     attrs.push(("rpc.system", Value::from("grpc")));
     attrs.push(("rpc.system.name", Value::from("grpc")));
     if let Some(s) = service {
@@ -641,11 +777,12 @@ pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, clock: &
     if ex.headers_incomplete {
         attrs.push(("tracer.headers_incomplete", Value::Int(1)));
     }
-    let name = if full.is_empty() { "grpc".to_string() } else { full.to_string() };
+    let mut name = state.name();
+    name.push_str(if full.is_empty() { "grpc" } else { full });
     // Streams seen only from their response never get here (no request time).
     let start = ex.req_first_enter;
     let end = if ex.resp_last_exit > 0 { ex.resp_last_exit } else { ex.req_last_exit };
-    finish_span(name, attrs, status, parent, start, end, conn, clock)
+    finish_span(name, attrs, status, parent, start, end, conn, clock, &mut state.ids)
 }
 
 /// Redis command text for `db.query.text`: the command and its key, other
@@ -697,9 +834,9 @@ mod redis_text_tests {
 
 /// Build the client span for one database or cache command, per the
 /// database semantic conventions. Query text is sanitised unless `full_text`.
-pub fn db_span(ex: &DbExchange, conn: &ConnMeta, clock: &Clock, full_text: bool) -> Span {
+pub fn db_span(ex: &DbExchange, conn: &ConnMeta, clock: &Clock, state: &mut SpanState, full_text: bool) -> Span {
     let system = ex.system.as_str();
-    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(12);
+    let mut attrs = state.attributes();
     attrs.push(("db.system.name", Value::from(system)));
     let (operation, collection) = match ex.system {
         DbSystem::Redis => (ex.operation.clone(), None),
@@ -748,7 +885,7 @@ pub fn db_span(ex: &DbExchange, conn: &ConnMeta, clock: &Clock, full_text: bool)
     }
     let name = sql::span_name(operation.as_deref(), collection.as_deref(), ex.namespace.as_deref(), system);
     let end = if ex.resp_last_exit > 0 { ex.resp_last_exit } else { ex.req_last_exit };
-    finish_span(name, attrs, status, None, ex.req_first_enter, end, conn, clock)
+    finish_span(name, attrs, status, None, ex.req_first_enter, end, conn, clock, &mut state.ids)
 }
 
 /// The method as a static string when it is a known one.

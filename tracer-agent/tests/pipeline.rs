@@ -294,3 +294,53 @@ fn h2c_upgrade_becomes_an_http2_stream() {
     assert_eq!(int_attr(&spans[1], "http.response.status_code"), 404);
     assert_eq!(spans[1].status, Status::Unset);
 }
+
+#[test]
+fn spans_encoded_as_made_export_as_kept_ones() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    use tracer_agent::export::{encode_request, EncodedSpans, SpanBatch};
+    use tracer_agent::resource::Resources;
+
+    let export = |encode: bool| {
+        let mut p = pipeline();
+        if encode {
+            p.encode_spans();
+        }
+        let mut c = Conn::new(10, "nginx", 1, 8080, 40000, role::SERVER);
+        p.on_record(&c.event(EventKind::Accept, b"", 7));
+        for i in 0..3 {
+            // Trace context in the requests: the trace ids are known.
+            let req = format!(
+                "GET /users/{i}7 HTTP/1.1\r\nHost: api:8080\r\nUser-Agent: t/1\r\n\
+                 traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"
+            );
+            p.on_record(&c.data(EventKind::Recv, req.as_bytes()));
+            p.on_record(&c.data(EventKind::Send, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+        }
+        let batch = match p.take_batch(EncodedSpans::default) {
+            Some(SpanBatch::Encoded(batch)) => batch,
+            Some(SpanBatch::Spans(spans)) => {
+                let mut batch = EncodedSpans::default();
+                for s in &spans {
+                    batch.push(s);
+                }
+                batch
+            }
+            None => panic!("no spans"),
+        };
+        assert!(p.take_batch(EncodedSpans::default).is_none());
+        let spans: Vec<_> = (0..batch.len()).map(|i| (&batch, i)).collect();
+        let mut body = Vec::new();
+        encode_request(&spans, &mut Resources::new(Vec::new(), Vec::new()), &mut body);
+        let mut req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        // Span ids are random.
+        for s in req.resource_spans.iter_mut().flat_map(|r| &mut r.scope_spans).flat_map(|s| &mut s.spans) {
+            s.span_id.clear();
+        }
+        req
+    };
+    let kept = export(false);
+    assert_eq!(kept.resource_spans[0].scope_spans[0].spans.len(), 3);
+    assert_eq!(export(true), kept);
+}

@@ -19,6 +19,7 @@
 //! * Bounded memory: a head is buffered up to [`MAX_HEAD_LEN`] bytes, and at
 //!   most [`MAX_PENDING`] unanswered requests are remembered per connection.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 /// Largest request or response head (start line + headers) that is buffered.
@@ -90,7 +91,9 @@ pub enum BodyFraming {
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
+    /// Borrowed for the common methods, so that copying a head's method (to
+    /// frame its response) costs nothing.
+    pub method: Cow<'static, str>,
     /// Request target as sent (origin-form path + query, absolute-form URI,
     /// authority-form for CONNECT, or `*`). Non-UTF-8 bytes are replaced.
     pub target: String,
@@ -179,7 +182,7 @@ pub fn parse_request(buf: &[u8]) -> Parse<RequestHead> {
             if header_len > MAX_HEAD_LEN {
                 return Parse::Invalid;
             }
-            match build_request(&line, &info, header_len, true) {
+            match build_request(&line, info, header_len, true) {
                 Some(h) => Parse::Complete(h),
                 None => Parse::Invalid,
             }
@@ -227,7 +230,7 @@ pub fn parse_request_truncated(buf: &[u8]) -> Option<RequestHead> {
         _ => return None,
     };
     let info = complete_header_lines(rest.get(line.end..).unwrap_or(&[]));
-    let mut head = build_request(&line, &info, buf.len(), false)?;
+    let mut head = build_request(&line, info, buf.len(), false)?;
     head.header_len = buf.len();
     Some(head)
 }
@@ -268,12 +271,96 @@ fn skip_empty_lines(buf: &[u8]) -> usize {
     buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count()
 }
 
-fn is_tchar(b: u8) -> bool {
+const fn tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
             b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
         )
+}
+
+/// [`tchar`] for every byte value.
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = tchar(i as u8);
+        i += 1;
+    }
+    t
+};
+
+fn is_tchar(b: u8) -> bool {
+    TCHAR[b as usize]
+}
+
+/// A byte allowed in a header field value: HTAB, SP, visible ASCII, obs-text.
+fn is_value_char(b: u8) -> bool {
+    b == b'\t' || (b >= b' ' && b != 0x7f)
+}
+
+/// Length of the run of token bytes at the start of `buf`. Eight bytes are
+/// classified at a time as letters, digits or `-`, the bytes of nearly every
+/// field name; the first other byte among them is found at once and looked
+/// up.
+fn token_run(buf: &[u8]) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    const LOW7: u64 = u64::from_le_bytes([0x7f; 8]);
+    // For bytes below 0x80 (`t`), the high bit of each byte of the result is
+    // set when that byte is at least `lo`, or more than `hi`. No byte carries
+    // into the next.
+    let at_least = |t: u64, lo: u8| t + ONES * u64::from(0x80 - lo);
+    let above = |t: u64, hi: u8| t + ONES * u64::from(0x7f - hi);
+    let mut i = 0;
+    while let Some(chunk) = buf.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+        let x = u64::from_le_bytes(*chunk);
+        let t = x & LOW7;
+        let folded = t | (ONES * 0x20);
+        let letter = at_least(folded, b'a') & !above(folded, b'z');
+        let digit = at_least(t, b'0') & !above(t, b'9');
+        let dash = at_least(t, b'-') & !above(t, b'-');
+        let other = !((letter | digit | dash) & !x) & HIGH;
+        if other == 0 {
+            i += 8;
+            continue;
+        }
+        let at = i + (other.trailing_zeros() / 8) as usize;
+        if !buf.get(at).is_some_and(|&b| is_tchar(b)) {
+            return at;
+        }
+        i = at + 1;
+    }
+    let tail = buf.get(i..).unwrap_or(&[]);
+    i + tail.iter().position(|&b| !is_tchar(b)).unwrap_or(tail.len())
+}
+
+/// Length of the run of value bytes at the start of `buf`. Eight bytes are
+/// looked at a time: the first control character (HTAB, CR and LF included)
+/// or DEL among them is found at once, and only HTAB lets the run go on.
+fn value_run(buf: &[u8]) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let mut i = 0;
+    while let Some(chunk) = buf.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+        let x = u64::from_le_bytes(*chunk);
+        // High bit of each byte below 0x20, and of each byte equal to 0x7f.
+        // Bytes above the lowest flagged one may be flagged wrongly (borrows),
+        // the lowest one never is.
+        let del = x ^ (ONES * 0x7f);
+        let stop = (x.wrapping_sub(ONES * 0x20) & !x | del.wrapping_sub(ONES) & !del) & HIGH;
+        if stop == 0 {
+            i += 8;
+            continue;
+        }
+        let at = i + (stop.trailing_zeros() / 8) as usize;
+        if buf.get(at) != Some(&b'\t') {
+            return at;
+        }
+        i = at + 1;
+    }
+    let tail = buf.get(i..).unwrap_or(&[]);
+    i + tail.iter().position(|&b| !is_value_char(b)).unwrap_or(tail.len())
 }
 
 struct RequestLine<'a> {
@@ -458,8 +545,17 @@ struct HeaderInfo {
     upgrade: Option<String>,
 }
 
+/// Bytes as text, invalid UTF-8 replaced (valid text, the usual case, is
+/// recognised by the faster check).
+fn lossy(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    }
+}
+
 fn header_text(value: &[u8]) -> String {
-    String::from_utf8_lossy(value).trim().to_string()
+    lossy(value).trim().to_string()
 }
 
 fn set_first(slot: &mut Option<String>, value: &[u8]) {
@@ -506,83 +602,107 @@ fn trim_ascii(mut s: &[u8]) -> &[u8] {
     s
 }
 
-fn collect_headers(headers: &[httparse::Header<'_>]) -> HeaderInfo {
-    let mut info = HeaderInfo::default();
-    for h in headers {
-        let name = h.name;
-        let value = h.value;
-        if name.eq_ignore_ascii_case("content-length") {
-            match parse_content_length(value) {
-                Some(n) => match info.content_length {
-                    Some(prev) if prev != n => info.content_length_invalid = true,
-                    _ => info.content_length = Some(n),
+impl HeaderInfo {
+    /// Take note of one header field.
+    fn add(&mut self, name: &[u8], value: &[u8]) {
+        // The length picks the few names worth comparing.
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => match parse_content_length(value) {
+                Some(n) => match self.content_length {
+                    Some(prev) if prev != n => self.content_length_invalid = true,
+                    _ => self.content_length = Some(n),
                 },
-                None => info.content_length_invalid = true,
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            for coding in value.split(|&b| b == b',') {
-                let coding = trim_ascii(coding);
-                if coding.is_empty() {
-                    continue;
-                }
-                info.te_present = true;
-                info.te_chunked_last = coding.eq_ignore_ascii_case(b"chunked");
-            }
-        } else if name.eq_ignore_ascii_case("host") {
-            set_first(&mut info.host, value);
-        } else if name.eq_ignore_ascii_case("user-agent") {
-            set_first(&mut info.user_agent, value);
-        } else if name.eq_ignore_ascii_case("traceparent") {
-            set_first(&mut info.traceparent, value);
-        } else if name.eq_ignore_ascii_case("tracestate") {
-            let v = header_text(value);
-            if !v.is_empty() {
-                match &mut info.tracestate {
-                    Some(existing) if !existing.is_empty() => {
-                        existing.push(',');
-                        existing.push_str(&v);
+                None => self.content_length_invalid = true,
+            },
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                for coding in value.split(|&b| b == b',') {
+                    let coding = trim_ascii(coding);
+                    if coding.is_empty() {
+                        continue;
                     }
-                    slot => *slot = Some(v),
+                    self.te_present = true;
+                    self.te_chunked_last = coding.eq_ignore_ascii_case(b"chunked");
                 }
-            } else if info.tracestate.is_none() {
-                info.tracestate = Some(v);
             }
-        } else if name.eq_ignore_ascii_case("b3") {
-            set_first(&mut info.b3, value);
-        } else if name.eq_ignore_ascii_case("x-b3-traceid") {
-            set_first(&mut info.x_b3_trace_id, value);
-        } else if name.eq_ignore_ascii_case("x-b3-spanid") {
-            set_first(&mut info.x_b3_span_id, value);
-        } else if name.eq_ignore_ascii_case("x-b3-sampled") {
-            set_first(&mut info.x_b3_sampled, value);
-        } else if name.eq_ignore_ascii_case("expect") {
-            if trim_ascii(value).eq_ignore_ascii_case(b"100-continue") {
-                info.expect_continue = true;
+            4 if name.eq_ignore_ascii_case(b"host") => set_first(&mut self.host, value),
+            10 if name.eq_ignore_ascii_case(b"user-agent") => set_first(&mut self.user_agent, value),
+            11 if name.eq_ignore_ascii_case(b"traceparent") => set_first(&mut self.traceparent, value),
+            10 if name.eq_ignore_ascii_case(b"tracestate") => {
+                let v = header_text(value);
+                if !v.is_empty() {
+                    match &mut self.tracestate {
+                        Some(existing) if !existing.is_empty() => {
+                            existing.push(',');
+                            existing.push_str(&v);
+                        }
+                        slot => *slot = Some(v),
+                    }
+                } else if self.tracestate.is_none() {
+                    self.tracestate = Some(v);
+                }
             }
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            set_first(&mut info.upgrade, value);
+            2 if name.eq_ignore_ascii_case(b"b3") => set_first(&mut self.b3, value),
+            12 if name.eq_ignore_ascii_case(b"x-b3-traceid") => set_first(&mut self.x_b3_trace_id, value),
+            11 if name.eq_ignore_ascii_case(b"x-b3-spanid") => set_first(&mut self.x_b3_span_id, value),
+            12 if name.eq_ignore_ascii_case(b"x-b3-sampled") => set_first(&mut self.x_b3_sampled, value),
+            6 if name.eq_ignore_ascii_case(b"expect") && trim_ascii(value).eq_ignore_ascii_case(b"100-continue") => {
+                self.expect_continue = true
+            }
+            7 if name.eq_ignore_ascii_case(b"upgrade") => set_first(&mut self.upgrade, value),
+            _ => {}
         }
     }
-    info
 }
 
 /// Parses the header block (after the start line) up to and including the
 /// empty line. Returns its length and the interesting fields.
 fn parse_header_block(buf: &[u8]) -> Parse<(usize, HeaderInfo)> {
-    let mut small = [httparse::EMPTY_HEADER; 64];
-    match httparse::parse_headers(buf, &mut small) {
-        Ok(httparse::Status::Complete((n, hs))) => return Parse::Complete((n, collect_headers(hs))),
-        Ok(httparse::Status::Partial) => return Parse::Incomplete,
-        Err(httparse::Error::TooManyHeaders) => {}
-        Err(_) => return Parse::Invalid,
+    let mut info = HeaderInfo::default();
+    match scan_header_block(buf, |name, value| info.add(name, value)) {
+        Parse::Complete(n) => Parse::Complete((n, info)),
+        Parse::Incomplete => Parse::Incomplete,
+        Parse::Invalid => Parse::Invalid,
     }
-    // Every header line takes at least 3 bytes ("a:\n"), so this is enough
-    // for any head within the buffer.
-    let mut big = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
-    match httparse::parse_headers(buf, &mut big) {
-        Ok(httparse::Status::Complete((n, hs))) => Parse::Complete((n, collect_headers(hs))),
-        Ok(httparse::Status::Partial) => Parse::Incomplete,
-        Err(_) => Parse::Invalid,
+}
+
+/// Reads the header block at the start of `buf` up to and including the empty
+/// line, handing each field's name and value to `field`; returns its length.
+///
+/// A field line is a token name, a colon, optional spaces or tabs, then a
+/// value of HTAB, SP, visible characters and obs-text, ended by CRLF or a
+/// bare LF; trailing spaces and tabs are not part of the value. Obsolete line
+/// folding and whitespace before the colon are invalid (the rules of
+/// `httparse::parse_headers`, with no limit on the number of fields).
+fn scan_header_block(buf: &[u8], mut field: impl FnMut(&[u8], &[u8])) -> Parse<usize> {
+    let mut at = 0usize;
+    loop {
+        let line = buf.get(at..).unwrap_or(&[]);
+        match line.first() {
+            None => return Parse::Incomplete,
+            Some(b'\r' | b'\n') => return line_end(buf, at),
+            Some(_) => {}
+        }
+        let name_len = token_run(line);
+        match line.get(name_len) {
+            None => return Parse::Incomplete,
+            Some(b':') if name_len > 0 => {}
+            Some(_) => return Parse::Invalid,
+        }
+        let after_colon = line.get(name_len + 1..).unwrap_or(&[]);
+        let spaces = after_colon.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(after_colon.len());
+        let rest = after_colon.get(spaces..).unwrap_or(&[]);
+        let value_len = value_run(rest);
+        let value = rest.get(..value_len).unwrap_or(&[]);
+        let value = match value.iter().rposition(|&b| b != b' ' && b != b'\t') {
+            Some(last) => value.get(..=last).unwrap_or(value),
+            None => &[],
+        };
+        at = match line_end(buf, at + name_len + 1 + spaces + value_len) {
+            Parse::Complete(end) => end,
+            Parse::Incomplete => return Parse::Incomplete,
+            Parse::Invalid => return Parse::Invalid,
+        };
+        field(line.get(..name_len).unwrap_or(&[]), value);
     }
 }
 
@@ -603,7 +723,7 @@ fn complete_header_lines(hdr: &[u8]) -> HeaderInfo {
 
 /// `strict`: reject heads whose framing headers are contradictory. When not
 /// strict (truncated heads), framing is reported as far as it is known.
-fn build_request(line: &RequestLine<'_>, info: &HeaderInfo, header_len: usize, strict: bool) -> Option<RequestHead> {
+fn build_request(line: &RequestLine<'_>, info: HeaderInfo, header_len: usize, strict: bool) -> Option<RequestHead> {
     let body = if info.te_present {
         if info.te_chunked_last {
             BodyFraming::Chunked
@@ -624,23 +744,36 @@ fn build_request(line: &RequestLine<'_>, info: &HeaderInfo, header_len: usize, s
         }
     };
     Some(RequestHead {
-        method: String::from_utf8_lossy(line.method).into_owned(),
-        target: String::from_utf8_lossy(line.target).into_owned(),
+        method: method_text(line.method),
+        target: lossy(line.target).into_owned(),
         version: line.version,
         header_len,
         body,
-        host: info.host.clone(),
-        user_agent: info.user_agent.clone(),
-        traceparent: info.traceparent.clone(),
-        tracestate: info.tracestate.clone(),
-        b3: info.b3.clone(),
-        x_b3_trace_id: info.x_b3_trace_id.clone(),
-        x_b3_span_id: info.x_b3_span_id.clone(),
-        x_b3_sampled: info.x_b3_sampled.clone(),
+        host: info.host,
+        user_agent: info.user_agent,
+        traceparent: info.traceparent,
+        tracestate: info.tracestate,
+        b3: info.b3,
+        x_b3_trace_id: info.x_b3_trace_id,
+        x_b3_span_id: info.x_b3_span_id,
+        x_b3_sampled: info.x_b3_sampled,
         content_length: if info.content_length_invalid { None } else { info.content_length },
         expect_continue: info.expect_continue,
-        upgrade: info.upgrade.clone(),
+        upgrade: info.upgrade,
     })
+}
+
+/// A method token as text: one of the known methods without allocating.
+fn method_text(m: &[u8]) -> Cow<'static, str> {
+    for known in KNOWN_METHODS {
+        if *known == m {
+            // Known methods are ASCII.
+            if let Ok(s) = std::str::from_utf8(known) {
+                return Cow::Borrowed(s);
+            }
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(m).into_owned())
 }
 
 fn build_response(
@@ -1034,6 +1167,24 @@ fn accumulate<T>(
     let old = buf.len();
     let room = MAX_HEAD_LEN.saturating_sub(old);
     let add = data.get(..room.min(data.len())).unwrap_or(data);
+    if old == 0 {
+        // A head that starts in this segment is parsed where it lies; it is
+        // copied to the buffer only when it is not complete.
+        match parse(add) {
+            Parse::Complete(h) => {
+                let n = head_len(&h);
+                return if n > 0 && n <= add.len() { HeadStep::Complete(h, n) } else { HeadStep::Invalid };
+            }
+            Parse::Incomplete => {
+                buf.extend_from_slice(add);
+                return if buf.len() >= MAX_HEAD_LEN { HeadStep::Oversized } else { HeadStep::NeedMore };
+            }
+            Parse::Invalid => {
+                buf.extend_from_slice(add);
+                return if buf.len() >= MAX_HEAD_LEN { HeadStep::Oversized } else { HeadStep::Invalid };
+            }
+        }
+    }
     buf.extend_from_slice(add);
     let window = buf.get(old.saturating_sub(3)..).unwrap_or(&[]);
     if old != 0 && !has_terminator(window) {
@@ -1106,7 +1257,9 @@ impl<'a> Segment<'a> {
 /// One request and (if seen) its response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
-    pub request: RequestHead,
+    /// Boxed: an exchange is moved several times on its way out, its head
+    /// (the largest part) only once.
+    pub request: Box<RequestHead>,
     /// None when the connection closed, or the request was abandoned, before
     /// a response was seen.
     pub response: Option<ResponseHead>,
@@ -1180,7 +1333,7 @@ pub struct Http1Stats {
 #[derive(Debug, Clone)]
 struct Pending {
     id: u64,
-    head: RequestHead,
+    head: Box<RequestHead>,
     first_enter: u64,
     first_exit: u64,
     last_exit: u64,
@@ -1246,7 +1399,11 @@ fn opt_len(s: &Option<String>) -> usize {
 }
 
 fn head_heap_size(h: &RequestHead) -> usize {
-    h.method.capacity()
+    let method = match &h.method {
+        Cow::Owned(m) => m.capacity(),
+        Cow::Borrowed(_) => 0,
+    };
+    method
         + h.target.capacity()
         + opt_len(&h.host)
         + opt_len(&h.user_agent)
@@ -1298,9 +1455,9 @@ impl Http1Conn {
     /// head buffers (each at most [`MAX_HEAD_LEN`]) plus the remembered
     /// request heads (at most [`MAX_PENDING`], each bounded by a head).
     pub fn buffered_bytes(&self) -> usize {
-        let pending: usize =
-            self.pending.iter().map(|p| head_heap_size(&p.head) + std::mem::size_of::<Pending>()).sum();
-        let cur = self.resp_cur.as_ref().map_or(0, |c| head_heap_size(&c.req.head) + std::mem::size_of::<CurResp>());
+        let request = |h: &RequestHead| head_heap_size(h) + std::mem::size_of::<RequestHead>();
+        let pending: usize = self.pending.iter().map(|p| request(&p.head) + std::mem::size_of::<Pending>()).sum();
+        let cur = self.resp_cur.as_ref().map_or(0, |c| request(&c.req.head) + std::mem::size_of::<CurResp>());
         self.req_buf.capacity() + self.resp_buf.capacity() + pending + cur
     }
 
@@ -1377,7 +1534,7 @@ impl Http1Conn {
         self.stats.requests += 1;
         Pending {
             id,
-            head,
+            head: Box::new(head),
             first_enter: self.req_head_enter,
             first_exit: self.req_head_exit,
             last_exit: seg.ts_exit,
@@ -1868,6 +2025,93 @@ mod tests {
 
     fn status(ex: &Exchange) -> Option<u16> {
         ex.response.as_ref().map(|r| r.status)
+    }
+
+    #[test]
+    fn runs_of_tokens_and_values() {
+        // Every byte value at every position of runs up to 20 bytes long.
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut buf = vec![b'a'; len];
+                    buf[at] = b;
+                    let want = buf.iter().position(|&c| !is_tchar(c)).unwrap_or(len);
+                    assert_eq!(token_run(&buf), want, "{buf:?}");
+                    let mut buf = vec![b' '; len];
+                    buf[at] = b;
+                    let want = buf.iter().position(|&c| !is_value_char(c)).unwrap_or(len);
+                    assert_eq!(value_run(&buf), want, "{buf:?}");
+                }
+            }
+        }
+        let name = b"Content-Length_2.x~!Abc-09zZ:";
+        assert_eq!(token_run(name), name.len() - 1);
+    }
+
+    /// The header block reader accepts, rejects and splits exactly as
+    /// `httparse::parse_headers` does (given room for every field).
+    #[test]
+    fn header_block_reads_as_httparse() {
+        let names: &[&[u8]] = &[b"Host", b"x-b3-sampled", b"A", b"~!#$%&'*+-.^_`|", b"", b"Bad Name", b"(", b"na\x80"];
+        let seps: &[&[u8]] = &[b":", b": ", b":\t ", b" :", b"", b":  "];
+        let values: &[&[u8]] = &[
+            b"",
+            b"value",
+            b"v a\tl ",
+            b"  \t",
+            b"\x7f",
+            b"a\x00b",
+            b"\x01",
+            b"\x80\xff",
+            b"caf\xc3\xa9",
+            b"\"q\"",
+            b"0123456789abcdefghijklmnopqrstuvwxyz",
+            b"0123456789\tabcdef",
+            b"x\ry",
+            b"\x1f",
+        ];
+        let ends: &[&[u8]] = &[b"\r\n", b"\n", b"\r", b"\r\n ", b"\r\n\t"];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        // Mostly the well-formed part of a line, now and then one at random.
+        fn pick<'a>(list: &[&'a [u8]], good: usize, r: usize, k: usize) -> &'a [u8] {
+            if r < 8 {
+                list[good]
+            } else {
+                list[k]
+            }
+        }
+        for _ in 0..50_000 {
+            let mut buf = Vec::new();
+            for _ in 0..next(6) {
+                buf.extend_from_slice(pick(names, 0, next(10), next(names.len())));
+                buf.extend_from_slice(pick(seps, 1, next(10), next(seps.len())));
+                buf.extend_from_slice(pick(values, 1, next(10), next(values.len())));
+                buf.extend_from_slice(pick(ends, 0, next(10), next(ends.len())));
+            }
+            buf.extend_from_slice(ends[next(ends.len())]);
+            if next(3) == 0 {
+                buf.truncate(next(buf.len() + 1));
+            }
+            let mut ours = Vec::new();
+            let got = scan_header_block(&buf, |n, v| ours.push((n.to_vec(), v.to_vec())));
+            let mut room = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
+            let want = match httparse::parse_headers(&buf, &mut room) {
+                Ok(httparse::Status::Complete((n, hs))) => {
+                    let fields: Vec<_> = hs.iter().map(|h| (h.name.as_bytes().to_vec(), h.value.to_vec())).collect();
+                    assert_eq!(ours, fields, "{:?}", String::from_utf8_lossy(&buf));
+                    Parse::Complete(n)
+                }
+                Ok(httparse::Status::Partial) => Parse::Incomplete,
+                Err(_) => Parse::Invalid,
+            };
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&buf));
+        }
     }
 
     #[test]

@@ -16,6 +16,14 @@ pub use http1::Segment;
 #[derive(Debug)]
 pub enum Exchange {
     Http1(http1::Exchange),
-    Http2(http2::H2Exchange),
+    /// Boxed: much larger than the others.
+    Http2(Box<http2::H2Exchange>),
     Db(db::DbExchange),
+}
+
+impl Exchange {
+    /// An HTTP/2 stream's exchange.
+    pub fn http2(ex: http2::H2Exchange) -> Self {
+        Exchange::Http2(Box::new(ex))
+    }
 }

@@ -570,7 +570,7 @@ impl H2Conn {
         let mut c = Self::new();
         let ex = H2Exchange {
             stream_id: 1,
-            method: Some(request.method.clone()),
+            method: Some(request.method.to_string()),
             path: Some(request.target.clone()),
             authority: request.host.clone(),
             scheme: Some("http".to_string()),
