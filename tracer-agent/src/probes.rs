@@ -207,8 +207,10 @@ impl Probes {
 
         // Every program in the object is a tracepoint named after it
         // (`sys_enter_read`, `sys_exit_read`, ..., `sched_process_exec`).
+        // Exits go first: a send's entry parks its arguments for the exit,
+        // so an entry must never run while its exit is not attached yet.
         let mut names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_string()).collect();
-        names.sort();
+        names.sort_by_key(|n| (n.starts_with("sys_enter_"), n.clone()));
         for name in &names {
             let prog: &mut TracePoint =
                 ebpf.program_mut(name).with_context(|| format!("probe object has no program {name}"))?.try_into()?;

@@ -465,10 +465,15 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, sc: u16, iov: bool, msg: b
 }
 
 #[inline(always)]
-fn exit_io<const IOV: bool>(ctx: &TracePointContext) -> u32 {
+fn exit_io<const IOV: bool>(ctx: &TracePointContext, sc: u16) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(a) = (unsafe { ACTIVE.get(&id) }).copied() else { return 0 };
     let _ = ACTIVE.remove(&id);
+    // Only this syscall's own entry counts: one left by a call whose exit
+    // was missed (say, while the probes were being attached) is dropped.
+    if a.syscall != sc {
+        return 0;
+    }
     let ret = arg(ctx, 0);
     if ret <= 0 {
         return 0;
@@ -632,7 +637,7 @@ macro_rules! io_pair {
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_io::<{ $iov || $msg }>(&ctx)
+            exit_io::<{ $iov || $msg }>(&ctx, $sc)
         }
     };
 }
@@ -685,10 +690,13 @@ fn enter_conn(ctx: &TracePointContext, sc: u16) -> u32 {
 }
 
 #[inline(always)]
-fn exit_conn(ctx: &TracePointContext) -> u32 {
+fn exit_conn(ctx: &TracePointContext, sc: u16) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(p) = (unsafe { PENDING.get(&id) }).copied() else { return 0 };
     let _ = PENDING.remove(&id);
+    if p.sc != sc {
+        return 0;
+    }
     let Some(cfg) = config() else { return 0 };
     let ret = arg(ctx, 0);
     let (fd, kind, r) = if p.sc == syscall::CONNECT {
@@ -727,7 +735,7 @@ pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
 }
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    exit_conn(&ctx)
+    exit_conn(&ctx, syscall::ACCEPT)
 }
 #[tracepoint]
 pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
@@ -735,7 +743,7 @@ pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
 }
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    exit_conn(&ctx)
+    exit_conn(&ctx, syscall::ACCEPT4)
 }
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -743,7 +751,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 }
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    exit_conn(&ctx)
+    exit_conn(&ctx, syscall::CONNECT)
 }
 
 #[tracepoint]
