@@ -60,10 +60,7 @@ async fn replay(
     export_stats: Arc<ExportStats>,
 ) -> Result<()> {
     let file = tracer_agent::record::Replay::open(path)?;
-    let mut pipe = Pipeline::from_args(args, routes, Clock { offset: file.clock_offset });
-    if !exporter.prints() {
-        pipe.encode_spans();
-    }
+    let pipe = Pipeline::from_args(args, routes, Clock { offset: file.clock_offset }, &exporter);
     let (queue, spans) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
     let exporter_task = tokio::spawn(exporter.run(spans));
     let cpu0 = cpu_seconds();
@@ -135,22 +132,18 @@ async fn run(args: Args) -> Result<()> {
         .context("installing SIGTERM handler")?;
 
     let (probes, rings) = Probes::load(args.capture_bytes, &filters, args.ring_buffer)?;
-    let encode = !exporter.prints();
+    let clock = Clock::now();
+    let mut pipe = Pipeline::from_args(&args, routes, clock, &exporter);
+    pipe.discard = args.discard;
+    pipe.tracker.listeners = Some(tracer_agent::listeners::Listeners::default());
+    if let Some(path) = &args.record {
+        pipe.recorder = Some(tracer_agent::record::Recorder::create(path, clock.offset)?);
+    }
     let (queue, spans) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
     let exporter_task = tokio::spawn(exporter.run(spans));
 
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Mutex::new(PipelineStats::default()));
-    let clock = Clock::now();
-    let mut pipe = Pipeline::from_args(&args, routes, clock);
-    pipe.discard = args.discard;
-    if encode {
-        pipe.encode_spans();
-    }
-    pipe.tracker.listeners = Some(tracer_agent::listeners::Listeners::default());
-    if let Some(path) = &args.record {
-        pipe.recorder = Some(tracer_agent::record::Recorder::create(path, clock.offset)?);
-    }
     let worker = {
         let stop = stop.clone();
         let shared = shared.clone();

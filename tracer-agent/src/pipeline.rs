@@ -171,13 +171,23 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// A pipeline from the agent's settings.
-    pub fn from_args(args: &crate::config::Args, routes: RouteMatcher, clock: Clock) -> Self {
+    /// The pipeline for these settings, feeding `exporter` (spans it exports
+    /// are encoded as they are made).
+    pub fn from_args(
+        args: &crate::config::Args,
+        routes: RouteMatcher,
+        clock: Clock,
+        exporter: &crate::export::Exporter,
+    ) -> Self {
         let mut p = Self::new(
             Tracker::new(args.max_connections, args.connection_idle_secs.saturating_mul(1_000_000_000)),
             routes,
             clock,
         );
         p.db_full_text = args.db_full_query_text;
+        if !exporter.prints() {
+            p.encode_spans();
+        }
         p
     }
 

@@ -199,16 +199,17 @@ impl Default for IdGenerator {
 
 impl IdGenerator {
     pub fn trace_id(&mut self) -> [u8; 16] {
-        let mut id = [0; 16];
-        while id == [0; 16] {
-            self.0.fill_bytes(&mut id);
-        }
-        id
+        self.nonzero()
     }
 
     pub fn span_id(&mut self) -> [u8; 8] {
-        let mut id = [0; 8];
-        while id == [0; 8] {
+        self.nonzero()
+    }
+
+    /// Random bytes, not all zero (an all-zero id is invalid).
+    fn nonzero<const N: usize>(&mut self) -> [u8; N] {
+        let mut id = [0; N];
+        while id == [0; N] {
             self.0.fill_bytes(&mut id);
         }
         id

@@ -61,15 +61,15 @@ static ACTIVE: HashMap<u64, ActiveIo> = HashMap::with_max_entries(16384, 0);
 /// Role of sockets whose accept/connect was seen, by socket inode.
 #[map]
 static ROLES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
-/// The agent's own connections as (local port << 16 | remote port): the
-/// other end of these (e.g. a local collector receiving our exports) is not
-/// traced. Keyed by both ports, since the same local port can serve other
-/// connections to other destinations at the same time.
 /// Sockets of traced processes by (tgid << 32 | fd), checked against the
 /// fd table's `struct file` pointer on every use: a hit saves the walk from
 /// the file to the socket, its addresses and the filters.
 #[map]
 static SOCKS: LruHashMap<u64, CachedSock> = LruHashMap::with_max_entries(65536, 0);
+/// The agent's own connections as (local port << 16 | remote port): the
+/// other end of these (e.g. a local collector receiving our exports) is not
+/// traced. Keyed by both ports, since the same local port can serve other
+/// connections to other destinations at the same time.
 #[map]
 static SELF_PORTS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
 
@@ -256,7 +256,7 @@ fn saved_arg(i: usize) -> u64 {
 
 /// The `struct file` behind `fd` in the current task's fd table.
 #[inline(always)]
-unsafe fn fd_file(_cfg: &Config, fd: i32) -> Option<u64> {
+unsafe fn fd_file(fd: i32) -> Option<u64> {
     if fd < 0 {
         return None;
     }
@@ -321,7 +321,7 @@ unsafe fn file_socket(cfg: &Config, file: u64) -> Option<SockInfo> {
 /// Resolve `fd` of the current task to a TCP (IPv4/IPv6 stream) socket.
 #[inline(always)]
 unsafe fn tcp_socket(cfg: &Config, fd: i32) -> Option<SockInfo> {
-    file_socket(cfg, fd_file(cfg, fd)?)
+    file_socket(cfg, fd_file(fd)?)
 }
 
 #[inline(always)]
@@ -333,7 +333,7 @@ fn sock_key(tgid: u32, fd: i32) -> u64 {
 /// holds the same file, else resolved, filtered by port and cached.
 #[inline(always)]
 fn traced_socket(cfg: &Config, tgid: u32, fd: i32) -> Option<CachedSock> {
-    let file = unsafe { fd_file(cfg, fd) }?;
+    let file = unsafe { fd_file(fd) }?;
     let key = sock_key(tgid, fd);
     if let Some(c) = unsafe { SOCKS.get(&key) } {
         if c.file == file {
@@ -353,6 +353,14 @@ fn traced_socket(cfg: &Config, tgid: u32, fd: i32) -> Option<CachedSock> {
     let c = CachedSock { file, comm: process_comm(cfg), wanted: port_wanted(cfg, &sock) as u8, _pad: [0; 7], sock };
     let _ = SOCKS.insert(&key, &c, 0);
     Some(c)
+}
+
+/// The iovec array and its length of a `struct user_msghdr` in user memory
+/// (`{ void *msg_name; int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen; ... }`).
+#[inline(always)]
+fn msg_iov(msghdr: u64) -> (u64, u64) {
+    let read = |off: u64| unsafe { aya_ebpf::helpers::bpf_probe_read_user((msghdr + off) as *const u64) }.unwrap_or(0);
+    (read(16), read(24))
 }
 
 /// Syscall argument `n` (0-based) of a `sys_enter_*` tracepoint, or the
@@ -415,7 +423,7 @@ fn emit_header(cfg: &Config, h: &EventHeader) {
 // ---------------------------------------------------------------- data path
 
 #[inline(always)]
-fn enter_io(ctx: &TracePointContext, kind: EventKind, sc: u16, iov: bool, msg: bool) -> u32 {
+fn enter_io(ctx: &TracePointContext, sc: u16, iov: bool, msg: bool) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
@@ -434,10 +442,7 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, sc: u16, iov: bool, msg: b
         // Payload comes from a file: only its length is reported.
         (0, 0)
     } else if msg {
-        // struct user_msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen; ... }
-        let iov_ptr: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((arg1 + 16) as *const u64) }.unwrap_or(0);
-        let n: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((arg1 + 24) as *const u64) }.unwrap_or(0);
-        (iov_ptr, n)
+        msg_iov(arg1)
     } else if iov {
         (arg1, arg2)
     } else {
@@ -454,7 +459,7 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, sc: u16, iov: bool, msg: b
         buf,
         iov_len,
         fd,
-        kind: kind as u32,
+        kind: EventKind::Send as u32,
         syscall: sc,
         _pad: [0; 3],
         comm: cached.comm,
@@ -504,10 +509,7 @@ fn recv_exit<const IOV: bool>(ctx: &TracePointContext, sc: u16, msg: bool) -> u3
         return 0;
     }
     let (buf, iov_len) = if msg {
-        // struct user_msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen; ... }
-        let iov_ptr: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((buf + 16) as *const u64) }.unwrap_or(0);
-        let n: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((buf + 24) as *const u64) }.unwrap_or(0);
-        (iov_ptr, n)
+        msg_iov(buf)
     } else if IOV {
         (buf, saved_arg(2))
     } else {
@@ -629,11 +631,11 @@ pub extern "C" fn tracer_copy_iovec(iov: u64, done: u64, want: u64) -> u64 {
     c
 }
 
-macro_rules! io_pair {
-    ($enter:ident, $exit:ident, $kind:expr, $sc:expr, $iov:expr, $msg:expr) => {
+macro_rules! send {
+    ($enter:ident, $exit:ident, $sc:expr, $iov:expr, $msg:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            enter_io(&ctx, $kind, $sc, $iov, $msg)
+            enter_io(&ctx, $sc, $iov, $msg)
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
@@ -655,11 +657,11 @@ recv!(sys_exit_read, syscall::READ, false, false);
 recv!(sys_exit_readv, syscall::READV, true, false);
 recv!(sys_exit_recvfrom, syscall::RECVFROM, false, false);
 recv!(sys_exit_recvmsg, syscall::RECVMSG, false, true);
-io_pair!(sys_enter_write, sys_exit_write, EventKind::Send, syscall::WRITE, false, false);
-io_pair!(sys_enter_writev, sys_exit_writev, EventKind::Send, syscall::WRITEV, true, false);
-io_pair!(sys_enter_sendto, sys_exit_sendto, EventKind::Send, syscall::SENDTO, false, false);
-io_pair!(sys_enter_sendmsg, sys_exit_sendmsg, EventKind::Send, syscall::SENDMSG, false, true);
-io_pair!(sys_enter_sendfile64, sys_exit_sendfile64, EventKind::Send, syscall::SENDFILE, false, false);
+send!(sys_enter_write, sys_exit_write, syscall::WRITE, false, false);
+send!(sys_enter_writev, sys_exit_writev, syscall::WRITEV, true, false);
+send!(sys_enter_sendto, sys_exit_sendto, syscall::SENDTO, false, false);
+send!(sys_enter_sendmsg, sys_exit_sendmsg, syscall::SENDMSG, false, true);
+send!(sys_enter_sendfile64, sys_exit_sendfile64, syscall::SENDFILE, false, false);
 
 // ---------------------------------------------------------- connection path
 
@@ -710,7 +712,7 @@ fn exit_conn(ctx: &TracePointContext, sc: u16) -> u32 {
         }
         (ret as i32, EventKind::Accept, role::SERVER)
     };
-    let Some(file) = (unsafe { fd_file(cfg, fd) }) else { return 0 };
+    let Some(file) = (unsafe { fd_file(fd) }) else { return 0 };
     let Some(mut sock) = (unsafe { file_socket(cfg, file) }) else { return 0 };
     let tgid = (id >> 32) as u32;
     if tgid == cfg.self_pid {
