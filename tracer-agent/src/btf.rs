@@ -190,27 +190,22 @@ impl Btf {
     /// Offsets the probes need, from this kernel's BTF.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         Ok(KernelOffsets {
-            task_files: self.offset("task_struct", "files")?,
-            files_fdt: self.offset("files_struct", "fdt")?,
-            fdt_max_fds: self.offset("fdtable", "max_fds")?,
-            fdt_fd: self.offset("fdtable", "fd")?,
-            file_inode: self.offset("file", "f_inode")?,
-            file_private_data: self.offset("file", "private_data")?,
-            inode_mode: self.offset("inode", "i_mode")?,
-            inode_ino: self.offset("inode", "i_ino")?,
-            socket_type: self.offset("socket", "type")?,
-            socket_sk: self.offset("socket", "sk")?,
             sk_family: self.offset("sock_common", "skc_family")?,
+            sk_type: self.offset("sock", "sk_type")?,
+            sk_protocol: self.offset("sock", "sk_protocol")?,
+            sk_socket: self.offset("sock", "sk_socket")?,
             sk_daddr: self.offset("sock_common", "skc_daddr")?,
             sk_rcv_saddr: self.offset("sock_common", "skc_rcv_saddr")?,
             sk_dport: self.offset("sock_common", "skc_dport")?,
             sk_num: self.offset("sock_common", "skc_num")?,
             sk_v6_daddr: self.offset("sock_common", "skc_v6_daddr")?,
             sk_v6_rcv_saddr: self.offset("sock_common", "skc_v6_rcv_saddr")?,
+            socket_inode: self.offset("socket_alloc", "vfs_inode")?,
+            inode_ino: self.offset("inode", "i_ino")?,
             task_group_leader: self.offset("task_struct", "group_leader")?,
             task_comm: self.offset("task_struct", "comm")?,
             regs_arg: self.syscall_arg_offsets()?,
-            _pad: 0,
+            regs_nr: self.offset("pt_regs", "orig_ax").or_else(|_| self.offset("pt_regs", "syscallno"))?,
         })
     }
 
@@ -251,8 +246,11 @@ mod tests {
         // struct sock_common starts with the address pair; skc_daddr is first.
         assert_eq!(o.sk_daddr, 0);
         assert_eq!(o.sk_rcv_saddr, 4);
-        assert!(o.task_files > 0 && o.file_private_data > 0);
+        assert!(o.sk_socket > 0 && o.socket_inode > 0 && o.sk_protocol > 0);
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(o.regs_arg, [112, 104, 96]);
+        {
+            assert_eq!(o.regs_arg, [112, 104, 96]);
+            assert_eq!(o.regs_nr, 120);
+        }
     }
 }

@@ -5,10 +5,10 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{of_maps::ArrayOfMaps, Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::Program,
     Ebpf, EbpfLoader,
 };
-use tracer_common::{counter, filter, mode, Config, MAX_CAPTURE, MAX_CPUS, PER_CPU_RING_BYTES};
+use tracer_common::{counter, filter, mode, syscall, Config, MAX_CAPTURE, MAX_CPUS, PER_CPU_RING_BYTES};
 
 use crate::btf::Btf;
 
@@ -101,6 +101,40 @@ fn ensure_tracefs() -> Result<()> {
     Ok(())
 }
 
+/// This architecture's numbers of the syscalls whose buffers the probes
+/// read, mapped to `tracer_common::syscall` ids.
+fn syscall_ids() -> [u8; 512] {
+    #[cfg(target_arch = "x86_64")]
+    let numbers: &[(usize, u16)] = &[
+        (0, syscall::READ),
+        (1, syscall::WRITE),
+        (19, syscall::READV),
+        (20, syscall::WRITEV),
+        (40, syscall::SENDFILE),
+        (44, syscall::SENDTO),
+        (45, syscall::RECVFROM),
+        (46, syscall::SENDMSG),
+        (47, syscall::RECVMSG),
+    ];
+    #[cfg(target_arch = "aarch64")]
+    let numbers: &[(usize, u16)] = &[
+        (63, syscall::READ),
+        (64, syscall::WRITE),
+        (65, syscall::READV),
+        (66, syscall::WRITEV),
+        (71, syscall::SENDFILE),
+        (206, syscall::SENDTO),
+        (207, syscall::RECVFROM),
+        (211, syscall::SENDMSG),
+        (212, syscall::RECVMSG),
+    ];
+    let mut ids = [0u8; 512];
+    for &(nr, id) in numbers {
+        ids[nr] = id as u8;
+    }
+    ids
+}
+
 fn comm_key(name: &str) -> [u8; 16] {
     let mut k = [0u8; 16];
     for (d, s) in k.iter_mut().zip(name.as_bytes().iter().take(15)) {
@@ -135,11 +169,18 @@ impl Probes {
             }
         }
         let mut loader = EbpfLoader::new();
-        // The fd table walk reads these as constants known to the verifier,
-        // which lets it follow kernel pointers with plain loads.
-        let fd_walk = [offsets.task_files, offsets.files_fdt, offsets.fdt_max_fds, offsets.fdt_fd];
-        loader.override_global("FD_WALK", &fd_walk, true);
-        loader.override_global("SYSCALL_ARGS", &offsets.regs_arg, true);
+        // The probes read these as constants known to the verifier, which
+        // lets them follow typed kernel pointers with plain loads.
+        let sk_fields = [offsets.sk_family, offsets.sk_type, offsets.sk_protocol];
+        let [a0, a1, a2] = offsets.regs_arg;
+        let regs = [a0, a1, a2, offsets.regs_nr];
+        let ids = syscall_ids();
+        loader.override_global("SK_FIELDS", &sk_fields, true);
+        loader.override_global("SYSCALL_REGS", &regs, true);
+        loader.override_global("SYSCALL_IDS", &ids, true);
+        // Per-thread and per-socket state live in local storage, map kinds
+        // the loader creates but has no user-space type for (none is needed).
+        loader.allow_unsupported_maps();
         if ring_mode == RingMode::PerCpu {
             // The shared ring is unused: keep it at one page.
             loader.map_max_entries("EVENTS", 4096);
@@ -205,18 +246,37 @@ impl Probes {
             cfg.set(0, c, 0)?;
         }
 
-        // Every program in the object is a tracepoint named after it
-        // (`sys_enter_read`, `sys_exit_read`, ..., `sched_process_exec`).
-        // Exits go first: a send's entry parks its arguments for the exit,
-        // so an entry must never run while its exit is not attached yet.
+        // Every program in the object is named after the tracepoint it
+        // attaches to: BTF-typed ones (`sock_recv_length`, ...) and the
+        // classic `sched_process_exec`. The state change program goes first,
+        // so that connections opened from then on get their roles.
         let mut names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_string()).collect();
-        names.sort_by_key(|n| (n.starts_with("sys_enter_"), n.clone()));
+        names.sort_by_key(|n| (n != "inet_sock_set_state", n.clone()));
+        let aya_btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         for name in &names {
-            let prog: &mut TracePoint =
-                ebpf.program_mut(name).with_context(|| format!("probe object has no program {name}"))?.try_into()?;
-            prog.load().map_err(|e| anyhow!("loading probe {name} failed: {}", verifier_summary(&e)))?;
-            let category = if name.starts_with("sched_") { "sched" } else { "syscalls" };
-            prog.attach(category, name).map_err(|e| anyhow!("attaching tracepoint {category}/{name} failed: {e}"))?;
+            match ebpf.program_mut(name).with_context(|| format!("probe object has no program {name}"))? {
+                Program::BtfTracePoint(prog) => {
+                    let attached = prog
+                        .load(name, &aya_btf)
+                        .map_err(|e| verifier_summary(&e))
+                        .and_then(|()| prog.attach().map(drop).map_err(|e| e.to_string()));
+                    match attached {
+                        Ok(()) => {}
+                        // Linux 6.16+; without it a send starts when it returns.
+                        Err(e) if name == "tcp_sendmsg_locked" => {
+                            eprintln!("tracer-agent: note: no tcp_sendmsg_locked tracepoint here ({e}); send start times are their end times")
+                        }
+                        Err(e) => {
+                            bail!("attaching to tracepoint {name} failed (the probes need Linux 6.3 or newer): {e}")
+                        }
+                    }
+                }
+                Program::TracePoint(prog) => {
+                    prog.load().map_err(|e| anyhow!("loading probe {name} failed: {}", verifier_summary(&e)))?;
+                    prog.attach("sched", name).map_err(|e| anyhow!("attaching tracepoint sched/{name} failed: {e}"))?;
+                }
+                _ => bail!("probe {name} is of a kind this agent does not attach"),
+            }
         }
 
         if ring_mode == RingMode::Shared {

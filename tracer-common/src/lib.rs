@@ -134,29 +134,27 @@ pub struct DataEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
-    pub task_files: u32,
-    pub files_fdt: u32,
-    pub fdt_max_fds: u32,
-    pub fdt_fd: u32,
-    pub file_inode: u32,
-    pub file_private_data: u32,
-    pub inode_mode: u32,
-    pub inode_ino: u32,
-    pub socket_type: u32,
-    pub socket_sk: u32,
+    /// `struct sock` members (`skc_*` sit in its leading `sock_common`).
     pub sk_family: u32,
+    pub sk_type: u32,
+    pub sk_protocol: u32,
+    pub sk_socket: u32,
     pub sk_daddr: u32,
     pub sk_rcv_saddr: u32,
     pub sk_dport: u32,
     pub sk_num: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
+    /// Offset of the inode that follows a `struct socket` in `struct socket_alloc`.
+    pub socket_inode: u32,
+    pub inode_ino: u32,
     pub task_group_leader: u32,
     pub task_comm: u32,
     /// `struct pt_regs` offsets of a syscall's first three arguments, as they
     /// still are when the syscall returns.
     pub regs_arg: [u32; 3],
-    pub _pad: u32,
+    /// `struct pt_regs` offset of the syscall number.
+    pub regs_nr: u32,
 }
 
 /// Filter modes for the pid/comm/port allow lists.

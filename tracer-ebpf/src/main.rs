@@ -1,19 +1,19 @@
-//! Kernel programs: socket I/O capture on syscall tracepoints.
+//! Kernel programs: TCP payload capture at the socket layer.
 //!
-//! Sends are handled in two halves. The `sys_enter_*` half applies the cheap
-//! filters (own process, a per-process verdict for the pid/comm allow and
-//! deny lists), resolves the file descriptor to a TCP socket and parks the
-//! call's arguments in `ACTIVE`; the `sys_exit_*` half copies the first
-//! `capture_bytes` of the payload into a per-CPU scratch event and writes it
-//! to the ring buffer. Receives need only their `sys_exit_*` program: the
-//! arguments are read back from the task's saved registers.
+//! `sock_send_length` and `sock_recv_length` fire once per socket send and
+//! receive, when the transfer is done, with the socket and the byte count;
+//! only socket I/O ever reaches them. The user buffer, the fd and the
+//! syscall come from the task's saved syscall registers, so no syscall
+//! tracepoint is enabled and the syscalls of every process on the host keep
+//! the kernel's fast path. The first `capture_bytes` of each transfer are
+//! copied into a per-CPU scratch event and written to a ring buffer without
+//! waking the reader (user space drains on a short timer).
 //!
-//! An fd is resolved by walking `task->files` with offsets read from the
-//! running kernel's BTF, down to the `struct file`; `SOCKS` keeps, per
-//! (process, fd), the socket behind that file (addresses, role, port-filter
-//! verdict, process name), so the walk from the file to the socket happens
-//! once per connection. Records are written without waking the reader (user
-//! space drains on a short timer), so no event ever causes a wake-up.
+//! State lives in local storage, which the kernel frees with its owner:
+//! per thread (`TASKS`: process filter verdict, process name, the start of a
+//! send in progress) and per socket (`SKS`: addresses, role, port-filter
+//! verdict). `inet_sock_set_state` gives each connection its role (who sent
+//! the SYN), notes the agent's own connections, and reports the close.
 #![no_std]
 #![no_main]
 #![allow(clippy::missing_safety_doc)]
@@ -24,10 +24,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id,
         bpf_ktime_get_ns, generated,
     },
-    macros::{btf_map, map, tracepoint},
+    macros::{btf_map, btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
-    EbpfContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
     counter, filter, mode, role, syscall, Config, EventHeader, EventKind, SockInfo, AF_INET, AF_INET6, HEADER_SIZE,
@@ -35,10 +34,14 @@ use tracer_common::{
 };
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const S_IFMT: u16 = 0o170000;
-const S_IFSOCK: u16 = 0o140000;
 const SOCK_STREAM: u16 = 1;
-const EINPROGRESS: i64 = 115;
+const IPPROTO_TCP: u16 = 6;
+const MSG_PEEK: i32 = 2;
+const MSG_TRUNC: i32 = 0x20;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -54,40 +57,132 @@ static RINGS: ArrayOfMaps<CpuRing<u8, { PER_CPU_RING_BYTES as usize }>, { MAX_CP
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
-/// In-flight sends, by pid_tgid. Every entry is removed by the syscall's
-/// exit, so a plain hash map (cheaper than an LRU one) cannot fill up.
-#[map]
-static ACTIVE: HashMap<u64, ActiveIo> = HashMap::with_max_entries(16384, 0);
-/// Role of sockets whose accept/connect was seen, by socket inode.
-#[map]
-static ROLES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
-/// Sockets of traced processes by (tgid << 32 | fd), checked against the
-/// fd table's `struct file` pointer on every use: a hit saves the walk from
-/// the file to the socket, its addresses and the filters.
-#[map]
-static SOCKS: LruHashMap<u64, CachedSock> = LruHashMap::with_max_entries(65536, 0);
+/// Per-thread state. A lookup is a few loads next to the task, with no
+/// hashing or locks.
+#[btf_map]
+static TASKS: LocalStorage<TaskState, 29> = LocalStorage::new(); // BPF_MAP_TYPE_TASK_STORAGE
+/// Per-socket state.
+#[btf_map]
+static SKS: LocalStorage<SockState, 24> = LocalStorage::new(); // BPF_MAP_TYPE_SK_STORAGE
 /// The agent's own connections as (local port << 16 | remote port): the
 /// other end of these (e.g. a local collector receiving our exports) is not
 /// traced. Keyed by both ports, since the same local port can serve other
 /// connections to other destinations at the same time.
 #[map]
 static SELF_PORTS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
-
-#[inline(always)]
-fn port_pair(local: u16, remote: u16) -> u32 {
-    ((local as u32) << 16) | remote as u32
-}
-/// Process filter verdicts by tgid (1 = traced), dropped when the process
-/// execs (its name may change) or its main thread exits (the pid may be
-/// reused).
-#[map]
-static VERDICTS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
 #[map]
 static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+#[inline(always)]
+fn port_pair(local: u16, remote: u16) -> u32 {
+    ((local as u32) << 16) | remote as u32
+}
+
+/// A local-storage map definition (BTF-defined; such maps take no
+/// preallocation and no size). `TYPE` is the map type: task or socket.
+#[repr(C)]
+struct LocalStorage<T, const TYPE: usize> {
+    r#type: *const [i32; TYPE],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; 1], // BPF_F_NO_PREALLOC
+}
+
+unsafe impl<T, const TYPE: usize> Sync for LocalStorage<T, TYPE> {}
+
+/// `BPF_LOCAL_STORAGE_GET_F_CREATE`
+const CREATE: u64 = 1;
+
+impl<T, const TYPE: usize> LocalStorage<T, TYPE> {
+    const fn new() -> Self {
+        let n = core::ptr::null::<u8>();
+        Self { r#type: n.cast(), key: n.cast(), value: n.cast(), max_entries: n.cast(), map_flags: n.cast() }
+    }
+
+    #[inline(always)]
+    fn map(&self) -> *mut core::ffi::c_void {
+        self as *const Self as *mut core::ffi::c_void
+    }
+}
+
+impl<T> LocalStorage<T, 29> {
+    /// The current thread's entry, created zeroed when `flags` is `CREATE`.
+    #[inline(always)]
+    fn current(&self, flags: u64) -> Option<&'static mut T> {
+        unsafe {
+            let task = generated::bpf_get_current_task_btf();
+            let p = generated::bpf_task_storage_get(self.map(), task, core::ptr::null_mut(), flags);
+            (p as *mut T).as_mut()
+        }
+    }
+
+    #[inline(always)]
+    fn delete_current(&self) {
+        unsafe {
+            generated::bpf_task_storage_delete(self.map(), generated::bpf_get_current_task_btf());
+        }
+    }
+}
+
+impl<T> LocalStorage<T, 24> {
+    /// The entry of socket `sk` (a BTF `struct sock *`), created zeroed when
+    /// `flags` is `CREATE`.
+    #[inline(always)]
+    fn of(&self, sk: *const u8, flags: u64) -> Option<&'static mut T> {
+        unsafe {
+            let p = generated::bpf_sk_storage_get(self.map(), sk as *mut _, core::ptr::null_mut(), flags);
+            (p as *mut T).as_mut()
+        }
+    }
+
+    #[inline(always)]
+    fn delete(&self, sk: *const u8) {
+        unsafe {
+            generated::bpf_sk_storage_delete(self.map(), sk as *mut _);
+        }
+    }
+}
+
+/// `TaskState::verdict` values.
+const VERDICT_UNKNOWN: u8 = 0;
+const VERDICT_TRACED: u8 = 1;
+const VERDICT_SKIPPED: u8 = 2;
+
+#[repr(C)]
+struct TaskState {
+    /// The process filters' verdict for this thread's process.
+    verdict: u8,
+    _pad: [u8; 7],
+    /// The process name (its main thread's), taken with the verdict.
+    comm: [u8; 16],
+    /// Start of the send in progress on `send_sk` (0: none).
+    send_ts: u64,
+    send_sk: u64,
+}
+
+/// `SockState::flags` bits.
+const SK_READY: u8 = 1;
+const SK_WANTED: u8 = 2;
+const SK_SELF: u8 = 4;
+const SK_REPORTED: u8 = 8;
+
+#[repr(C)]
+struct SockState {
+    flags: u8,
+    /// Who opened the connection, from its handshake.
+    role: u8,
+    _pad: [u8; 2],
+    /// The process whose data was reported first, for the close event.
+    pid: u32,
+    comm: [u8; 16],
+    /// Valid once `SK_READY` is set.
+    sock: SockInfo,
+}
 
 /// Per-CPU scratch: the event being assembled. The payload area is twice the
 /// capture limit so that every masked copy stays inside it.
@@ -97,11 +192,13 @@ struct Scratch {
     payload: [u8; MAX_CAPTURE * 2],
 }
 
+/// A finished transfer, as handed to `emit_data`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct ActiveIo {
+struct Transfer {
     ts_enter: u64,
-    /// Plain buffer, or iovec array when `iov_len` > 0.
+    /// Plain buffer, or iovec array when `iov_len` > 0; 0 for a transfer
+    /// whose bytes are not in user memory (sendfile).
     buf: u64,
     iov_len: u64,
     fd: i32,
@@ -109,20 +206,6 @@ struct ActiveIo {
     syscall: u16,
     _pad: [u16; 3],
     comm: [u8; 16],
-    sock: SockInfo,
-}
-
-/// `CachedSock::wanted` of a socket whose port filters are not applied yet.
-const UNCHECKED: u8 = 2;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CachedSock {
-    file: u64,
-    comm: [u8; 16],
-    /// Passed the port filters (1), failed them (0), or `UNCHECKED`.
-    wanted: u8,
-    _pad: [u8; 7],
     sock: SockInfo,
 }
 
@@ -150,6 +233,66 @@ unsafe fn rk<T: Copy>(addr: u64) -> Option<T> {
     aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const T).ok()
 }
 
+// ------------------------------------------------ load-time constants
+
+/// Offsets in `struct sock` of `skc_family`, `sk_type` and `sk_protocol`
+/// (all u16). Like the two globals below, written by the agent before
+/// loading from the kernel's BTF; being read-only data, the verifier knows
+/// the values, so the typed `struct sock *` is read with plain loads.
+#[unsafe(no_mangle)]
+static SK_FIELDS: [u32; 3] = [0; 3];
+const SK_FAMILY: usize = 0;
+const SK_TYPE: usize = 1;
+const SK_PROTOCOL: usize = 2;
+
+/// Offsets in `struct pt_regs` of a syscall's first three arguments and of
+/// its number (`KernelOffsets::regs_arg`, `regs_nr`).
+#[unsafe(no_mangle)]
+static SYSCALL_REGS: [u32; 4] = [0; 4];
+
+/// This architecture's syscall numbers mapped to `tracer_common::syscall`
+/// ids (0: a syscall whose buffer is not read here).
+#[unsafe(no_mangle)]
+static SYSCALL_IDS: [u8; 512] = [0; 512];
+
+#[inline(always)]
+fn sk_u16(sk: *const u8, field: usize) -> u16 {
+    unsafe {
+        let off = core::ptr::read_volatile(&SK_FIELDS[field]) as usize;
+        *(sk.add(off) as *const u16)
+    }
+}
+
+#[inline(always)]
+fn regs() -> *const u8 {
+    unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as *const u8 }
+}
+
+/// Argument `i` (< 3) of the current syscall, from the task's saved user
+/// registers.
+#[inline(always)]
+fn saved_arg(regs: *const u8, i: usize) -> u64 {
+    unsafe {
+        let off = core::ptr::read_volatile(&SYSCALL_REGS[i]) as usize;
+        *(regs.add(off) as *const u64)
+    }
+}
+
+/// The current syscall as a `tracer_common::syscall` id (0: other).
+#[inline(always)]
+fn current_syscall(regs: *const u8) -> u16 {
+    let nr = unsafe {
+        let off = core::ptr::read_volatile(&SYSCALL_REGS[3]) as usize;
+        *(regs.add(off) as *const u32)
+    };
+    if nr >= 512 {
+        return 0;
+    }
+    unsafe { core::ptr::read_volatile(&SYSCALL_IDS[nr as usize & 511]) as u16 }
+}
+
+// --------------------------------------------------------------- filters
+
 /// The process's name: the comm of its main thread (threads often rename
 /// themselves, e.g. a runtime's worker threads).
 #[inline(always)]
@@ -163,26 +306,31 @@ fn process_comm(cfg: &Config) -> [u8; 16] {
     }
 }
 
-/// Process-level filters: own pid, pid and comm allow/deny lists. The
-/// verdict is kept per process until it execs or exits.
+/// The current thread's state if its process passes the process-level
+/// filters (own pid, pid and comm allow/deny lists). The verdict and the
+/// process name are kept with the thread until the process execs.
 #[inline(always)]
-fn process_wanted(cfg: &Config, tgid: u32) -> bool {
+fn traced_task(cfg: &Config, tgid: u32) -> Option<&'static mut TaskState> {
     if tgid == cfg.self_pid || tgid == 0 {
-        return false;
+        return None;
     }
-    if cfg.flags & (filter::PID_ALLOW | filter::PID_DENY | filter::COMM_ALLOW | filter::COMM_DENY) == 0 {
-        return true;
+    let t = TASKS.current(CREATE)?;
+    if t.verdict == VERDICT_UNKNOWN {
+        let any = filter::PID_ALLOW | filter::PID_DENY | filter::COMM_ALLOW | filter::COMM_DENY;
+        let comm = process_comm(cfg);
+        let wanted = cfg.flags & any == 0 || process_filters(cfg, tgid, &comm);
+        t.comm = comm;
+        t.verdict = if wanted { VERDICT_TRACED } else { VERDICT_SKIPPED };
     }
-    if let Some(v) = unsafe { VERDICTS.get(&tgid) } {
-        return *v != 0;
+    if t.verdict == VERDICT_TRACED {
+        Some(t)
+    } else {
+        None
     }
-    let wanted = process_filters(cfg, tgid);
-    let _ = VERDICTS.insert(&tgid, &(wanted as u8), 0);
-    wanted
 }
 
 #[inline(always)]
-fn process_filters(cfg: &Config, tgid: u32) -> bool {
+fn process_filters(cfg: &Config, tgid: u32, comm: &[u8; 16]) -> bool {
     if cfg.flags & (filter::PID_ALLOW | filter::PID_DENY) != 0 {
         match unsafe { PIDS.get(&tgid) } {
             Some(v) if *v == filter::DENY => return false,
@@ -192,7 +340,7 @@ fn process_filters(cfg: &Config, tgid: u32) -> bool {
         }
     }
     if cfg.flags & (filter::COMM_ALLOW | filter::COMM_DENY) != 0 {
-        return match unsafe { COMMS.get(&process_comm(cfg)) } {
+        return match unsafe { COMMS.get(comm) } {
             Some(v) => *v != filter::DENY,
             None => cfg.flags & filter::COMM_ALLOW == 0,
         };
@@ -226,150 +374,83 @@ fn port_wanted(cfg: &Config, s: &SockInfo) -> bool {
     true
 }
 
-/// Offsets of `task_struct.files`, `files_struct.fdt`, `fdtable.max_fds` and
-/// `fdtable.fd`, written by the agent before loading. Being read-only data,
-/// the verifier knows their values, so the walk below can follow the typed
-/// task pointer with plain loads instead of one helper call per field.
-#[unsafe(no_mangle)]
-static FD_WALK: [u32; 4] = [0; 4];
-
 #[inline(always)]
-fn fd_walk(i: usize) -> usize {
-    unsafe { core::ptr::read_volatile(&FD_WALK[i]) as usize }
+fn is_tcp(sk: *const u8) -> bool {
+    let family = sk_u16(sk, SK_FAMILY);
+    (family == AF_INET || family == AF_INET6)
+        && sk_u16(sk, SK_TYPE) == SOCK_STREAM
+        && sk_u16(sk, SK_PROTOCOL) == IPPROTO_TCP
 }
 
-/// Offsets of a syscall's first three arguments in `struct pt_regs`
-/// (`KernelOffsets::regs_arg`), read-only like `FD_WALK`.
-#[unsafe(no_mangle)]
-static SYSCALL_ARGS: [u32; 3] = [0; 3];
-
-/// Argument `i` (< 3) of the current syscall, from the task's saved user
-/// registers: still there when the syscall returns.
+/// Ports of `sk`: (local, remote), host order.
 #[inline(always)]
-fn saved_arg(i: usize) -> u64 {
-    unsafe {
-        let off = core::ptr::read_volatile(&SYSCALL_ARGS[i]) as usize;
-        let regs = generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as *const u8;
-        *(regs.add(off) as *const u64)
-    }
-}
-
-/// The `struct file` behind `fd` in the current task's fd table.
-#[inline(always)]
-unsafe fn fd_file(fd: i32) -> Option<u64> {
-    if fd < 0 {
-        return None;
-    }
-    let task = generated::bpf_get_current_task_btf() as *const u8;
-    let files = *(task.add(fd_walk(0)) as *const *const u8);
-    if files.is_null() {
-        return None;
-    }
-    let fdt = *(files.add(fd_walk(1)) as *const *const u8);
-    if fdt.is_null() {
-        return None;
-    }
-    let max_fds = *(fdt.add(fd_walk(2)) as *const u32);
-    if fd as u32 >= max_fds {
-        return None;
-    }
-    let fd_array = *(fdt.add(fd_walk(3)) as *const u64);
-    let file: u64 = rk(fd_array + (fd as u64) * 8)?;
-    if file == 0 {
-        return None;
-    }
-    Some(file)
-}
-
-/// The IPv4/IPv6 stream socket behind `file`, if it is one.
-#[inline(always)]
-unsafe fn file_socket(cfg: &Config, file: u64) -> Option<SockInfo> {
+unsafe fn sk_ports(cfg: &Config, sk: *const u8) -> (u16, u16) {
     let o = &cfg.offsets;
-    let inode: u64 = rk(file + o.file_inode as u64)?;
-    let mode: u16 = rk(inode + o.inode_mode as u64)?;
-    if mode & S_IFMT != S_IFSOCK {
-        return None;
-    }
-    let socket: u64 = rk(file + o.file_private_data as u64)?;
-    let stype: u16 = rk(socket + o.socket_type as u64)?;
-    if stype != SOCK_STREAM {
-        return None;
-    }
-    let sk: u64 = rk(socket + o.socket_sk as u64)?;
-    let family: u16 = rk(sk + o.sk_family as u64)?;
-    if family != AF_INET && family != AF_INET6 {
-        return None;
-    }
+    let l: u16 = rk(sk as u64 + o.sk_num as u64).unwrap_or(0);
+    let r: u16 = rk(sk as u64 + o.sk_dport as u64).unwrap_or(0);
+    (l, u16::from_be(r))
+}
+
+/// Addresses, ports and socket inode of the TCP socket `sk`.
+#[inline(always)]
+unsafe fn sock_info(cfg: &Config, sk: *const u8, role: u8) -> SockInfo {
+    let o = &cfg.offsets;
+    let sk = sk as u64;
     let mut s = SockInfo::zeroed();
-    s.ino = rk(inode + o.inode_ino as u64)?;
+    let family = sk_u16(sk as *const u8, SK_FAMILY);
     s.family = family;
-    s.lport = rk(sk + o.sk_num as u64)?;
-    s.rport = u16::from_be(rk(sk + o.sk_dport as u64)?);
+    (s.lport, s.rport) = sk_ports(cfg, sk as *const u8);
     if family == AF_INET {
-        let l: u32 = rk(sk + o.sk_rcv_saddr as u64)?;
-        let r: u32 = rk(sk + o.sk_daddr as u64)?;
-        s.laddr = v4(l);
-        s.raddr = v4(r);
+        s.laddr = v4(rk(sk + o.sk_rcv_saddr as u64).unwrap_or(0));
+        s.raddr = v4(rk(sk + o.sk_daddr as u64).unwrap_or(0));
     } else {
-        s.laddr = rk(sk + o.sk_v6_rcv_saddr as u64)?;
-        s.raddr = rk(sk + o.sk_v6_daddr as u64)?;
+        s.laddr = rk(sk + o.sk_v6_rcv_saddr as u64).unwrap_or([0; 16]);
+        s.raddr = rk(sk + o.sk_v6_daddr as u64).unwrap_or([0; 16]);
     }
-    s.role = ROLES.get(&s.ino).copied().unwrap_or(role::UNKNOWN);
-    Some(s)
-}
-
-/// Resolve `fd` of the current task to a TCP (IPv4/IPv6 stream) socket.
-#[inline(always)]
-unsafe fn tcp_socket(cfg: &Config, fd: i32) -> Option<SockInfo> {
-    file_socket(cfg, fd_file(fd)?)
-}
-
-#[inline(always)]
-fn sock_key(tgid: u32, fd: i32) -> u64 {
-    ((tgid as u64) << 32) | fd as u32 as u64
-}
-
-/// `fd` of a traced process as a TCP socket, from `SOCKS` when the fd still
-/// holds the same file, else resolved, filtered by port and cached.
-#[inline(always)]
-fn traced_socket(cfg: &Config, tgid: u32, fd: i32) -> Option<CachedSock> {
-    let file = unsafe { fd_file(fd) }?;
-    let key = sock_key(tgid, fd);
-    if let Some(c) = unsafe { SOCKS.get(&key) } {
-        if c.file == file {
-            if c.wanted != UNCHECKED {
-                return Some(*c);
+    // The connection's identity is its socket inode (the inode follows the
+    // `struct socket` in `struct socket_alloc`); the socket's address
+    // stands in should it have none.
+    s.ino = sk;
+    if let Some(socket) = rk::<u64>(sk + o.sk_socket as u64) {
+        if socket != 0 {
+            if let Some(ino) = rk::<u64>(socket + o.socket_inode as u64 + o.inode_ino as u64) {
+                s.ino = ino;
             }
-            // Cached at accept/connect: the port filters are applied at the
-            // first data, once the agent's own end of a local connection is
-            // known for sure.
-            let mut c = *c;
-            c.wanted = port_wanted(cfg, &c.sock) as u8;
-            let _ = SOCKS.insert(&key, &c, 0);
-            return Some(c);
         }
     }
-    let sock = unsafe { file_socket(cfg, file) }?;
-    let c = CachedSock { file, comm: process_comm(cfg), wanted: port_wanted(cfg, &sock) as u8, _pad: [0; 7], sock };
-    let _ = SOCKS.insert(&key, &c, 0);
-    Some(c)
+    s.role = role;
+    s
+}
+
+/// The state of `sk` if it is a TCP socket, its addresses and port-filter
+/// verdict filled in on first use.
+#[inline(always)]
+fn sock_state(cfg: &Config, sk: *const u8) -> Option<&'static mut SockState> {
+    if let Some(s) = SKS.of(sk, 0) {
+        if s.flags & SK_READY != 0 {
+            return Some(s);
+        }
+    }
+    if !is_tcp(sk) {
+        return None;
+    }
+    let s = SKS.of(sk, CREATE)?;
+    s.sock = unsafe { sock_info(cfg, sk, s.role) };
+    s.flags |= SK_READY;
+    if port_wanted(cfg, &s.sock) {
+        s.flags |= SK_WANTED;
+    }
+    Some(s)
 }
 
 /// The iovec array and its length of a `struct user_msghdr` in user memory
 /// (`{ void *msg_name; int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen; ... }`).
 #[inline(always)]
 fn msg_iov(msghdr: u64) -> (u64, u64) {
-    let read = |off: u64| unsafe { aya_ebpf::helpers::bpf_probe_read_user((msghdr + off) as *const u64) }.unwrap_or(0);
-    (read(16), read(24))
-}
-
-/// Syscall argument `n` (0-based) of a `sys_enter_*` tracepoint, or the
-/// return value (`n` = 0) of a `sys_exit_*` one.
-#[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> i64 {
-    // Tracepoint records are readable in place: 8 bytes of common fields,
-    // then the syscall number, then the arguments.
-    unsafe { *(ctx.as_ptr().add(16 + n * 8) as *const i64) }
+    match unsafe { aya_ebpf::helpers::bpf_probe_read_user((msghdr + 16) as *const Iovec) } {
+        Ok(v) => (v.base, v.len),
+        Err(_) => (0, 0),
+    }
 }
 
 #[inline(always)]
@@ -381,12 +462,13 @@ fn v4(a: u32) -> [u8; 16] {
 #[inline(always)]
 fn header(kind: EventKind, sc: u16, ts_enter: u64, fd: i32, ret: i64, comm: [u8; 16], sock: &SockInfo) -> EventHeader {
     let id = bpf_get_current_pid_tgid();
+    let ts_exit = unsafe { bpf_ktime_get_ns() };
     EventHeader {
         kind: kind as u32,
         syscall: sc,
         _pad0: 0,
-        ts_enter,
-        ts_exit: unsafe { bpf_ktime_get_ns() },
+        ts_enter: if ts_enter == 0 { ts_exit } else { ts_enter },
+        ts_exit,
         pid: (id >> 32) as u32,
         tid: id as u32,
         fd,
@@ -420,121 +502,9 @@ fn emit_header(cfg: &Config, h: &EventHeader) {
     output(cfg, bytes);
 }
 
-// ---------------------------------------------------------------- data path
-
-#[inline(always)]
-fn enter_io(ctx: &TracePointContext, sc: u16, iov: bool, msg: bool) -> u32 {
-    let Some(cfg) = config() else { return 0 };
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    if !process_wanted(cfg, tgid) {
-        return 0;
-    }
-    let fd = arg(ctx, 0) as i32;
-    let Some(cached) = traced_socket(cfg, tgid, fd) else { return 0 };
-    if cached.wanted == 0 {
-        return 0;
-    }
-    let arg1 = arg(ctx, 1) as u64;
-    let arg2 = arg(ctx, 2) as u64;
-    let sendfile = sc == syscall::SENDFILE;
-    let (buf, iov_len) = if sendfile {
-        // Payload comes from a file: only its length is reported.
-        (0, 0)
-    } else if msg {
-        msg_iov(arg1)
-    } else if iov {
-        (arg1, arg2)
-    } else {
-        (arg1, 0)
-    };
-    if buf == 0 && !sendfile {
-        return 0;
-    }
-    if (iov || msg) && iov_len == 0 {
-        return 0;
-    }
-    let a = ActiveIo {
-        ts_enter: unsafe { bpf_ktime_get_ns() },
-        buf,
-        iov_len,
-        fd,
-        kind: EventKind::Send as u32,
-        syscall: sc,
-        _pad: [0; 3],
-        comm: cached.comm,
-        sock: cached.sock,
-    };
-    let _ = ACTIVE.insert(&id, &a, 0);
-    0
-}
-
-#[inline(always)]
-fn exit_io<const IOV: bool>(ctx: &TracePointContext, sc: u16) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let Some(a) = (unsafe { ACTIVE.get(&id) }).copied() else { return 0 };
-    let _ = ACTIVE.remove(&id);
-    // Only this syscall's own entry counts: one left by a call whose exit
-    // was missed (say, while the probes were being attached) is dropped.
-    if a.syscall != sc {
-        return 0;
-    }
-    let ret = arg(ctx, 0);
-    if ret <= 0 {
-        return 0;
-    }
-    let Some(cfg) = config() else { return 0 };
-    emit_data::<IOV>(cfg, &a, ret)
-}
-
-/// Receives are handled when they return, in one program: the arguments
-/// are still in the task's saved registers, and the time a receive started
-/// waiting says nothing about the data, so there is nothing to keep from
-/// the syscall's entry.
-#[inline(always)]
-fn recv_exit<const IOV: bool>(ctx: &TracePointContext, sc: u16, msg: bool) -> u32 {
-    let ret = arg(ctx, 0);
-    if ret <= 0 {
-        return 0;
-    }
-    let Some(cfg) = config() else { return 0 };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !process_wanted(cfg, tgid) {
-        return 0;
-    }
-    let fd = saved_arg(0);
-    let buf = saved_arg(1);
-    let Some(cached) = traced_socket(cfg, tgid, fd as i32) else { return 0 };
-    if cached.wanted == 0 {
-        return 0;
-    }
-    let (buf, iov_len) = if msg {
-        msg_iov(buf)
-    } else if IOV {
-        (buf, saved_arg(2))
-    } else {
-        (buf, 0)
-    };
-    if buf == 0 || (IOV && iov_len == 0) {
-        return 0;
-    }
-    let a = ActiveIo {
-        ts_enter: unsafe { bpf_ktime_get_ns() },
-        buf,
-        iov_len,
-        fd: fd as i32,
-        kind: EventKind::Recv as u32,
-        syscall: sc,
-        _pad: [0; 3],
-        comm: cached.comm,
-        sock: cached.sock,
-    };
-    emit_data::<IOV>(cfg, &a, ret)
-}
-
 /// Copy the payload of a finished data syscall and write the event.
 #[inline(always)]
-fn emit_data<const IOV: bool>(cfg: &Config, a: &ActiveIo, ret: i64) -> u32 {
+fn emit_data<const IOV: bool>(cfg: &Config, a: &Transfer, ret: i64) -> u32 {
     let Some(kind) = EventKind::from_u32(a.kind) else { return 0 };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 0 };
     let scratch = unsafe { &mut *scratch };
@@ -589,214 +559,242 @@ fn opaque(x: u64) -> u64 {
     unsafe { core::ptr::read_volatile(&x) }
 }
 
+/// iovecs read from user memory in one helper call (each call has a fixed
+/// cost well above that of copying a few more bytes).
+const IOV_BATCH: u64 = 4;
+
 #[inline(always)]
 fn copy_iov(_s: &mut Scratch, iov: u64, iov_len: u64, want: u64) -> u64 {
     let mut done: u64 = 0;
-    for i in 0..MAX_IOV as u64 {
-        if i >= iov_len || done >= want {
+    for b in 0..(MAX_IOV as u64 / IOV_BATCH) {
+        let first = b * IOV_BATCH;
+        if first >= iov_len || done >= want {
             break;
         }
-        let c = tracer_copy_iovec(iov + i * 16, done, want);
+        let n = if iov_len - first < IOV_BATCH { iov_len - first } else { IOV_BATCH };
+        let c = tracer_copy_iovecs(iov + first * 16, n, done, want);
         if c == u64::MAX {
             break;
         }
         done += c;
+        if n < IOV_BATCH {
+            break;
+        }
     }
     done
 }
 
-/// Copy the iovec at `iov` into the scratch payload at offset `done`, at most
-/// up to `want` bytes in all. Returns the bytes copied, or `u64::MAX` to stop.
-/// A global function: the verifier checks it once, not once per iovec.
+/// Copy the (at most `IOV_BATCH`) `n` iovecs at `iov` into the scratch
+/// payload from offset `done`, at most up to `want` bytes in all. Returns
+/// the bytes copied, or `u64::MAX` to stop. A global function: the verifier
+/// checks it once, not once per batch.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn tracer_copy_iovec(iov: u64, done: u64, want: u64) -> u64 {
+pub extern "C" fn tracer_copy_iovecs(iov: u64, n: u64, done: u64, want: u64) -> u64 {
     let Some(s) = SCRATCH.get_ptr_mut(0) else { return u64::MAX };
     let s = unsafe { &mut *s };
-    let Ok(v) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(iov as *const Iovec) }) else {
-        return u64::MAX;
-    };
-    if done >= want || want > MAX_CAPTURE as u64 {
+    if n == 0 || n > IOV_BATCH || done >= want || want > MAX_CAPTURE as u64 {
         return u64::MAX;
     }
-    let left = want - done;
-    let n = if v.len < left { v.len } else { left };
-    if n == 0 {
+    let mut batch = [Iovec { base: 0, len: 0 }; IOV_BATCH as usize];
+    let bytes = (opaque(n) & (IOV_BATCH * 2 - 1)) * 16;
+    if bytes == 0 || bytes > IOV_BATCH * 16 {
+        return u64::MAX;
+    }
+    let r = unsafe { generated::bpf_probe_read_user(batch.as_mut_ptr().cast(), bytes as u32, iov as *const _) };
+    if r < 0 {
+        bump(counter::READ_ERRORS);
+        return u64::MAX;
+    }
+    let mut copied = 0;
+    for (i, v) in batch.iter().enumerate() {
+        let at = done + copied;
+        if i as u64 >= n || at >= want {
+            break;
+        }
+        let left = want - at;
+        let len = if v.len < left { v.len } else { left };
+        if len == 0 {
+            continue;
+        }
+        let c = copy_user(s, at, v.base, len);
+        if c == 0 {
+            return if copied == 0 { u64::MAX } else { copied };
+        }
+        copied += c;
+    }
+    copied
+}
+
+// ---------------------------------------------------------------- data path
+
+/// A finished send or receive on `sk` of `ret` bytes (or an error).
+#[inline(always)]
+fn on_transfer(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    let flags: i32 = ctx.arg(2);
+    let Some(cfg) = config() else { return 0 };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(task) = traced_task(cfg, tgid) else { return 0 };
+    let mut ts_enter = 0;
+    if kind == EventKind::Send {
+        if task.send_sk == sk as u64 {
+            ts_enter = task.send_ts;
+        }
+        task.send_ts = 0;
+        task.send_sk = 0;
+    }
+    if ret <= 0 || (kind == EventKind::Recv && flags & MSG_PEEK != 0) {
         return 0;
     }
-    let c = copy_user(s, done, v.base, n);
-    if c == 0 {
-        return u64::MAX;
+    let regs = regs();
+    let sc = current_syscall(regs);
+    let arg1 = saved_arg(regs, 1);
+    let (buf, iov_len, vectored) = match (kind, sc) {
+        (EventKind::Recv, syscall::READ | syscall::RECVFROM) | (EventKind::Send, syscall::WRITE | syscall::SENDTO) => {
+            (arg1, 0, false)
+        }
+        (EventKind::Recv, syscall::READV) | (EventKind::Send, syscall::WRITEV) => (arg1, saved_arg(regs, 2), true),
+        (EventKind::Recv, syscall::RECVMSG) | (EventKind::Send, syscall::SENDMSG) => {
+            let (iov, n) = msg_iov(arg1);
+            (iov, n, true)
+        }
+        // The payload comes from a file: only its length is reported.
+        (EventKind::Send, syscall::SENDFILE) => (0, 0, false),
+        // io_uring, splice, mmsg calls, kernel users of sockets: the
+        // buffer is not where the registers say.
+        _ => return 0,
+    };
+    let Some(s) = sock_state(cfg, sk) else { return 0 };
+    if s.flags & SK_WANTED == 0 {
+        return 0;
     }
-    c
-}
-
-macro_rules! send {
-    ($enter:ident, $exit:ident, $sc:expr, $iov:expr, $msg:expr) => {
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            enter_io(&ctx, $sc, $iov, $msg)
-        }
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_io::<{ $iov || $msg }>(&ctx, $sc)
-        }
+    if s.flags & SK_REPORTED == 0 {
+        s.flags |= SK_REPORTED;
+        s.pid = tgid;
+        s.comm = task.comm;
+    }
+    // A discarding receive (MSG_TRUNC) leaves the buffer untouched.
+    let buf = if kind == EventKind::Recv && flags & MSG_TRUNC != 0 { 0 } else { buf };
+    if vectored && (buf == 0 || iov_len == 0) {
+        return 0;
+    }
+    let t = Transfer {
+        ts_enter,
+        buf,
+        iov_len,
+        fd: saved_arg(regs, 0) as i32,
+        kind: kind as u32,
+        syscall: sc,
+        _pad: [0; 3],
+        comm: task.comm,
+        sock: s.sock,
     };
-}
-
-macro_rules! recv {
-    ($exit:ident, $sc:expr, $iov:expr, $msg:expr) => {
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            recv_exit::<{ $iov || $msg }>(&ctx, $sc, $msg)
-        }
+    if vectored {
+        emit_data::<true>(cfg, &t, ret as i64)
+    } else {
+        emit_data::<false>(cfg, &t, ret as i64)
     };
+    0
 }
 
-recv!(sys_exit_read, syscall::READ, false, false);
-recv!(sys_exit_readv, syscall::READV, true, false);
-recv!(sys_exit_recvfrom, syscall::RECVFROM, false, false);
-recv!(sys_exit_recvmsg, syscall::RECVMSG, false, true);
-send!(sys_enter_write, sys_exit_write, syscall::WRITE, false, false);
-send!(sys_enter_writev, sys_exit_writev, syscall::WRITEV, true, false);
-send!(sys_enter_sendto, sys_exit_sendto, syscall::SENDTO, false, false);
-send!(sys_enter_sendmsg, sys_exit_sendmsg, syscall::SENDMSG, false, true);
-send!(sys_enter_sendfile64, sys_exit_sendfile64, syscall::SENDFILE, false, false);
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    on_transfer(&ctx, EventKind::Recv)
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    on_transfer(&ctx, EventKind::Send)
+}
+
+/// The start of a TCP send: a client's request starts here, not when the
+/// send returns (on loopback, the peer may have read the data by then).
+/// Fires for each segment a send fills; the first one of the send counts.
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let Some(cfg) = config() else { return 0 };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(task) = traced_task(cfg, tgid) else { return 0 };
+    if task.send_sk != sk {
+        task.send_sk = sk;
+        task.send_ts = unsafe { bpf_ktime_get_ns() };
+    }
+    0
+}
 
 // ---------------------------------------------------------- connection path
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct PendingConn {
-    ts_enter: u64,
-    fd: i64,
-    sc: u16,
-    _pad: [u16; 3],
-}
-
-#[map]
-static PENDING: LruHashMap<u64, PendingConn> = LruHashMap::with_max_entries(16384, 0);
-
-#[inline(always)]
-fn enter_conn(ctx: &TracePointContext, sc: u16) -> u32 {
-    let Some(cfg) = config() else { return 0 };
-    let id = bpf_get_current_pid_tgid();
-    let own = (id >> 32) as u32 == cfg.self_pid;
-    if !(own && sc == syscall::CONNECT) && !process_wanted(cfg, (id >> 32) as u32) {
-        return 0;
-    }
-    let fd = if sc == syscall::CONNECT { arg(ctx, 0) } else { -1 };
-    let p = PendingConn { ts_enter: unsafe { bpf_ktime_get_ns() }, fd, sc, _pad: [0; 3] };
-    let _ = PENDING.insert(&id, &p, 0);
-    0
-}
-
-#[inline(always)]
-fn exit_conn(ctx: &TracePointContext, sc: u16) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let Some(p) = (unsafe { PENDING.get(&id) }).copied() else { return 0 };
-    let _ = PENDING.remove(&id);
-    if p.sc != sc {
+/// TCP state changes: the handshake tells who opened the connection, and
+/// the final close is reported for sockets whose data was.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    if sk_u16(sk, SK_PROTOCOL) != IPPROTO_TCP {
         return 0;
     }
     let Some(cfg) = config() else { return 0 };
-    let ret = arg(ctx, 0);
-    let (fd, kind, r) = if p.sc == syscall::CONNECT {
-        if ret != 0 && ret != -EINPROGRESS {
-            return 0;
+    match new {
+        TCP_SYN_SENT => {
+            // connect(), in the connecting process.
+            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            let own = tgid == cfg.self_pid;
+            if !own && traced_task(cfg, tgid).is_none() {
+                return 0;
+            }
+            let Some(s) = SKS.of(sk, CREATE) else { return 0 };
+            s.role = role::CLIENT;
+            if own {
+                s.flags |= SK_SELF;
+            }
         }
-        (p.fd as i32, EventKind::Connect, role::CLIENT)
-    } else {
-        if ret < 0 {
-            return 0;
+        TCP_ESTABLISHED if old == TCP_SYN_RECV => {
+            // Accepted; the listening process is not known here.
+            if let Some(s) = SKS.of(sk, CREATE) {
+                s.role = role::SERVER;
+            }
         }
-        (ret as i32, EventKind::Accept, role::SERVER)
-    };
-    let Some(file) = (unsafe { fd_file(fd) }) else { return 0 };
-    let Some(mut sock) = (unsafe { file_socket(cfg, file) }) else { return 0 };
-    let tgid = (id >> 32) as u32;
-    if tgid == cfg.self_pid {
-        let _ = SELF_PORTS.insert(&port_pair(sock.lport, sock.rport), &1, 0);
-        return 0;
-    }
-    sock.role = r;
-    let _ = ROLES.insert(&sock.ino, &r, 0);
-    let comm = process_comm(cfg);
-    let c = CachedSock { file, comm, wanted: UNCHECKED, _pad: [0; 7], sock };
-    let _ = SOCKS.insert(&sock_key(tgid, fd), &c, 0);
-    if !port_wanted(cfg, &sock) {
-        return 0;
-    }
-    emit_header(cfg, &header(kind, p.sc, p.ts_enter, fd, ret, comm, &sock));
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
-    enter_conn(&ctx, syscall::ACCEPT)
-}
-#[tracepoint]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    exit_conn(&ctx, syscall::ACCEPT)
-}
-#[tracepoint]
-pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
-    enter_conn(&ctx, syscall::ACCEPT4)
-}
-#[tracepoint]
-pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    exit_conn(&ctx, syscall::ACCEPT4)
-}
-#[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    enter_conn(&ctx, syscall::CONNECT)
-}
-#[tracepoint]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    exit_conn(&ctx, syscall::CONNECT)
-}
-
-#[tracepoint]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let Some(cfg) = config() else { return 0 };
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    let fd = arg(&ctx, 0) as i32;
-    if tgid == cfg.self_pid {
-        if let Some(sock) = unsafe { tcp_socket(cfg, fd) } {
-            let _ = SELF_PORTS.remove(&port_pair(sock.lport, sock.rport));
+        TCP_ESTABLISHED => {
+            if let Some(s) = SKS.of(sk, 0) {
+                if s.flags & SK_SELF != 0 {
+                    let (l, r) = unsafe { sk_ports(cfg, sk) };
+                    s.sock.lport = l;
+                    s.sock.rport = r;
+                    let _ = SELF_PORTS.insert(&port_pair(l, r), &1, 0);
+                }
+            }
         }
-        return 0;
+        TCP_CLOSE => {
+            let Some(s) = SKS.of(sk, 0) else { return 0 };
+            let flags = s.flags;
+            if flags & SK_SELF != 0 {
+                let _ = SELF_PORTS.remove(&port_pair(s.sock.lport, s.sock.rport));
+            }
+            if flags & (SK_REPORTED | SK_WANTED) == SK_REPORTED | SK_WANTED {
+                let mut h = header(EventKind::Close, syscall::CLOSE, 0, -1, 0, s.comm, &s.sock);
+                h.pid = s.pid;
+                h.tid = s.pid;
+                emit_header(cfg, &h);
+            }
+            // A socket can connect again after a failed attempt.
+            SKS.delete(sk);
+        }
+        _ => {}
     }
-    // Sockets of traced processes are in SOCKS once they carried data; one
-    // that never did has nothing for the agent to close.
-    let key = sock_key(tgid, fd);
-    let Some(c) = (unsafe { SOCKS.get(&key) }).copied() else { return 0 };
-    let _ = SOCKS.remove(&key);
-    let _ = ROLES.remove(&c.sock.ino);
-    if c.wanted == 0 || (c.wanted == UNCHECKED && !port_wanted(cfg, &c.sock)) {
-        return 0;
-    }
-    let ts = unsafe { bpf_ktime_get_ns() };
-    emit_header(cfg, &header(EventKind::Close, syscall::CLOSE, ts, fd, 0, c.comm, &c.sock));
     0
 }
 
 // ------------------------------------------------------------ process path
 
+/// A process that execs may change its name: its verdict is made again.
+/// (Other threads are gone by now; a thread's state goes with the thread.)
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = VERDICTS.remove(&tgid);
-    0
-}
-
-#[tracepoint]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    if (id >> 32) as u32 == id as u32 {
-        let _ = VERDICTS.remove(&((id >> 32) as u32));
-    }
+    TASKS.delete_current();
     0
 }
 
