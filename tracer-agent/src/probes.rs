@@ -159,6 +159,8 @@ impl Probes {
         ensure_tracefs()?;
         let btf = Btf::from_sys()?;
         let offsets = btf.kernel_offsets().context("reading kernel struct layout from BTF")?;
+        // The parsed BTF is large; it is not kept while aya parses its own copy.
+        drop(btf);
 
         let cpus = possible_cpus()?;
         if ring_mode == RingMode::PerCpu {
@@ -277,6 +279,14 @@ impl Probes {
                 }
                 _ => bail!("probe {name} is of a kind this agent does not attach"),
             }
+        }
+
+        drop(aya_btf);
+        // Hand the parsing buffers back to the system.
+        // SAFETY: plain libc call without arguments to check.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0);
         }
 
         if ring_mode == RingMode::Shared {
