@@ -621,3 +621,65 @@ fn wrk_duration_run_matches_reported_requests() {
         assert_eq!(s.attr_int("http.response.status_code"), Some(200), "{s}");
     }
 }
+
+/// A server that peeks at each request head (`recv` with `MSG_PEEK`) before
+/// taking it off the socket: peeked bytes are seen once, when they are
+/// consumed, so each request is one span.
+#[test]
+fn peeking_server_requests_are_counted_once() {
+    let _serial = serial();
+    agent_bin();
+    let port = free_port();
+    let script = r#"
+import socket, sys, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen(8)
+while True:
+    c, _ = srv.accept()
+    while True:
+        peeked = c.recv(65536, socket.MSG_PEEK)
+        if not peeked:
+            break
+        end = peeked.find(b"\r\n\r\n")
+        if end < 0:
+            time.sleep(0.001)
+            continue
+        head = c.recv(end + 4)
+        path = head.split(b" ")[1]
+        body = b"peeked " + path
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    c.close()
+"#;
+    let mut server = tracer_tests::db::spawn_python(&python3(), script, &[port.to_string()]);
+    assert!(wait_for_port(port, Duration::from_secs(10)), "the peeking server did not start");
+    let receiver = Receiver::start();
+    let agent = AgentBuilder::new(&receiver).port(port).start();
+
+    let paths: Vec<String> = (1..=3).map(numbered_path).collect();
+    let urls: Vec<String> = paths.iter().map(|p| format!("http://127.0.0.1:{port}{p}")).collect();
+    let run = run_curl(&curl_args(&urls, "%{http_code} %{num_connects}\n"));
+    assert_eq!(run.stdout(), "200 1\n200 0\n200 0\n", "one keep-alive connection");
+
+    receiver.wait_until(SPAN_WAIT, |s| s.len() >= 6);
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+    receiver.assert_no_errors();
+    let spans = receiver.spans();
+    assert_unique_span_ids(&spans);
+    assert_counts(&spans, 3, 3);
+    let servers = receiver.spans_of(SpanKind::Server, "python3");
+    let clients = receiver.spans_of(SpanKind::Client, "curl");
+    assert_eq!(servers.len(), 3, "{}", dump(&spans));
+    assert_eq!(clients.len(), 3, "{}", dump(&spans));
+    assert_paths_once(&servers, &paths);
+    assert_paths_once(&clients, &paths);
+    for s in &servers {
+        assert_status(s, 200, false);
+        let expected = format!("peeked {}", s.url_path().unwrap());
+        assert_attr_int(s, "http.response.body.size", expected.len() as i64);
+    }
+}

@@ -87,13 +87,17 @@ fn records(requests: u64) -> Vec<Vec<u8>> {
 fn run_pipeline(records: &[Vec<u8>], pipe: &mut Pipeline, resources: &mut Resources, body: &mut Vec<u8>) -> (u64, u64) {
     let mut spans = 0u64;
     let mut bytes = 0u64;
+    // As in the agent, an exported batch comes back to be filled again.
+    let mut spare: Option<EncodedSpans> = None;
     let mut flush = |pipe: &mut Pipeline, body: &mut Vec<u8>| {
-        let Some(SpanBatch::Encoded(batch)) = pipe.take_batch(EncodedSpans::default) else { return };
+        let Some(SpanBatch::Encoded(mut batch)) = pipe.take_batch(|| spare.take().unwrap_or_default()) else { return };
         spans += batch.len() as u64;
         let all: Vec<(&EncodedSpans, usize)> = (0..batch.len()).map(|i| (&batch, i)).collect();
         body.clear();
         encode_request(&all, resources, body);
         bytes += body.len() as u64;
+        batch.clear();
+        spare = Some(batch);
     };
     for (i, rec) in records.iter().enumerate() {
         pipe.on_record(rec);

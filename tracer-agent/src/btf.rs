@@ -204,6 +204,7 @@ impl Btf {
             inode_ino: self.offset("inode", "i_ino")?,
             task_group_leader: self.offset("task_struct", "group_leader")?,
             task_comm: self.offset("task_struct", "comm")?,
+            task_flags: self.offset("task_struct", "flags")?,
             regs_arg: self.syscall_arg_offsets()?,
             regs_nr: self.offset("pt_regs", "orig_ax").or_else(|_| self.offset("pt_regs", "syscallno"))?,
         })

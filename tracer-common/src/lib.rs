@@ -150,6 +150,7 @@ pub struct KernelOffsets {
     pub inode_ino: u32,
     pub task_group_leader: u32,
     pub task_comm: u32,
+    pub task_flags: u32,
     /// `struct pt_regs` offsets of a syscall's first three arguments, as they
     /// still are when the syscall returns.
     pub regs_arg: [u32; 3],

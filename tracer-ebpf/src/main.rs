@@ -38,6 +38,11 @@ const SOCK_STREAM: u16 = 1;
 const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: i32 = 2;
 const MSG_TRUNC: i32 = 0x20;
+const MSG_ERRQUEUE: i32 = 0x2000;
+/// `task_struct.flags` of kernel threads and io_uring workers, whose saved
+/// registers are not those of a socket syscall.
+const PF_IO_WORKER: u32 = 0x10;
+const PF_KTHREAD: u32 = 0x0020_0000;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
@@ -318,7 +323,10 @@ fn traced_task(cfg: &Config, tgid: u32) -> Option<&'static mut TaskState> {
     if t.verdict == VERDICT_UNKNOWN {
         let any = filter::PID_ALLOW | filter::PID_DENY | filter::COMM_ALLOW | filter::COMM_DENY;
         let comm = process_comm(cfg);
-        let wanted = cfg.flags & any == 0 || process_filters(cfg, tgid, &comm);
+        let task = unsafe { bpf_get_current_task() };
+        let flags: u32 = unsafe { rk(task + cfg.offsets.task_flags as u64) }.unwrap_or(PF_KTHREAD);
+        let wanted =
+            flags & (PF_KTHREAD | PF_IO_WORKER) == 0 && (cfg.flags & any == 0 || process_filters(cfg, tgid, &comm));
         t.comm = comm;
         t.verdict = if wanted { VERDICT_TRACED } else { VERDICT_SKIPPED };
     }
@@ -645,7 +653,8 @@ fn on_transfer(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
         task.send_ts = 0;
         task.send_sk = 0;
     }
-    if ret <= 0 || (kind == EventKind::Recv && flags & MSG_PEEK != 0) {
+    // Peeked bytes are read again later; the error queue holds no stream data.
+    if ret <= 0 || (kind == EventKind::Recv && flags & (MSG_PEEK | MSG_ERRQUEUE) != 0) {
         return 0;
     }
     let regs = regs();
@@ -675,11 +684,12 @@ fn on_transfer(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
         s.pid = tgid;
         s.comm = task.comm;
     }
-    // A discarding receive (MSG_TRUNC) leaves the buffer untouched.
-    let buf = if kind == EventKind::Recv && flags & MSG_TRUNC != 0 { 0 } else { buf };
-    if vectored && (buf == 0 || iov_len == 0) {
+    if (vectored && iov_len == 0) || (buf == 0 && sc != syscall::SENDFILE) {
         return 0;
     }
+    // A discarding receive (MSG_TRUNC) leaves the buffer untouched: its
+    // length is reported, not its bytes.
+    let buf = if kind == EventKind::Recv && flags & MSG_TRUNC != 0 { 0 } else { buf };
     let t = Transfer {
         ts_enter,
         buf,
