@@ -683,3 +683,37 @@ while True:
         assert_attr_int(s, "http.response.body.size", expected.len() as i64);
     }
 }
+
+/// Clients that send a request and close at once, without reading: nginx
+/// still answers, and its answer is reset by the client's kernel while the
+/// write is under way. The connection ends after that write is reported,
+/// so each server span has its response.
+#[test]
+fn client_closing_before_the_response() {
+    const REQUESTS: usize = 20;
+    let mut env = NginxEnv::start(|b| b);
+    let script = r#"
+import socket, sys
+for i in range(int(sys.argv[2])):
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    s.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    s.close()
+"#;
+    let client = tracer_tests::db::spawn_python(&python3(), script, &[env.port().to_string(), REQUESTS.to_string()]);
+    tracer_tests::db::wait_python(client, "closing client");
+    let spans = env.finish(REQUESTS, REQUESTS);
+    let servers = env.server_spans();
+    assert_eq!(servers.len(), REQUESTS, "{}\n{}", dump(&spans), env.stats());
+    for s in &servers {
+        assert_attr_str(s, "url.path", "/hello.txt");
+        assert_eq!(s.attr_int("http.response.status_code"), Some(200), "{s}");
+        assert_attr_int(s, "http.response.body.size", HELLO_BODY.len() as i64);
+    }
+    // The clients never read an answer: their spans say so.
+    let clients = env.receiver.spans_of(SpanKind::Client, "python3");
+    assert_eq!(clients.len(), REQUESTS, "{}", dump(&spans));
+    for c in &clients {
+        assert_attr_str(c, "error.type", "no_response");
+    }
+    assert_eq!(spans.len(), 2 * REQUESTS, "{}", dump(&spans));
+}

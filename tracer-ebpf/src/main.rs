@@ -13,7 +13,8 @@
 //! per thread (`TASKS`: process filter verdict, process name, the start of a
 //! send in progress) and per socket (`SKS`: addresses, role, port-filter
 //! verdict). `inet_sock_set_state` gives each connection its role (who sent
-//! the SYN), notes the agent's own connections, and reports the close.
+//! the SYN) and notes the agent's own connections; `tcp_destroy_sock`
+//! reports the end of a connection.
 #![no_std]
 #![no_main]
 #![allow(clippy::missing_safety_doc)]
@@ -46,7 +47,6 @@ const PF_KTHREAD: u32 = 0x0020_0000;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
-const TCP_CLOSE: i32 = 7;
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -142,13 +142,6 @@ impl<T> LocalStorage<T, 24> {
         unsafe {
             let p = generated::bpf_sk_storage_get(self.map(), sk as *mut _, core::ptr::null_mut(), flags);
             (p as *mut T).as_mut()
-        }
-    }
-
-    #[inline(always)]
-    fn delete(&self, sk: *const u8) {
-        unsafe {
-            generated::bpf_sk_storage_delete(self.map(), sk as *mut _);
         }
     }
 }
@@ -737,8 +730,7 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
 
 // ---------------------------------------------------------- connection path
 
-/// TCP state changes: the handshake tells who opened the connection, and
-/// the final close is reported for sockets whose data was.
+/// TCP state changes: the handshake tells who opened the connection.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
@@ -757,10 +749,10 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
                 return 0;
             }
             let Some(s) = SKS.of(sk, CREATE) else { return 0 };
+            // A new connection (a socket may connect again after a failed
+            // attempt): everything learnt about an earlier one is dropped.
+            s.flags = if own { SK_SELF } else { 0 };
             s.role = role::CLIENT;
-            if own {
-                s.flags |= SK_SELF;
-            }
         }
         TCP_ESTABLISHED if old == TCP_SYN_RECV => {
             // Accepted; the listening process is not known here.
@@ -778,23 +770,32 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
                 }
             }
         }
-        TCP_CLOSE => {
-            let Some(s) = SKS.of(sk, 0) else { return 0 };
-            let flags = s.flags;
-            if flags & SK_SELF != 0 {
-                let _ = SELF_PORTS.remove(&port_pair(s.sock.lport, s.sock.rport));
-            }
-            if flags & (SK_REPORTED | SK_WANTED) == SK_REPORTED | SK_WANTED {
-                let mut h = header(EventKind::Close, syscall::CLOSE, 0, -1, 0, s.comm, &s.sock);
-                h.pid = s.pid;
-                h.tid = s.pid;
-                emit_header(cfg, &h);
-            }
-            // A socket can connect again after a failed attempt.
-            SKS.delete(sk);
-        }
         _ => {}
     }
+    0
+}
+
+/// The end of a TCP socket: reported for sockets whose data was. This comes
+/// once the process has let go of the socket as well as TCP, so no data
+/// event of the socket can follow it. (The move to TCP_CLOSE cannot serve:
+/// a reset that arrives while a send is under way closes the socket before
+/// the send is reported.)
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let Some(s) = SKS.of(sk, 0) else { return 0 };
+    let Some(cfg) = config() else { return 0 };
+    if s.flags & SK_SELF != 0 {
+        let _ = SELF_PORTS.remove(&port_pair(s.sock.lport, s.sock.rport));
+    }
+    if s.flags & (SK_REPORTED | SK_WANTED) == SK_REPORTED | SK_WANTED {
+        let mut h = header(EventKind::Close, syscall::CLOSE, 0, -1, 0, s.comm, &s.sock);
+        h.pid = s.pid;
+        h.tid = s.pid;
+        emit_header(cfg, &h);
+    }
+    // The kernel frees the storage with the socket.
+    s.flags = 0;
     0
 }
 
