@@ -191,8 +191,6 @@ struct Scratch {
 }
 
 /// A finished transfer, as handed to `emit_data`.
-#[repr(C)]
-#[derive(Clone, Copy)]
 struct Transfer {
     ts_enter: u64,
     /// Plain buffer, or iovec array when `iov_len` > 0; 0 for a transfer
@@ -200,9 +198,8 @@ struct Transfer {
     buf: u64,
     iov_len: u64,
     fd: i32,
-    kind: u32,
+    kind: EventKind,
     syscall: u16,
-    _pad: [u16; 3],
     comm: [u8; 16],
     sock: SockInfo,
 }
@@ -396,11 +393,11 @@ unsafe fn sk_ports(cfg: &Config, sk: *const u8) -> (u16, u16) {
 #[inline(always)]
 unsafe fn sock_info(cfg: &Config, sk: *const u8, role: u8) -> SockInfo {
     let o = &cfg.offsets;
-    let sk = sk as u64;
     let mut s = SockInfo::zeroed();
-    let family = sk_u16(sk as *const u8, SK_FAMILY);
+    let family = sk_u16(sk, SK_FAMILY);
     s.family = family;
-    (s.lport, s.rport) = sk_ports(cfg, sk as *const u8);
+    (s.lport, s.rport) = sk_ports(cfg, sk);
+    let sk = sk as u64;
     if family == AF_INET {
         s.laddr = v4(rk(sk + o.sk_rcv_saddr as u64).unwrap_or(0));
         s.raddr = v4(rk(sk + o.sk_daddr as u64).unwrap_or(0));
@@ -505,9 +502,8 @@ fn emit_header(cfg: &Config, h: &EventHeader) {
 
 /// Copy the payload of a finished data syscall and write the event.
 #[inline(always)]
-fn emit_data<const IOV: bool>(cfg: &Config, a: &Transfer, ret: i64) -> u32 {
-    let Some(kind) = EventKind::from_u32(a.kind) else { return 0 };
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 0 };
+fn emit_data<const IOV: bool>(cfg: &Config, a: &Transfer, ret: i64) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
     let scratch = unsafe { &mut *scratch };
     let limit = if (cfg.capture_bytes as usize) < MAX_CAPTURE { cfg.capture_bytes as u64 } else { MAX_CAPTURE as u64 };
     let want = if (ret as u64) < limit { ret as u64 } else { limit };
@@ -518,20 +514,19 @@ fn emit_data<const IOV: bool>(cfg: &Config, a: &Transfer, ret: i64) -> u32 {
     } else if !IOV {
         copy_user(scratch, 0, a.buf, want)
     } else {
-        copy_iov(scratch, a.buf, a.iov_len, want)
+        copy_iov(a.buf, a.iov_len, want)
     };
     if a.buf != 0 && (captured as i64) < ret {
         bump(counter::TRUNCATED);
     }
     // The header (and its exit time) is made after the copy, right before
     // the write: the agent merges per-CPU rings by this time.
-    scratch.header = header(kind, a.syscall, a.ts_enter, a.fd, ret, a.comm, &a.sock);
+    scratch.header = header(a.kind, a.syscall, a.ts_enter, a.fd, ret, a.comm, &a.sock);
     scratch.header.captured = captured as u32;
     let len = HEADER_SIZE + (captured as usize & (MAX_CAPTURE * 2 - 1));
     let total = if len > HEADER_SIZE + MAX_CAPTURE { HEADER_SIZE + MAX_CAPTURE } else { len };
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, total) };
     output(cfg, bytes);
-    0
 }
 
 /// Copy `n` user bytes from `src` to `payload[off..]`; returns bytes copied.
@@ -565,7 +560,7 @@ fn opaque(x: u64) -> u64 {
 const IOV_BATCH: u64 = 4;
 
 #[inline(always)]
-fn copy_iov(_s: &mut Scratch, iov: u64, iov_len: u64, want: u64) -> u64 {
+fn copy_iov(iov: u64, iov_len: u64, want: u64) -> u64 {
     let mut done: u64 = 0;
     for b in 0..(MAX_IOV as u64 / IOV_BATCH) {
         let first = b * IOV_BATCH;
@@ -668,6 +663,9 @@ fn on_transfer(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
         // buffer is not where the registers say.
         _ => return 0,
     };
+    if (vectored && iov_len == 0) || (buf == 0 && sc != syscall::SENDFILE) {
+        return 0;
+    }
     let Some(s) = sock_state(cfg, sk) else { return 0 };
     if s.flags & SK_WANTED == 0 {
         return 0;
@@ -677,9 +675,6 @@ fn on_transfer(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
         s.pid = tgid;
         s.comm = task.comm;
     }
-    if (vectored && iov_len == 0) || (buf == 0 && sc != syscall::SENDFILE) {
-        return 0;
-    }
     // A discarding receive (MSG_TRUNC) leaves the buffer untouched: its
     // length is reported, not its bytes.
     let buf = if kind == EventKind::Recv && flags & MSG_TRUNC != 0 { 0 } else { buf };
@@ -688,17 +683,16 @@ fn on_transfer(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
         buf,
         iov_len,
         fd: saved_arg(regs, 0) as i32,
-        kind: kind as u32,
+        kind,
         syscall: sc,
-        _pad: [0; 3],
         comm: task.comm,
         sock: s.sock,
     };
     if vectored {
-        emit_data::<true>(cfg, &t, ret as i64)
+        emit_data::<true>(cfg, &t, ret as i64);
     } else {
-        emit_data::<false>(cfg, &t, ret as i64)
-    };
+        emit_data::<false>(cfg, &t, ret as i64);
+    }
     0
 }
 
@@ -794,8 +788,6 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
         h.tid = s.pid;
         emit_header(cfg, &h);
     }
-    // The kernel frees the storage with the socket.
-    s.flags = 0;
     0
 }
 
