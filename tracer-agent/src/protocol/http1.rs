@@ -545,13 +545,15 @@ struct HeaderInfo {
     upgrade: Option<String>,
 }
 
-/// Bytes as text, invalid UTF-8 replaced (valid text, the usual case, is
-/// recognised by the faster check).
+/// The bytes as text: borrowed when they are UTF-8, else with U+FFFD for each
+/// invalid sequence. Heads are nearly always ASCII, which is checked a word at
+/// a time instead of decoded.
 fn lossy(b: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(b) {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => String::from_utf8_lossy(b),
+    if b.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        return Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(b) });
     }
+    String::from_utf8_lossy(b)
 }
 
 fn header_text(value: &[u8]) -> String {
@@ -765,15 +767,11 @@ fn build_request(line: &RequestLine<'_>, info: HeaderInfo, header_len: usize, st
 
 /// A method token as text: one of the known methods without allocating.
 fn method_text(m: &[u8]) -> Cow<'static, str> {
-    for known in KNOWN_METHODS {
-        if *known == m {
-            // Known methods are ASCII.
-            if let Ok(s) = std::str::from_utf8(known) {
-                return Cow::Borrowed(s);
-            }
-        }
+    match KNOWN_METHODS.iter().find(|known| **known == m) {
+        // Known methods are ASCII: borrowed for 'static.
+        Some(known) => lossy(known),
+        None => Cow::Owned(String::from_utf8_lossy(m).into_owned()),
     }
-    Cow::Owned(String::from_utf8_lossy(m).into_owned())
 }
 
 fn build_response(
@@ -1983,6 +1981,16 @@ impl Http1Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_of_ascii_utf8_and_invalid_bytes() {
+        assert!(matches!(lossy(b"/users/1?x=y"), Cow::Borrowed("/users/1?x=y")));
+        assert!(matches!(lossy("/caf\u{e9}".as_bytes()), Cow::Borrowed("/caf\u{e9}")));
+        assert_eq!(lossy(b"/a\xff\xfeb"), "/a\u{fffd}\u{fffd}b");
+        assert_eq!(lossy(b""), "");
+        assert_eq!(header_text(b" \x0bvalue\t"), "value");
+        assert_eq!(header_text("\u{a0}caf\u{e9}".as_bytes()), "caf\u{e9}");
+    }
 
     /// Drives a connection with automatic timestamps: segment i gets
     /// enter = 1000 * i, exit = 1000 * i + 500.
