@@ -265,16 +265,16 @@ impl Tracker {
                     Arc::make_mut(&mut c.meta).kind =
                         if r == role::SERVER { SpanKind::Server } else { SpanKind::Client };
                     c.proto = match kind {
-                        Kind::Http1 => Proto::Http1(Box::new(Http1Conn::new())),
-                        Kind::Http2 => Proto::Http2(Box::new(H2Conn::new())),
+                        Kind::Http1 => Proto::Http1(Box::default()),
+                        Kind::Http2 => Proto::Http2(Box::default()),
                         // Database servers are traced from their clients' side only.
                         _ if r == role::SERVER => {
                             self.stats.db_server_connections += 1;
                             Proto::Opaque
                         }
-                        Kind::Postgres => Proto::Postgres(Box::new(PgConn::new())),
-                        Kind::Mysql => Proto::Mysql(Box::new(MysqlConn::new())),
-                        Kind::Redis => Proto::Redis(Box::new(RedisConn::new())),
+                        Kind::Postgres => Proto::Postgres(Box::default()),
+                        Kind::Mysql => Proto::Mysql(Box::default()),
+                        Kind::Redis => Proto::Redis(Box::default()),
                     };
                     if let Proto::Opaque = c.proto {
                         self.stats.bytes_ignored += ret;

@@ -306,7 +306,7 @@ mod tests {
             parent_span_id: parent.then_some([9; 8]),
             sampled: true,
             name: format!("GET /users/{{id}}{i}"),
-            kind: if i % 2 == 0 { SpanKind::Server } else { SpanKind::Client },
+            kind: if i.is_multiple_of(2) { SpanKind::Server } else { SpanKind::Client },
             start_unix_ns: 1_700_000_000_000_000_000 + u64::from(i),
             end_unix_ns: 1_700_000_000_000_500_000,
             attributes: vec![

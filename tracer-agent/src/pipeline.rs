@@ -496,7 +496,7 @@ pub fn replay(mut file: crate::record::Replay, mut p: Pipeline, queue: &SpanQueu
     while let Some(rec) = file.next_record()? {
         p.on_record(rec);
         n += 1;
-        if n % 1024 == 0 {
+        if n.is_multiple_of(1024) {
             hand_over(&mut p, queue, true);
         }
     }
