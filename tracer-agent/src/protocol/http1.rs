@@ -770,7 +770,7 @@ fn method_text(m: &[u8]) -> Cow<'static, str> {
     match KNOWN_METHODS.iter().find(|known| **known == m) {
         // Known methods are ASCII: borrowed for 'static.
         Some(known) => lossy(known),
-        None => Cow::Owned(String::from_utf8_lossy(m).into_owned()),
+        None => Cow::Owned(lossy(m).into_owned()),
     }
 }
 
