@@ -592,7 +592,9 @@ pub extern "C" fn tracer_copy_iovecs(iov: u64, n: u64, done: u64, want: u64) -> 
     if n == 0 || n > IOV_BATCH || done >= want || want > MAX_CAPTURE as u64 {
         return u64::MAX;
     }
-    let mut batch = [Iovec { base: 0, len: 0 }; IOV_BATCH as usize];
+    // Left uninitialised: zeroing it is a byte-at-a-time memset call here,
+    // and the helper writes (or, failing, zeroes) the `n` entries read below.
+    let mut batch = core::mem::MaybeUninit::<[Iovec; IOV_BATCH as usize]>::uninit();
     let bytes = (opaque(n) & (IOV_BATCH * 2 - 1)) * 16;
     if bytes == 0 || bytes > IOV_BATCH * 16 {
         return u64::MAX;
@@ -602,12 +604,15 @@ pub extern "C" fn tracer_copy_iovecs(iov: u64, n: u64, done: u64, want: u64) -> 
         bump(counter::READ_ERRORS);
         return u64::MAX;
     }
+    let batch = batch.as_ptr() as *const Iovec;
     let mut copied = 0;
-    for (i, v) in batch.iter().enumerate() {
+    for i in 0..IOV_BATCH as usize {
         let at = done + copied;
         if i as u64 >= n || at >= want {
             break;
         }
+        // SAFETY: entries below `n` were written by the read above.
+        let v = unsafe { batch.add(i).read() };
         let left = want - at;
         let len = if v.len < left { v.len } else { left };
         if len == 0 {
@@ -638,8 +643,12 @@ fn on_transfer(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
         if task.send_sk == sk as u64 {
             ts_enter = task.send_ts;
         }
-        task.send_ts = 0;
-        task.send_sk = 0;
+        // Two plain stores: written as a pair, the compiler makes them a
+        // call to a byte-at-a-time memset.
+        unsafe {
+            core::ptr::write_volatile(&mut task.send_ts, 0);
+            core::ptr::write_volatile(&mut task.send_sk, 0);
+        }
     }
     // Peeked bytes are read again later; the error queue holds no stream data.
     if ret <= 0 || (kind == EventKind::Recv && flags & (MSG_PEEK | MSG_ERRQUEUE) != 0) {
