@@ -343,6 +343,14 @@ impl Pipeline {
 
     /// Take the spans made so far, encoded if they are; `spare` gives an empty
     /// batch to encode the next ones into. None when there are none.
+    /// Spans made and not yet taken.
+    pub fn pending_spans(&self) -> usize {
+        match &self.encoded {
+            Some(encoded) => encoded.len(),
+            None => self.spans.len(),
+        }
+    }
+
     pub fn take_batch(&mut self, spare: impl FnOnce() -> EncodedSpans) -> Option<SpanBatch> {
         match &mut self.encoded {
             Some(encoded) if !encoded.is_empty() => {
@@ -369,25 +377,56 @@ impl Pipeline {
 const MERGE_DELAY_NS: u64 = 20_000_000;
 /// Most records taken from one ring per drain round.
 const DRAIN_BATCH: usize = 8192;
+/// Spans are handed to the exporter once this many are waiting, or this long
+/// after the last hand-over.
+const HAND_OVER_SPANS: usize = 1024;
+const HAND_OVER_EVERY: Duration = Duration::from_millis(50);
 
 /// Records from several rings, released in time order.
+///
+/// Records are copied out of the rings once, into one chunk per drain round,
+/// and stay where they are until released: a record held back for a few
+/// rounds is not copied again each round. A chunk is reused once all of its
+/// records are released, which happens in about the order they came.
 #[derive(Default)]
 pub struct Merger {
-    arena: Vec<u8>,
-    /// (exit timestamp, start in arena, length)
-    index: Vec<(u64, usize, usize)>,
-    /// The buffers of the previous round, emptied, to move held-back records to.
-    spare_arena: Vec<u8>,
-    spare_index: Vec<(u64, usize, usize)>,
+    /// One per round with records, oldest first; `chunks[0]` is round `first`.
+    chunks: std::collections::VecDeque<Chunk>,
+    first: u32,
+    /// The back chunk takes this round's records.
+    round_open: bool,
+    /// (exit timestamp, round, start in its chunk, length)
+    index: Vec<(u64, u32, u32, u32)>,
+    spare: Vec<Vec<u8>>,
 }
+
+#[derive(Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    /// Records not yet released.
+    live: usize,
+}
+
+/// Rounds kept at most. Records are held back for a few rounds at most
+/// (`MERGE_DELAY_NS` over the drain interval); beyond this, one whose time
+/// lies in the future would pin memory, so everything held is released.
+const MAX_ROUNDS_HELD: usize = 64;
 
 impl Merger {
     pub fn push(&mut self, rec: &[u8]) {
         let ts =
             rec.get(16..24).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).unwrap_or(0);
-        let start = self.arena.len();
-        self.arena.extend_from_slice(rec);
-        self.index.push((ts, start, rec.len()));
+        if !self.round_open || self.chunks.is_empty() {
+            let bytes = self.spare.pop().unwrap_or_default();
+            self.chunks.push_back(Chunk { bytes, live: 0 });
+            self.round_open = true;
+        }
+        let round = self.first.wrapping_add(self.chunks.len() as u32 - 1);
+        let Some(chunk) = self.chunks.back_mut() else { return };
+        let start = chunk.bytes.len();
+        chunk.bytes.extend_from_slice(rec);
+        chunk.live += 1;
+        self.index.push((ts, round, start as u32, rec.len() as u32));
     }
 
     pub fn len(&self) -> usize {
@@ -398,28 +437,37 @@ impl Merger {
         self.index.is_empty()
     }
 
-    /// Hand every record with a timestamp up to `horizon` to `f`, oldest first.
+    /// Hand every record with a timestamp up to `horizon` to `f`, oldest
+    /// first. Records pushed after this go to a new round.
     pub fn release(&mut self, horizon: u64, mut f: impl FnMut(&[u8])) -> usize {
+        self.round_open = false;
         if self.index.is_empty() {
             return 0;
         }
+        let horizon = if self.chunks.len() > MAX_ROUNDS_HELD { u64::MAX } else { horizon };
+        // Stable, and what is held from earlier rounds is already in order.
         self.index.sort_by_key(|e| e.0);
         let cut = self.index.partition_point(|e| e.0 <= horizon);
-        for &(_, start, len) in &self.index[..cut] {
-            f(&self.arena[start..start + len]);
-        }
-        if cut == self.index.len() {
-            self.index.clear();
-            self.arena.clear();
-        } else {
-            self.spare_arena.clear();
-            self.spare_index.clear();
-            for &(ts, start, len) in &self.index[cut..] {
-                self.spare_index.push((ts, self.spare_arena.len(), len));
-                self.spare_arena.extend_from_slice(&self.arena[start..start + len]);
+        for &(_, round, start, len) in &self.index[..cut] {
+            let i = round.wrapping_sub(self.first) as usize;
+            if let Some(chunk) = self.chunks.get_mut(i) {
+                let (start, len) = (start as usize, len as usize);
+                if let Some(rec) = chunk.bytes.get(start..start + len) {
+                    f(rec);
+                }
+                chunk.live -= 1;
             }
-            std::mem::swap(&mut self.arena, &mut self.spare_arena);
-            std::mem::swap(&mut self.index, &mut self.spare_index);
+        }
+        self.index.drain(..cut);
+        while self.chunks.front().is_some_and(|c| c.live == 0) {
+            if let Some(mut c) = self.chunks.pop_front() {
+                c.bytes.clear();
+                // Keep a few, of ordinary size.
+                if self.spare.len() < 4 && c.bytes.capacity() <= 4 << 20 {
+                    self.spare.push(c.bytes);
+                }
+            }
+            self.first = self.first.wrapping_add(1);
         }
         cut
     }
@@ -437,6 +485,7 @@ pub fn run(
 ) {
     let mut last_expire = Instant::now();
     let mut last_stats = Instant::now();
+    let mut last_hand_over = Instant::now();
     let mut merger = Merger::default();
     let merge = rings.len() > 1;
     loop {
@@ -463,11 +512,14 @@ pub fn run(
         if merge {
             merger.release(horizon, |rec| p.on_record(rec));
         }
-        hand_over(&mut p, &queue, false);
         if last_expire.elapsed() >= Duration::from_secs(1) {
             p.expire(monotonic_ns());
-            hand_over(&mut p, &queue, false);
             last_expire = Instant::now();
+        }
+        // Spans go over in batches: each hand-over wakes the exporter.
+        if p.pending_spans() >= HAND_OVER_SPANS || last_hand_over.elapsed() >= HAND_OVER_EVERY || stopping {
+            hand_over(&mut p, &queue, false);
+            last_hand_over = Instant::now();
         }
         if last_stats.elapsed() >= Duration::from_millis(500) {
             if let Ok(mut s) = shared.lock() {
@@ -540,5 +592,37 @@ mod tests {
         assert_eq!(m.release(u64::MAX, |r| out.push(r[24])), 3);
         assert_eq!(out, vec![1, 2, 3, 6, 4, 5]);
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn merger_keeps_held_records_across_rounds_and_reuses_chunks() {
+        let mut m = Merger::default();
+        let mut out = Vec::new();
+        // Each round brings records; the horizon trails two rounds behind.
+        for round in 0..50u64 {
+            for k in 0..3u64 {
+                let ts = round * 10 + k * 3;
+                m.push(&rec(ts, (ts % 251) as u8));
+            }
+            m.release((round * 10).saturating_sub(20), |r| out.push(r[24]));
+            assert!(m.chunks.len() <= 4, "round {round}: {} chunks", m.chunks.len());
+        }
+        m.release(u64::MAX, |r| out.push(r[24]));
+        let want: Vec<u8> = (0..50u64).flat_map(|r| (0..3u64).map(move |k| ((r * 10 + k * 3) % 251) as u8)).collect();
+        assert_eq!(out, want);
+        assert!(m.is_empty() && m.chunks.is_empty());
+    }
+
+    #[test]
+    fn merger_lets_go_of_a_record_from_the_future() {
+        let mut m = Merger::default();
+        let mut out = Vec::new();
+        m.push(&rec(u64::MAX - 1, 9));
+        for round in 0..(super::MAX_ROUNDS_HELD as u64 + 2) {
+            m.push(&rec(round, 1));
+            m.release(round, |r| out.push(r[24]));
+        }
+        assert!(out.contains(&9));
+        assert!(m.chunks.len() <= super::MAX_ROUNDS_HELD + 1);
     }
 }
