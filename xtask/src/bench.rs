@@ -43,6 +43,12 @@ struct Run {
     machine_cpu: f64,
     /// Agent CPU during the saturation run, seconds.
     agent_cpu: f64,
+    /// CPU of the traced server's processes during the saturation run, seconds.
+    server_cpu: f64,
+    /// CPU of the load generator (wrk) during the saturation run, seconds.
+    load_cpu: f64,
+    /// CPU of this process, which holds the OTLP sink, during the saturation run, seconds.
+    sink_cpu: f64,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     /// Requests of the latency run.
@@ -92,7 +98,9 @@ fn machine_jiffies() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let line = text.lines().next().unwrap_or("");
     let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    let total: u64 = v.iter().take(8).sum();
+    // user, nice, system, idle, iowait, irq, softirq: time stolen by the
+    // hypervisor (the next field) is other guests' work, not this machine's.
+    let total: u64 = v.iter().take(7).sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     (total.saturating_sub(idle), total)
 }
@@ -116,6 +124,28 @@ fn process_ticks(pid: u32) -> u64 {
     let ut: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0);
     let st: u64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
     ut + st
+}
+
+/// utime + stime of every process named `comm`, in clock ticks.
+fn comm_ticks(comm: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm))
+        .map(process_ticks)
+        .sum()
+}
+
+/// User + system CPU seconds of this process (`RUSAGE_SELF`) or of its
+/// waited-for children (`RUSAGE_CHILDREN`).
+fn rusage_seconds(who: i32) -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -433,14 +463,22 @@ fn measure(
     std::thread::sleep(Duration::from_millis(300));
     let (busy0, _) = machine_jiffies();
     let at0 = apid.map(process_ticks).unwrap_or(0);
+    let st0 = comm_ticks(w.comm);
+    let (load0, self0) = (rusage_seconds(libc::RUSAGE_CHILDREN), rusage_seconds(libc::RUSAGE_SELF));
     let (requests, rps) = wrk(&w.url, seconds)?;
     let (busy1, _) = machine_jiffies();
     let at1 = apid.map(process_ticks).unwrap_or(0);
+    let st1 = comm_ticks(w.comm);
+    let (load1, self1) = (rusage_seconds(libc::RUSAGE_CHILDREN), rusage_seconds(libc::RUSAGE_SELF));
+    let tps = ticks_per_second();
     let mut run = Run {
         rps,
         requests,
-        machine_cpu: (busy1 - busy0) as f64 / ticks_per_second(),
-        agent_cpu: (at1 - at0) as f64 / ticks_per_second(),
+        machine_cpu: busy1.saturating_sub(busy0) as f64 / tps,
+        agent_cpu: at1.saturating_sub(at0) as f64 / tps,
+        server_cpu: st1.saturating_sub(st0) as f64 / tps,
+        load_cpu: load1 - load0,
+        sink_cpu: self1 - self0,
         ..Run::default()
     };
     if let Some(oha_bin) = oha_bin {
@@ -512,7 +550,16 @@ fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]], probes: 
     let col =
         |m: usize, f: &dyn Fn(&Run, &Run) -> f64| -> Vec<f64> { rounds.iter().map(|r| f(&r[m], &r[0])).collect() };
     let off_rps = median(rounds.iter().map(|r| r[0].rps).collect());
-    out.push_str(&format!("\n### {}\n\nOFF throughput: {:.0} requests/s (median). Medians, with the range over {} rounds in brackets.\n\n", w.name, off_rps, rounds.len()));
+    let off_us = |f: &dyn Fn(&Run) -> f64| median(rounds.iter().map(|r| f(&r[0]) / r[0].requests.max(1) as f64 * 1e6).collect());
+    out.push_str(&format!(
+        "\n### {}\n\nOFF throughput: {:.0} requests/s; OFF CPU per request: {:.1} µs for the whole machine, {:.1} µs in the server, {:.1} µs in the load generator (medians). Medians, with the range over {} rounds in brackets.\n\n",
+        w.name,
+        off_rps,
+        off_us(&|r| r.machine_cpu),
+        off_us(&|r| r.server_cpu),
+        off_us(&|r| r.load_cpu),
+        rounds.len()
+    ));
     out.push_str("| metric | KERNEL | FULL |\n|---|---|---|\n");
     let row = |out: &mut String, name: &str, f: &dyn Fn(&Run, &Run) -> f64, d: usize| {
         out.push_str(&format!("| {name} | {} | {} |\n", cell(col(1, f), d), cell(col(2, f), d)));
@@ -543,6 +590,11 @@ fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]], probes: 
         &|r, o| (r.machine_cpu / r.requests.max(1) as f64 - o.machine_cpu / o.requests.max(1) as f64) * 1e6,
         2,
     );
+    let per_request = |cpu: f64, r: &Run| cpu / r.requests.max(1) as f64 * 1e6;
+    row(out, "– of which in the traced server (µs)", &|r, o| per_request(r.server_cpu, r) - per_request(o.server_cpu, o), 2);
+    row(out, "– of which in the load generator (µs)", &|r, o| per_request(r.load_cpu, r) - per_request(o.load_cpu, o), 2);
+    row(out, "– of which in the agent (µs)", &|r, _| per_request(r.agent_cpu, r), 2);
+    row(out, "– of which in the OTLP sink (µs)", &|r, o| per_request(r.sink_cpu, r) - per_request(o.sink_cpu, o), 2);
     row(out, "agent peak RSS (MiB)", &|r, _| r.peak_rss_kib as f64 / 1024.0, 1);
     row(
         out,
