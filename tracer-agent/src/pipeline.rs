@@ -473,8 +473,41 @@ impl Merger {
     }
 }
 
-/// Drain the ring buffers until `stop` is set; polls every few milliseconds
-/// (the probes never wake the reader). With one ring per
+/// How long the drain loop sleeps between rounds. Each wake-up has a cost
+/// beyond its own work (a context switch, caches refilled, the traced
+/// services' CPU shared once more), so the loop sleeps as long as the rings
+/// allow: `MAX` while the fullest ring was found under a 32nd full, halving
+/// down to `MIN` when one was found over an eighth full, so that a burst
+/// never comes near filling a ring.
+#[derive(Debug)]
+pub struct DrainPace {
+    interval: Duration,
+    ring_bytes: usize,
+}
+
+impl DrainPace {
+    pub const MIN: Duration = Duration::from_millis(1);
+    pub const MAX: Duration = Duration::from_millis(20);
+    const STEP: Duration = Duration::from_millis(1);
+
+    pub fn new(ring_bytes: usize) -> Self {
+        Self { interval: Self::MAX, ring_bytes: ring_bytes.max(1) }
+    }
+
+    /// The sleep before the next round, given the most bytes one ring held
+    /// in the round just drained.
+    pub fn next(&mut self, fullest: usize) -> Duration {
+        if fullest > self.ring_bytes / 8 {
+            self.interval = (self.interval / 2).max(Self::MIN);
+        } else if fullest < self.ring_bytes / 32 {
+            self.interval = (self.interval + Self::STEP).min(Self::MAX);
+        }
+        self.interval
+    }
+}
+
+/// Drain the ring buffers until `stop` is set; polls on a timer paced by
+/// [`DrainPace`] (the probes never wake the reader). With one ring per
 /// CPU, records are merged by timestamp before processing.
 pub fn run(
     mut rings: Vec<aya::maps::RingBuf<aya::maps::MapData>>,
@@ -488,15 +521,23 @@ pub fn run(
     let mut last_hand_over = Instant::now();
     let mut merger = Merger::default();
     let merge = rings.len() > 1;
+    let mut pace =
+        DrainPace::new(
+            if merge { tracer_common::PER_CPU_RING_BYTES } else { tracer_common::SHARED_RING_BYTES } as usize
+        );
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let horizon = if stopping { u64::MAX } else { monotonic_ns().saturating_sub(MERGE_DELAY_NS) };
         // A ring cut off at DRAIN_BATCH has more waiting: go round again at
         // once. Otherwise sleep, so that records are handled in bursts.
         let mut more = false;
+        let mut fullest = 0usize;
         for ring in rings.iter_mut() {
             let mut k = 0usize;
+            let mut bytes = 0usize;
             while let Some(item) = ring.next() {
+                // Each record takes an 8-byte header and is padded to 8.
+                bytes += 8 + item.len().next_multiple_of(8);
                 if merge {
                     merger.push(&item);
                 } else {
@@ -508,7 +549,9 @@ pub fn run(
                     break;
                 }
             }
+            fullest = fullest.max(bytes);
         }
+        let sleep = pace.next(if more { usize::MAX } else { fullest });
         if merge {
             merger.release(horizon, |rec| p.on_record(rec));
         }
@@ -531,7 +574,7 @@ pub fn run(
             if stopping && merger.is_empty() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(sleep);
         }
     }
     if let Some(r) = p.recorder.as_mut() {
@@ -577,6 +620,32 @@ mod tests {
         r[16..24].copy_from_slice(&ts.to_le_bytes());
         r.push(tag);
         r
+    }
+
+    #[test]
+    fn drain_pace_backs_off_under_load_and_returns_to_the_maximum() {
+        use super::DrainPace;
+        let mut p = DrainPace::new(1 << 20);
+        assert_eq!(p.next(0), DrainPace::MAX);
+        // Over an eighth full: halves each round, down to the minimum.
+        let mut last = DrainPace::MAX;
+        for _ in 0..10 {
+            let d = p.next((1 << 20) / 4);
+            assert!(d <= last / 2 || d == DrainPace::MIN, "{d:?} after {last:?}");
+            last = d;
+        }
+        assert_eq!(last, DrainPace::MIN);
+        // Between a 32nd and an eighth: holds.
+        assert_eq!(p.next((1 << 20) / 16), DrainPace::MIN);
+        // Nearly empty: grows back a step at a time.
+        let mut rounds = 0;
+        while p.next(100) < DrainPace::MAX {
+            rounds += 1;
+            assert!(rounds < 100);
+        }
+        assert_eq!(rounds, 18);
+        // A round cut short (more waiting) counts as full.
+        assert_eq!(p.next(usize::MAX), DrainPace::MAX / 2);
     }
 
     #[test]

@@ -550,7 +550,8 @@ fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]], probes: 
     let col =
         |m: usize, f: &dyn Fn(&Run, &Run) -> f64| -> Vec<f64> { rounds.iter().map(|r| f(&r[m], &r[0])).collect() };
     let off_rps = median(rounds.iter().map(|r| r[0].rps).collect());
-    let off_us = |f: &dyn Fn(&Run) -> f64| median(rounds.iter().map(|r| f(&r[0]) / r[0].requests.max(1) as f64 * 1e6).collect());
+    let off_us =
+        |f: &dyn Fn(&Run) -> f64| median(rounds.iter().map(|r| f(&r[0]) / r[0].requests.max(1) as f64 * 1e6).collect());
     out.push_str(&format!(
         "\n### {}\n\nOFF throughput: {:.0} requests/s; OFF CPU per request: {:.1} µs for the whole machine, {:.1} µs in the server, {:.1} µs in the load generator (medians). Medians, with the range over {} rounds in brackets.\n\n",
         w.name,
@@ -591,8 +592,18 @@ fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]], probes: 
         2,
     );
     let per_request = |cpu: f64, r: &Run| cpu / r.requests.max(1) as f64 * 1e6;
-    row(out, "– of which in the traced server (µs)", &|r, o| per_request(r.server_cpu, r) - per_request(o.server_cpu, o), 2);
-    row(out, "– of which in the load generator (µs)", &|r, o| per_request(r.load_cpu, r) - per_request(o.load_cpu, o), 2);
+    row(
+        out,
+        "– of which in the traced server (µs)",
+        &|r, o| per_request(r.server_cpu, r) - per_request(o.server_cpu, o),
+        2,
+    );
+    row(
+        out,
+        "– of which in the load generator (µs)",
+        &|r, o| per_request(r.load_cpu, r) - per_request(o.load_cpu, o),
+        2,
+    );
     row(out, "– of which in the agent (µs)", &|r, _| per_request(r.agent_cpu, r), 2);
     row(out, "– of which in the OTLP sink (µs)", &|r, o| per_request(r.sink_cpu, r) - per_request(o.sink_cpu, o), 2);
     row(out, "agent peak RSS (MiB)", &|r, _| r.peak_rss_kib as f64 / 1024.0, 1);
