@@ -313,6 +313,13 @@ fn token_run(buf: &[u8]) -> usize {
     let at_least = |t: u64, lo: u8| t + ONES * u64::from(0x80 - lo);
     let above = |t: u64, hi: u8| t + ONES * u64::from(0x7f - hi);
     let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        match simd::token_run16(buf) {
+            Ok(n) => return n,
+            Err(from) => i = from,
+        }
+    }
     while let Some(chunk) = buf.get(i..).and_then(<[u8]>::first_chunk::<8>) {
         let x = u64::from_le_bytes(*chunk);
         let t = x & LOW7;
@@ -342,6 +349,13 @@ fn value_run(buf: &[u8]) -> usize {
     const ONES: u64 = u64::from_le_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
     let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        match simd::value_run16(buf) {
+            Ok(n) => return n,
+            Err(from) => i = from,
+        }
+    }
     while let Some(chunk) = buf.get(i..).and_then(<[u8]>::first_chunk::<8>) {
         let x = u64::from_le_bytes(*chunk);
         // High bit of each byte below 0x20, and of each byte equal to 0x7f.
@@ -361,6 +375,75 @@ fn value_run(buf: &[u8]) -> usize {
     }
     let tail = buf.get(i..).unwrap_or(&[]);
     i + tail.iter().position(|&b| !is_value_char(b)).unwrap_or(tail.len())
+}
+
+/// Sixteen bytes at a time with SSE2, which every x86-64 CPU has: the same
+/// classifications as the eight-byte loops, which finish what is left.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use core::arch::x86_64::*;
+
+    /// Token run from the start of `buf`: `Ok(length)` when it ends within
+    /// the 16-byte blocks, else `Err(offset)` to go on from.
+    #[inline]
+    pub(super) fn token_run16(buf: &[u8]) -> Result<usize, usize> {
+        let mut i = 0;
+        while let Some(block) = buf.get(i..).and_then(<[u8]>::first_chunk::<16>) {
+            // SAFETY: SSE2 is part of x86-64; the load reads the 16 bytes of
+            // `block` and needs no alignment.
+            let mask = unsafe {
+                let x = _mm_loadu_si128(block.as_ptr().cast());
+                let within = |v: __m128i, lo: u8, hi: u8| {
+                    _mm_and_si128(
+                        _mm_cmpgt_epi8(v, _mm_set1_epi8((lo - 1) as i8)),
+                        _mm_cmplt_epi8(v, _mm_set1_epi8((hi + 1) as i8)),
+                    )
+                };
+                // Bytes from 0x80 compare as negative: never in range.
+                let letter = within(_mm_or_si128(x, _mm_set1_epi8(0x20)), b'a', b'z');
+                let digit = within(x, b'0', b'9');
+                let dash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'-' as i8));
+                _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(letter, digit), dash)) as u32
+            };
+            let other = !mask & 0xffff;
+            if other == 0 {
+                i += 16;
+                continue;
+            }
+            let at = i + other.trailing_zeros() as usize;
+            if !buf.get(at).is_some_and(|&b| super::is_tchar(b)) {
+                return Ok(at);
+            }
+            i = at + 1;
+        }
+        Err(i)
+    }
+
+    /// Value run from the start of `buf`, as [`token_run16`].
+    #[inline]
+    pub(super) fn value_run16(buf: &[u8]) -> Result<usize, usize> {
+        let mut i = 0;
+        while let Some(block) = buf.get(i..).and_then(<[u8]>::first_chunk::<16>) {
+            // SAFETY: as in token_run16.
+            let stop = unsafe {
+                let x = _mm_loadu_si128(block.as_ptr().cast());
+                // 0x00..=0x1f: at least zero and below 0x20 as signed bytes.
+                let ctl = _mm_and_si128(_mm_cmpgt_epi8(x, _mm_set1_epi8(-1)), _mm_cmplt_epi8(x, _mm_set1_epi8(0x20)));
+                let del = _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f));
+                _mm_movemask_epi8(_mm_or_si128(ctl, del)) as u32
+            };
+            if stop == 0 {
+                i += 16;
+                continue;
+            }
+            let at = i + stop.trailing_zeros() as usize;
+            if buf.get(at) != Some(&b'\t') {
+                return Ok(at);
+            }
+            i = at + 1;
+        }
+        Err(i)
+    }
 }
 
 struct RequestLine<'a> {
@@ -2037,8 +2120,9 @@ mod tests {
 
     #[test]
     fn runs_of_tokens_and_values() {
-        // Every byte value at every position of runs up to 20 bytes long.
-        for len in 0..20 {
+        // Every byte value at every position of runs up to 40 bytes long:
+        // two 16-byte blocks, an 8-byte word and single bytes.
+        for len in 0..40 {
             for at in 0..len {
                 for b in 0..=255u8 {
                     let mut buf = vec![b'a'; len];
