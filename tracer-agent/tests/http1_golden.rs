@@ -52,15 +52,15 @@ fn render_exchange(out: &mut String, n: usize, at: usize, e: &Exchange) {
         r.expect_continue
     );
     let fields = [
-        ("host", &r.host),
-        ("user_agent", &r.user_agent),
-        ("traceparent", &r.traceparent),
-        ("tracestate", &r.tracestate),
-        ("b3", &r.b3),
-        ("x_b3_trace_id", &r.x_b3_trace_id),
-        ("x_b3_span_id", &r.x_b3_span_id),
-        ("x_b3_sampled", &r.x_b3_sampled),
-        ("upgrade", &r.upgrade),
+        ("host", r.host.as_deref()),
+        ("user_agent", r.user_agent.as_deref()),
+        ("traceparent", r.traceparent.as_deref()),
+        ("tracestate", r.tracestate.as_deref()),
+        ("b3", r.b3.as_deref()),
+        ("x_b3_trace_id", r.x_b3_trace_id.as_deref()),
+        ("x_b3_span_id", r.x_b3_span_id.as_deref()),
+        ("x_b3_sampled", r.x_b3_sampled.as_deref()),
+        ("upgrade", r.upgrade.as_deref()),
     ];
     for (name, value) in fields {
         if let Some(v) = value {
@@ -295,7 +295,7 @@ fn random_traffic_never_panics_and_stays_consistent() {
                 .iter()
                 .map(|e| {
                     (
-                        e.request.target.clone(),
+                        e.request.target.to_string(),
                         e.response.as_ref().map(|r| r.status),
                         e.request_body_size,
                         e.response_body_size,

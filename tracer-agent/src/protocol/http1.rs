@@ -22,6 +22,8 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 
+use compact_str::CompactString;
+
 /// Largest request or response head (start line + headers) that is buffered.
 /// A head that has not ended within this many bytes is treated as invalid.
 pub const MAX_HEAD_LEN: usize = 64 * 1024;
@@ -96,7 +98,7 @@ pub struct RequestHead {
     pub method: Cow<'static, str>,
     /// Request target as sent (origin-form path + query, absolute-form URI,
     /// authority-form for CONNECT, or `*`). Non-UTF-8 bytes are replaced.
-    pub target: String,
+    pub target: CompactString,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
     /// Length of the head in bytes, including the terminating empty line.
@@ -104,8 +106,9 @@ pub struct RequestHead {
     /// that were captured.
     pub header_len: usize,
     pub body: BodyFraming,
-    pub host: Option<String>,
-    pub user_agent: Option<String>,
+    /// Short texts (up to 24 bytes) are held inline, without an allocation.
+    pub host: Option<CompactString>,
+    pub user_agent: Option<CompactString>,
     pub traceparent: Option<String>,
     /// All `tracestate` headers, joined with `,`.
     pub tracestate: Option<String>,
@@ -312,14 +315,13 @@ fn token_run(buf: &[u8]) -> usize {
     // into the next.
     let at_least = |t: u64, lo: u8| t + ONES * u64::from(0x80 - lo);
     let above = |t: u64, hi: u8| t + ONES * u64::from(0x7f - hi);
-    let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    {
-        match simd::token_run16(buf) {
-            Ok(n) => return n,
-            Err(from) => i = from,
-        }
-    }
+    let mut i = match simd::token_run16(buf) {
+        Ok(n) => return n,
+        Err(from) => from,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let mut i = 0;
     while let Some(chunk) = buf.get(i..).and_then(<[u8]>::first_chunk::<8>) {
         let x = u64::from_le_bytes(*chunk);
         let t = x & LOW7;
@@ -348,14 +350,13 @@ fn token_run(buf: &[u8]) -> usize {
 fn value_run(buf: &[u8]) -> usize {
     const ONES: u64 = u64::from_le_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
-    let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    {
-        match simd::value_run16(buf) {
-            Ok(n) => return n,
-            Err(from) => i = from,
-        }
-    }
+    let mut i = match simd::value_run16(buf) {
+        Ok(n) => return n,
+        Err(from) => from,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let mut i = 0;
     while let Some(chunk) = buf.get(i..).and_then(<[u8]>::first_chunk::<8>) {
         let x = u64::from_le_bytes(*chunk);
         // High bit of each byte below 0x20, and of each byte equal to 0x7f.
@@ -616,8 +617,8 @@ struct HeaderInfo {
     content_length_invalid: bool,
     te_present: bool,
     te_chunked_last: bool,
-    host: Option<String>,
-    user_agent: Option<String>,
+    host: Option<CompactString>,
+    user_agent: Option<CompactString>,
     traceparent: Option<String>,
     tracestate: Option<String>,
     b3: Option<String>,
@@ -646,6 +647,13 @@ fn header_text(value: &[u8]) -> String {
 fn set_first(slot: &mut Option<String>, value: &[u8]) {
     if slot.is_none() {
         *slot = Some(header_text(value));
+    }
+}
+
+/// [`set_first`] for a field kept as a [`CompactString`].
+fn set_first_compact(slot: &mut Option<CompactString>, value: &[u8]) {
+    if slot.is_none() {
+        *slot = Some(CompactString::new(lossy(value).trim()));
     }
 }
 
@@ -709,8 +717,8 @@ impl HeaderInfo {
                     self.te_chunked_last = coding.eq_ignore_ascii_case(b"chunked");
                 }
             }
-            4 if name.eq_ignore_ascii_case(b"host") => set_first(&mut self.host, value),
-            10 if name.eq_ignore_ascii_case(b"user-agent") => set_first(&mut self.user_agent, value),
+            4 if name.eq_ignore_ascii_case(b"host") => set_first_compact(&mut self.host, value),
+            10 if name.eq_ignore_ascii_case(b"user-agent") => set_first_compact(&mut self.user_agent, value),
             11 if name.eq_ignore_ascii_case(b"traceparent") => set_first(&mut self.traceparent, value),
             10 if name.eq_ignore_ascii_case(b"tracestate") => {
                 let v = header_text(value);
@@ -830,7 +838,7 @@ fn build_request(line: &RequestLine<'_>, info: HeaderInfo, header_len: usize, st
     };
     Some(RequestHead {
         method: method_text(line.method),
-        target: lossy(line.target).into_owned(),
+        target: CompactString::new(lossy(line.target)),
         version: line.version,
         header_len,
         body,
@@ -1479,15 +1487,23 @@ fn opt_len(s: &Option<String>) -> usize {
     s.as_ref().map_or(0, |s| s.capacity())
 }
 
+fn compact_len(s: &CompactString) -> usize {
+    if s.is_heap_allocated() {
+        s.capacity()
+    } else {
+        0
+    }
+}
+
 fn head_heap_size(h: &RequestHead) -> usize {
     let method = match &h.method {
         Cow::Owned(m) => m.capacity(),
         Cow::Borrowed(_) => 0,
     };
     method
-        + h.target.capacity()
-        + opt_len(&h.host)
-        + opt_len(&h.user_agent)
+        + compact_len(&h.target)
+        + h.host.as_ref().map_or(0, compact_len)
+        + h.user_agent.as_ref().map_or(0, compact_len)
         + opt_len(&h.traceparent)
         + opt_len(&h.tracestate)
         + opt_len(&h.b3)
@@ -2378,7 +2394,7 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         d.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n");
         d.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
         let ex = d.take();
-        let got: Vec<_> = ex.iter().map(|e| (e.request.target.clone(), status(e))).collect();
+        let got: Vec<_> = ex.iter().map(|e| (e.request.target.to_string(), status(e))).collect();
         assert_eq!(
             got,
             vec![("/1".to_string(), Some(200)), ("/2".to_string(), Some(404)), ("/3".to_string(), Some(200))]
@@ -2705,7 +2721,7 @@ Content-Length: 5\r\nExpect: 100-Continue\r\n\r\nhello";
         d.resp_gap(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", 40);
         d.resp(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
         let ex = d.take();
-        let got: Vec<_> = ex.iter().map(|e| (e.request.target.clone(), status(e))).collect();
+        let got: Vec<_> = ex.iter().map(|e| (e.request.target.to_string(), status(e))).collect();
         assert_eq!(got, vec![("/1".to_string(), Some(200)), ("/2".to_string(), None), ("/3".to_string(), Some(202))]);
     }
 

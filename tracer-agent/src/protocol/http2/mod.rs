@@ -571,10 +571,10 @@ impl H2Conn {
         let ex = H2Exchange {
             stream_id: 1,
             method: Some(request.method.to_string()),
-            path: Some(request.target.clone()),
-            authority: request.host.clone(),
+            path: Some(request.target.to_string()),
+            authority: request.host.as_deref().map(str::to_owned),
             scheme: Some("http".to_string()),
-            user_agent: request.user_agent.clone(),
+            user_agent: request.user_agent.as_deref().map(str::to_owned),
             traceparent: request.traceparent.clone(),
             tracestate: request.tracestate.clone(),
             b3: request.b3.clone(),
