@@ -114,28 +114,43 @@ impl Writer<'_> {
 
     #[inline(always)]
     fn key_value(&mut self, field: u32, k: &str, v: &Value) {
-        let any_len = any_value_len(v);
-        let kv_len = len_field(1, k.len()) + len_field(2, any_len);
-        if field < 16 && kv_len < 0x80 {
-            // Every key and length of the field fits in a byte (the usual
-            // case): they are written four at a time.
-            self.quad([((field << 3) | WIRE_LEN) as u8, kv_len as u8, KEY_1_LEN, k.len() as u8]);
-            self.raw(k.as_bytes());
-            match v {
-                Value::Str(_) | Value::Shared(_) => {
-                    let text = v.as_str().unwrap_or("");
-                    self.quad([KEY_2_LEN, any_len as u8, KEY_1_LEN, text.len() as u8]);
+        // When every key and length of the field fits in a byte (the usual
+        // case: keys, lengths and the whole field under 128 bytes), they are
+        // written four at a time.
+        let short = field < 16 && k.len() < 0x80;
+        match v {
+            Value::Str(_) | Value::Shared(_) => {
+                let text = match v {
+                    Value::Str(t) => t.as_ref(),
+                    Value::Shared(t) => t,
+                    Value::Int(_) => "",
+                };
+                // Key field, AnyValue field, string field: two bytes each.
+                let kv_len = k.len() + text.len() + 6;
+                if short && kv_len < 0x80 {
+                    self.quad([((field << 3) | WIRE_LEN) as u8, kv_len as u8, KEY_1_LEN, k.len() as u8]);
+                    self.raw(k.as_bytes());
+                    self.quad([KEY_2_LEN, (text.len() + 2) as u8, KEY_1_LEN, text.len() as u8]);
                     self.raw(text.as_bytes());
-                }
-                Value::Int(i) => {
-                    self.byte(KEY_2_LEN);
-                    self.byte(any_len as u8);
-                    self.key(3, WIRE_VARINT);
-                    self.varint(*i as u64);
+                    return;
                 }
             }
-            return;
+            Value::Int(i) => {
+                let any_len = 1 + varint_len(*i as u64);
+                let kv_len = k.len() + any_len + 4;
+                if short && kv_len < 0x80 {
+                    self.quad([((field << 3) | WIRE_LEN) as u8, kv_len as u8, KEY_1_LEN, k.len() as u8]);
+                    self.raw(k.as_bytes());
+                    self.quad([KEY_2_LEN, any_len as u8, (3 << 3) | WIRE_VARINT as u8, 0]);
+                    // The fourth byte is overwritten by the varint.
+                    self.pos -= 1;
+                    self.varint(*i as u64);
+                    return;
+                }
+            }
         }
+        let any_len = any_value_len(v);
+        let kv_len = len_field(1, k.len()) + len_field(2, any_len);
         self.len_key(field, kv_len);
         self.bytes(1, k.as_bytes());
         self.len_key(2, any_len);
@@ -149,9 +164,9 @@ impl Writer<'_> {
         }
     }
 
+    /// The fields of a `Span` message.
     #[inline]
-    fn span(&mut self, s: &Span, len: usize) {
-        self.len_key(2, len); // ScopeSpans.spans
+    fn span_fields(&mut self, s: &Span) {
         self.bytes(1, &s.trace_id);
         self.bytes(2, &s.span_id);
         if let Some(p) = &s.parent_span_id {
@@ -240,13 +255,42 @@ fn scope_len() -> usize {
 
 /// Appends a span as a `ScopeSpans.spans` field (key and length included),
 /// ready to be placed in a `ResourceSpans` by [`put_resource_spans`].
+/// At least the encoded size of a span's fields, found without working out
+/// each varint: every key and length is counted at its widest for a field of
+/// up to 2 MiB (three bytes), every integer at ten.
+fn span_len_bound(s: &Span) -> usize {
+    // Ids, kind, times, status and flags with their keys; the name's key.
+    let mut n = 18 + 10 + 10 + 2 + 18 + 8 + 6 + 4 + s.name.len();
+    for (k, v) in &s.attributes {
+        let text = match v {
+            Value::Str(t) => t.len(),
+            Value::Shared(t) => t.len(),
+            Value::Int(_) => 10,
+        };
+        n += k.len() + text + 4 * 4;
+    }
+    n
+}
+
+/// Append a span as a `ScopeSpans.spans` field. The fields are written in
+/// one pass after room for the field's key and a two-byte length (spans of
+/// 128 bytes to 16 KiB); other lengths move the fields once.
 pub fn put_span(out: &mut Vec<u8>, s: &Span) {
-    let len = span_len(s);
+    const HEAD: usize = 3;
     let start = out.len();
-    out.resize(start + len_field(2, len), 0);
-    let mut w = Writer { buf: &mut out[start..], pos: 0 };
-    w.span(s, len);
-    debug_assert_eq!(w.pos, w.buf.len());
+    let bound = span_len_bound(s);
+    out.resize(start + HEAD + bound, 0);
+    let mut w = Writer { buf: &mut out[start + HEAD..], pos: 0 };
+    w.span_fields(s);
+    let len = w.pos;
+    debug_assert_eq!(len, span_len(s));
+    let head = key_len(2) + varint_len(len as u64);
+    if head != HEAD {
+        out.copy_within(start + HEAD..start + HEAD + len, start + head);
+    }
+    out.truncate(start + head + len);
+    let mut w = Writer { buf: &mut out[start..start + head], pos: 0 };
+    w.len_key(2, len);
 }
 
 /// Appends one `ResourceSpans` (field 1 of ExportTraceServiceRequest) for
@@ -298,6 +342,7 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value;
     use prost::Message;
+    use std::sync::Arc;
 
     fn span(i: u8, parent: bool, error: bool) -> Span {
         Span {
@@ -338,6 +383,45 @@ mod tests {
             assert_eq!(w.pos, n + 1);
             assert_eq!(&buf[1..n + 1], &src[..n]);
             assert_eq!((buf[0], buf[n + 1]), (0, 0));
+        }
+    }
+
+    /// Spans whose length takes one, two and three bytes, attributes with
+    /// short and long keys and values, large and negative integers.
+    #[test]
+    fn spans_of_every_length_class_decode() {
+        use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
+        for (name_len, attrs) in [(1usize, 0usize), (3, 1), (60, 2), (200, 15), (300, 60), (20_000, 3)] {
+            let mut s = span(1, attrs % 2 == 0, false);
+            s.name = "n".repeat(name_len);
+            s.attributes = (0..attrs)
+                .map(|i| {
+                    let key: &'static str = ["k", "http.response.status_code", "a.key.of.a.hundred.and.thirty.bytes.a.key.of.a.hundred.and.thirty.bytes.a.key.of.a.hundred.and.thirty.bytes.a.key.of.a.hundred.and.30"][i % 3];
+                    let value = match i % 4 {
+                        0 => Value::Int(i as i64 * 1_000_003),
+                        1 => Value::Int(-(i as i64)),
+                        2 => Value::Str("v".repeat(i * 7).into()),
+                        _ => Value::Shared(Arc::from("x".repeat(i * 40).as_str())),
+                    };
+                    (key, value)
+                })
+                .collect();
+            let mut b = vec![0xee];
+            put_span(&mut b, &s);
+            assert_eq!(b.len() - 1, len_field(2, span_len(&s)), "name {name_len}, {attrs} attributes");
+            // A ScopeSpans message holding the one span field.
+            let got = opentelemetry_proto::tonic::trace::v1::ScopeSpans::decode(&b[1..]).unwrap();
+            let got: &ProtoSpan = &got.spans[0];
+            assert_eq!(got.name, s.name);
+            assert_eq!(got.attributes.len(), attrs);
+            for (g, (k, v)) in got.attributes.iter().zip(&s.attributes) {
+                assert_eq!(g.key, *k);
+                let want = match v {
+                    Value::Int(i) => any_value::Value::IntValue(*i),
+                    other => any_value::Value::StringValue(other.as_str().unwrap().to_string()),
+                };
+                assert_eq!(g.value.as_ref().unwrap().value, Some(want));
+            }
         }
     }
 
