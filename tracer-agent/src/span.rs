@@ -330,23 +330,56 @@ pub struct SharedStrings {
     hosts: ahash::AHashMap<Box<str>, (Arc<str>, Option<u16>)>,
     /// Reused to build a route before it is looked up.
     scratch: String,
+    /// The strings looked up last, compared before hashing: one request
+    /// after another brings the same route, user agent and host.
+    recent: [Option<Arc<str>>; RECENT_STRINGS],
+    next_recent: usize,
+    /// The last `Host` value looked up (its text kept in a reused buffer),
+    /// with its host and port.
+    last_host_raw: String,
+    last_host: Option<(Arc<str>, Option<u16>)>,
 }
+
+const RECENT_STRINGS: usize = 4;
 
 impl SharedStrings {
     pub fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(shared) = self.set.get(s) {
-            return shared.clone();
+        for r in self.recent.iter().flatten() {
+            if r.len() == s.len() && **r == *s {
+                return r.clone();
+            }
         }
-        if self.set.len() >= SHARED_STRINGS_MAX {
-            self.set.clear();
-        }
-        let shared: Arc<str> = Arc::from(s);
-        self.set.insert(shared.clone());
+        let shared = match self.set.get(s) {
+            Some(shared) => shared.clone(),
+            None => {
+                if self.set.len() >= SHARED_STRINGS_MAX {
+                    self.set.clear();
+                }
+                let shared: Arc<str> = Arc::from(s);
+                self.set.insert(shared.clone());
+                shared
+            }
+        };
+        self.recent[self.next_recent] = Some(shared.clone());
+        self.next_recent = (self.next_recent + 1) % RECENT_STRINGS;
         shared
     }
 
     /// Host and port of a `Host` header value.
     pub fn host(&mut self, raw: &str) -> (Arc<str>, Option<u16>) {
+        if let Some((host, port)) = &self.last_host {
+            if self.last_host_raw == raw {
+                return (host.clone(), *port);
+            }
+        }
+        let (host, port) = self.host_uncached(raw);
+        self.last_host_raw.clear();
+        self.last_host_raw.push_str(raw);
+        self.last_host = Some((host.clone(), port));
+        (host, port)
+    }
+
+    fn host_uncached(&mut self, raw: &str) -> (Arc<str>, Option<u16>) {
         if let Some((host, port)) = self.hosts.get(raw) {
             return (host.clone(), *port);
         }
@@ -932,6 +965,28 @@ fn itoa_u16(mut v: u16) -> PortText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_strings_are_shared_across_the_recent_cache_and_the_set() {
+        let mut st = SharedStrings::default();
+        let words = ["/a", "/b", "curl/8", "/c", "/d", "/e", "/a", "curl/8", "/bb", "/b"];
+        let mut seen: Vec<Arc<str>> = Vec::new();
+        for round in 0..3 {
+            for w in words {
+                let got = st.get(w);
+                assert_eq!(&*got, w);
+                match seen.iter().find(|s| ***s == *w) {
+                    Some(first) => assert!(Arc::ptr_eq(first, &got), "{w} in round {round}"),
+                    None => seen.push(got),
+                }
+            }
+        }
+        for raw in ["a.example:8080", "b.example", "a.example:8080", "[::1]:9", "b.example", "b.example"] {
+            let (host, port) = st.host(raw);
+            let (want_host, want_port) = split_host(raw);
+            assert_eq!((&*host, port), (want_host, want_port), "{raw}");
+        }
+    }
 
     #[test]
     fn traceparent() {

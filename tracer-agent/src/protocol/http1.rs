@@ -641,7 +641,20 @@ fn lossy(b: &[u8]) -> Cow<'_, str> {
 }
 
 fn header_text(value: &[u8]) -> String {
-    lossy(value).trim().to_string()
+    trim_text(&lossy(value)).to_string()
+}
+
+/// `str::trim`, skipped when both ends are visible ASCII (the fields' own
+/// spaces and tabs are already off): no character decoding for nearly every
+/// value.
+fn trim_text(s: &str) -> &str {
+    let visible = |b: Option<&u8>| b.is_some_and(|&b| b > b' ' && b < 0x7f);
+    let b = s.as_bytes();
+    if visible(b.first()) && visible(b.last()) {
+        s
+    } else {
+        s.trim()
+    }
 }
 
 fn set_first(slot: &mut Option<String>, value: &[u8]) {
@@ -653,7 +666,7 @@ fn set_first(slot: &mut Option<String>, value: &[u8]) {
 /// [`set_first`] for a field kept as a [`CompactString`].
 fn set_first_compact(slot: &mut Option<CompactString>, value: &[u8]) {
     if slot.is_none() {
-        *slot = Some(CompactString::new(lossy(value).trim()));
+        *slot = Some(CompactString::new(trim_text(&lossy(value))));
     }
 }
 
