@@ -67,6 +67,17 @@ struct Workload {
 
 impl Drop for Workload {
     fn drop(&mut self) {
+        // SIGTERM, so that a server with worker processes (nginx) stops
+        // them too; SIGKILL would leave them running, orphaned.
+        // SAFETY: plain signal to our own child.
+        unsafe { libc::kill(self.server.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.server.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.server.kill();
         let _ = self.server.wait();
     }
