@@ -120,11 +120,7 @@ impl Writer<'_> {
         let short = field < 16 && k.len() < 0x80;
         match v {
             Value::Str(_) | Value::Shared(_) => {
-                let text = match v {
-                    Value::Str(t) => t.as_ref(),
-                    Value::Shared(t) => t,
-                    Value::Int(_) => "",
-                };
+                let text = v.as_str().unwrap_or("");
                 // Key field, AnyValue field, string field: two bytes each.
                 let kv_len = k.len() + text.len() + 6;
                 if short && kv_len < 0x80 {
@@ -262,12 +258,7 @@ fn span_len_bound(s: &Span) -> usize {
     // Ids, kind, times, status and flags with their keys; the name's key.
     let mut n = 18 + 10 + 10 + 2 + 18 + 8 + 6 + 4 + s.name.len();
     for (k, v) in &s.attributes {
-        let text = match v {
-            Value::Str(t) => t.len(),
-            Value::Shared(t) => t.len(),
-            Value::Int(_) => 10,
-        };
-        n += k.len() + text + 4 * 4;
+        n += k.len() + v.as_str().map_or(10, str::len) + 4 * 4;
     }
     n
 }

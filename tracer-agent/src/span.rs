@@ -345,7 +345,7 @@ const RECENT_STRINGS: usize = 4;
 impl SharedStrings {
     pub fn get(&mut self, s: &str) -> Arc<str> {
         for r in self.recent.iter().flatten() {
-            if r.len() == s.len() && **r == *s {
+            if **r == *s {
                 return r.clone();
             }
         }

@@ -561,8 +561,8 @@ fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]], probes: 
     let col =
         |m: usize, f: &dyn Fn(&Run, &Run) -> f64| -> Vec<f64> { rounds.iter().map(|r| f(&r[m], &r[0])).collect() };
     let off_rps = median(rounds.iter().map(|r| r[0].rps).collect());
-    let off_us =
-        |f: &dyn Fn(&Run) -> f64| median(rounds.iter().map(|r| f(&r[0]) / r[0].requests.max(1) as f64 * 1e6).collect());
+    let per_request = |cpu: f64, r: &Run| cpu / r.requests.max(1) as f64 * 1e6;
+    let off_us = |f: &dyn Fn(&Run) -> f64| median(rounds.iter().map(|r| per_request(f(&r[0]), &r[0])).collect());
     out.push_str(&format!(
         "\n### {}\n\nOFF throughput: {:.0} requests/s; OFF CPU per request: {:.1} µs for the whole machine, {:.1} µs in the server, {:.1} µs in the load generator (medians). Medians, with the range over {} rounds in brackets.\n\n",
         w.name,
@@ -599,10 +599,9 @@ fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]], probes: 
     row(
         out,
         "machine CPU added per request (µs, vs OFF)",
-        &|r, o| (r.machine_cpu / r.requests.max(1) as f64 - o.machine_cpu / o.requests.max(1) as f64) * 1e6,
+        &|r, o| per_request(r.machine_cpu, r) - per_request(o.machine_cpu, o),
         2,
     );
-    let per_request = |cpu: f64, r: &Run| cpu / r.requests.max(1) as f64 * 1e6;
     row(
         out,
         "– of which in the traced server (µs)",

@@ -657,16 +657,10 @@ fn trim_text(s: &str) -> &str {
     }
 }
 
-fn set_first(slot: &mut Option<String>, value: &[u8]) {
+/// The field's text, unless an earlier field of the same name set it.
+fn set_first<T: for<'a> From<&'a str>>(slot: &mut Option<T>, value: &[u8]) {
     if slot.is_none() {
-        *slot = Some(header_text(value));
-    }
-}
-
-/// [`set_first`] for a field kept as a [`CompactString`].
-fn set_first_compact(slot: &mut Option<CompactString>, value: &[u8]) {
-    if slot.is_none() {
-        *slot = Some(CompactString::new(trim_text(&lossy(value))));
+        *slot = Some(T::from(trim_text(&lossy(value))));
     }
 }
 
@@ -730,8 +724,8 @@ impl HeaderInfo {
                     self.te_chunked_last = coding.eq_ignore_ascii_case(b"chunked");
                 }
             }
-            4 if name.eq_ignore_ascii_case(b"host") => set_first_compact(&mut self.host, value),
-            10 if name.eq_ignore_ascii_case(b"user-agent") => set_first_compact(&mut self.user_agent, value),
+            4 if name.eq_ignore_ascii_case(b"host") => set_first(&mut self.host, value),
+            10 if name.eq_ignore_ascii_case(b"user-agent") => set_first(&mut self.user_agent, value),
             11 if name.eq_ignore_ascii_case(b"traceparent") => set_first(&mut self.traceparent, value),
             10 if name.eq_ignore_ascii_case(b"tracestate") => {
                 let v = header_text(value);
