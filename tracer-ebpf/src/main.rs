@@ -10,9 +10,9 @@
 //! waking the reader (user space drains on a short timer).
 //!
 //! State lives in local storage, which the kernel frees with its owner:
-//! per thread (`TASKS`: process filter verdict, process name, the start of a
-//! send in progress) and per socket (`SKS`: addresses, role, port-filter
-//! verdict). `inet_sock_set_state` gives each connection its role (who sent
+//! per thread (`TASKS`: process filter verdict, process name) and per socket
+//! (`SKS`: addresses, role, port-filter verdict, the start of a send in
+//! progress). `inet_sock_set_state` gives each connection its role (who sent
 //! the SYN) and notes the agent's own connections; `tcp_destroy_sock`
 //! reports the end of a connection.
 #![no_std]
@@ -158,9 +158,6 @@ struct TaskState {
     _pad: [u8; 7],
     /// The process name (its main thread's), taken with the verdict.
     comm: [u8; 16],
-    /// Start of the send in progress on `send_sk` (0: none).
-    send_ts: u64,
-    send_sk: u64,
 }
 
 /// `SockState::flags` bits.
@@ -168,6 +165,9 @@ const SK_READY: u8 = 1;
 const SK_WANTED: u8 = 2;
 const SK_SELF: u8 = 4;
 const SK_REPORTED: u8 = 8;
+/// Sends on this socket were found untraced before it was ready: their
+/// start is not taken.
+const SK_NO_START: u8 = 16;
 
 #[repr(C)]
 struct SockState {
@@ -180,6 +180,8 @@ struct SockState {
     comm: [u8; 16],
     /// Valid once `SK_READY` is set.
     sock: SockInfo,
+    /// Start of the send in progress (0: none).
+    send_ts: u64,
 }
 
 /// Per-CPU scratch: the event being assembled. The payload area is twice the
@@ -638,16 +640,15 @@ fn on_transfer(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
     let Some(cfg) = config() else { return 0 };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(task) = traced_task(cfg, tgid) else { return 0 };
+    // The start noted by `tcp_sendmsg_locked` belongs to this send, whatever
+    // its outcome.
     let mut ts_enter = 0;
+    let mut state = None;
     if kind == EventKind::Send {
-        if task.send_sk == sk as u64 {
-            ts_enter = task.send_ts;
-        }
-        // Two plain stores: written as a pair, the compiler makes them a
-        // call to a byte-at-a-time memset.
-        unsafe {
-            core::ptr::write_volatile(&mut task.send_ts, 0);
-            core::ptr::write_volatile(&mut task.send_sk, 0);
+        state = SKS.of(sk, 0);
+        if let Some(s) = state.as_deref_mut() {
+            ts_enter = s.send_ts;
+            s.send_ts = 0;
         }
     }
     // Peeked bytes are read again later; the error queue holds no stream data.
@@ -675,7 +676,13 @@ fn on_transfer(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
     if (vectored && iov_len == 0) || (buf == 0 && sc != syscall::SENDFILE) {
         return 0;
     }
-    let Some(s) = sock_state(cfg, sk) else { return 0 };
+    let s = match state {
+        Some(s) if s.flags & SK_READY != 0 => s,
+        _ => match sock_state(cfg, sk) {
+            Some(s) => s,
+            None => return 0,
+        },
+    };
     if s.flags & SK_WANTED == 0 {
         return 0;
     }
@@ -718,16 +725,32 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
 /// The start of a TCP send: a client's request starts here, not when the
 /// send returns (on loopback, the peer may have read the data by then).
 /// Fires for each segment a send fills; the first one of the send counts.
+/// Kept with the socket, which the send holds locked: a socket without
+/// state (the client sockets of untraced processes) costs one load.
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    let Some(cfg) = config() else { return 0 };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(task) = traced_task(cfg, tgid) else { return 0 };
-    if task.send_sk != sk {
-        task.send_sk = sk;
-        task.send_ts = unsafe { bpf_ktime_get_ns() };
+    let sk: *const u8 = ctx.arg(0);
+    let Some(s) = SKS.of(sk, 0) else { return 0 };
+    if s.send_ts != 0 {
+        return 0;
     }
+    if s.flags & SK_READY != 0 {
+        if s.flags & SK_WANTED == 0 {
+            return 0;
+        }
+    } else if s.flags & (SK_NO_START | SK_SELF) != 0 {
+        return 0;
+    } else {
+        // Accepted sockets of every process have state from the handshake:
+        // the process filter decides once.
+        let Some(cfg) = config() else { return 0 };
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if traced_task(cfg, tgid).is_none() {
+            s.flags |= SK_NO_START;
+            return 0;
+        }
+    }
+    s.send_ts = unsafe { bpf_ktime_get_ns() };
     0
 }
 
@@ -756,6 +779,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             // attempt): everything learnt about an earlier one is dropped.
             s.flags = if own { SK_SELF } else { 0 };
             s.role = role::CLIENT;
+            s.send_ts = 0;
         }
         TCP_ESTABLISHED if old == TCP_SYN_RECV => {
             // Accepted; the listening process is not known here.
