@@ -183,3 +183,95 @@ fn exports_to_a_traced_collector_are_not_traced() {
     assert_eq!(spans.len(), 6, "{}", dump(&spans));
     assert!(receiver.export_requests(Transport::HttpProtobuf) >= 2);
 }
+
+/// What a span says, without its random ids: kind, name, times, status,
+/// attributes, service, and the name and times of its parent.
+fn span_facts(span: &ReceivedSpan, all: &[ReceivedSpan]) -> String {
+    let mut attrs: Vec<String> =
+        span.span.attributes.iter().map(|kv| format!("{}={}", kv.key, receiver::display_value(&kv.value))).collect();
+    attrs.sort();
+    let parent = if span.span.parent_span_id.is_empty() {
+        "root".to_string()
+    } else {
+        match all.iter().find(|p| p.span.span_id == span.span.parent_span_id) {
+            Some(p) if p.span.trace_id == span.span.trace_id => {
+                format!("child of {} {}..{}", p.name(), p.start_ns(), p.end_ns())
+            }
+            Some(p) => format!("parent {} in another trace", p.name()),
+            None => "parent not exported".to_string(),
+        }
+    };
+    format!(
+        "{:?} {} {}..{} status={:?} service={:?} {parent} [{}]",
+        span.kind(),
+        span.name(),
+        span.start_ns(),
+        span.end_ns(),
+        span.status_code(),
+        span.service_name(),
+        attrs.join(" ")
+    )
+}
+
+fn all_facts(spans: &[ReceivedSpan]) -> Vec<String> {
+    let mut facts: Vec<String> = spans.iter().map(|s| span_facts(s, spans)).collect();
+    facts.sort();
+    facts
+}
+
+/// `--record` writes the raw kernel events of a live run; `--replay` feeds
+/// them through the pipeline again and exports exactly the spans the live
+/// run exported: same names, times, attributes, status and parents.
+#[test]
+fn a_recorded_run_replays_to_the_same_spans() {
+    let _serial = serial();
+    let bin = agent_bin();
+    let root = WebRoot::new();
+    let port = free_port();
+    let _nginx = Nginx::start(port, root.path());
+    let record = std::env::temp_dir().join(format!("tracer-replay-{}.rec", std::process::id()));
+    let _ = std::fs::remove_file(&record);
+
+    let live = Receiver::start();
+    let agent = AgentBuilder::new(&live).port(port).arg("--record").arg(record.display().to_string()).start();
+    // Two curl runs: 6 requests on one keep-alive connection, then a 404 and
+    // a POST on another.
+    let urls: Vec<String> = (0..6).map(|i| format!("http://127.0.0.1:{port}{}", numbered_path(i))).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for u in &urls {
+        args.extend(["-o", "/dev/null", u.as_str()]);
+    }
+    curl(&args);
+    let missing = format!("http://127.0.0.1:{port}/no/such/page?x=1");
+    let hello = format!("http://127.0.0.1:{port}/hello.txt");
+    curl(&["-o", "/dev/null", &missing, "--next", "-sS", "-o", "/dev/null", "--data", "a=1", &hello]);
+    let expected = 2 * 8;
+    live.wait_for_count(expected, Duration::from_secs(10), |_| true);
+    std::thread::sleep(Duration::from_millis(500));
+    let exit = agent.stop();
+    assert!(exit.status.success());
+    let live_spans = live.spans();
+    assert_eq!(live_spans.len(), expected, "{}", dump(&live_spans));
+    assert_eq!(live.spans_of(SpanKind::Server, "nginx").len(), 8, "{}", dump(&live_spans));
+    live.assert_no_errors();
+
+    let replayed = Receiver::start();
+    let out = Command::new(&bin)
+        .arg("--replay")
+        .arg(&record)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", replayed.endpoint(Protocol::Grpc))
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", Protocol::Grpc.env_value())
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+        .output()
+        .expect("running the agent with --replay");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "replay failed: {stderr}");
+    assert!(stderr.contains(&format!("spans_exported={expected} ")), "{stderr}");
+    assert!(stderr.contains(" spans_dropped=0 "), "{stderr}");
+    let replayed_spans = replayed.spans();
+    replayed.assert_no_errors();
+    assert_eq!(all_facts(&replayed_spans), all_facts(&live_spans), "replayed:\n{}", dump(&replayed_spans));
+    let _ = std::fs::remove_file(&record);
+}
