@@ -451,6 +451,27 @@ fn range(v: &[f64]) -> (f64, f64) {
     (lo, hi)
 }
 
+/// How much the OFF runs, (throughput, machine CPU per request in µs) by
+/// round, moved from one round to the next: the yardstick for how far apart
+/// two ratios or costs must be to differ on this machine.
+fn noise_line(offs: &[(f64, f64)]) -> Option<String> {
+    let rps: Vec<f64> =
+        offs.windows(2).map(|w| (w[1].0 / w[0].0 - 1.0).abs() * 100.0).filter(|x| x.is_finite()).collect();
+    let us: Vec<f64> = offs.windows(2).map(|w| (w[1].1 - w[0].1).abs()).filter(|x| x.is_finite()).collect();
+    if rps.is_empty() || us.is_empty() {
+        return None;
+    }
+    let (_, rps_max) = range(&rps);
+    let (_, us_max) = range(&us);
+    Some(format!(
+        "\nNoise (OFF against the previous round's OFF): throughput moved by a median {:.1} % (at most {:.1} %), machine CPU per request by a median {:.2} µs (at most {:.2} µs).\n",
+        median(rps),
+        rps_max,
+        median(us),
+        us_max
+    ))
+}
+
 fn cell(v: Vec<f64>, digits: usize) -> String {
     if v.is_empty() || v.iter().all(|x| x.is_nan()) {
         return "n/a".into();
@@ -624,6 +645,10 @@ fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]], probes: 
         4,
     );
     row(out, "kernel events lost", &|r, _| r.kernel_lost as f64, 0);
+    let offs: Vec<(f64, f64)> = rounds.iter().map(|r| (r[0].rps, per_request(r[0].machine_cpu, &r[0]))).collect();
+    if let Some(line) = noise_line(&offs) {
+        out.push_str(&line);
+    }
     if let Some((us, runs)) = probes {
         out.push_str(&format!(
             "\nProbe run time (kernel BPF statistics, one extra KERNEL run): {us:.2} µs per request in {runs:.1} program runs.\n"
@@ -726,4 +751,19 @@ pub fn bench(paths: &Paths, opts: &Options) -> Result<()> {
     println!("{report}");
     step(format!("report written to {}", file.display()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_is_the_change_between_consecutive_off_rounds() {
+        // Throughput 100 → 110 → 99: changes of 10 % and 10 %; CPU 40 → 42 → 41: 2 and 1 µs.
+        let line = noise_line(&[(100.0, 40.0), (110.0, 42.0), (99.0, 41.0)]).unwrap();
+        assert!(line.contains("median 10.0 % (at most 10.0 %)"), "{line}");
+        assert!(line.contains("median 1.50 µs (at most 2.00 µs)"), "{line}");
+        assert_eq!(noise_line(&[(100.0, 40.0)]), None);
+        assert_eq!(noise_line(&[]), None);
+    }
 }
