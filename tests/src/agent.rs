@@ -164,10 +164,9 @@ impl AgentBuilder {
         self
     }
 
-    /// Spawns the agent and waits for its ready line.
-    pub fn start(self) -> Agent {
-        let bin = agent_bin();
-        let mut cmd = Command::new(&bin);
+    /// The agent's command line and environment.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(agent_bin());
         cmd.args(&self.args)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint())
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", self.protocol.env_value())
@@ -187,7 +186,18 @@ impl AgentBuilder {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("failed to spawn {}: {e}", bin.display()));
+        cmd
+    }
+
+    /// Runs an agent that ends by itself (e.g. `--replay FILE`) to its end.
+    pub fn run_to_end(self) -> std::process::Output {
+        self.command().output().unwrap_or_else(|e| panic!("failed to run {}: {e}", agent_bin().display()))
+    }
+
+    /// Spawns the agent and waits for its ready line.
+    pub fn start(self) -> Agent {
+        let mut child =
+            self.command().spawn().unwrap_or_else(|e| panic!("failed to spawn {}: {e}", agent_bin().display()));
         let shared = Arc::new(OutputShared::default());
         let readers = vec![
             pump(child.stdout.take().unwrap(), shared.clone(), false),

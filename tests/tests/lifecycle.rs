@@ -225,7 +225,7 @@ fn all_facts(spans: &[ReceivedSpan]) -> Vec<String> {
 #[test]
 fn a_recorded_run_replays_to_the_same_spans() {
     let _serial = serial();
-    let bin = agent_bin();
+    agent_bin();
     let root = WebRoot::new();
     let port = free_port();
     let _nginx = Nginx::start(port, root.path());
@@ -256,16 +256,7 @@ fn a_recorded_run_replays_to_the_same_spans() {
     live.assert_no_errors();
 
     let replayed = Receiver::start();
-    let out = Command::new(&bin)
-        .arg("--replay")
-        .arg(&record)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", replayed.endpoint(Protocol::Grpc))
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", Protocol::Grpc.env_value())
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .env_remove("OTEL_SERVICE_NAME")
-        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
-        .output()
-        .expect("running the agent with --replay");
+    let out = AgentBuilder::new(&replayed).arg("--replay").arg(record.display().to_string()).run_to_end();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "replay failed: {stderr}");
     assert!(stderr.contains(&format!("spans_exported={expected} ")), "{stderr}");
