@@ -10,8 +10,8 @@
 
 use std::hint::black_box;
 
+use tracer_agent::capture::event::encode;
 use tracer_agent::conntrack::Tracker;
-use tracer_agent::event::encode;
 use tracer_agent::export::{encode_request, EncodedSpans, SpanBatch};
 use tracer_agent::pipeline::Pipeline;
 use tracer_agent::resource::Resources;

@@ -17,6 +17,8 @@ pub enum Protocol {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tracer-agent", version, about, long_about = None)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// OTLP base endpoint, e.g. http://collector:4317 (grpc) or http://collector:4318 (http/protobuf).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
@@ -90,7 +92,7 @@ pub struct Args {
     pub db_full_query_text: bool,
     /// Ring buffer layout between probes and agent.
     #[arg(long = "ring-buffer", value_enum, default_value = "shared")]
-    pub ring_buffer: crate::probes::RingMode,
+    pub ring_buffer: crate::capture::probes::RingMode,
     /// Also write every raw kernel event to FILE (for `--replay` and bug reports).
     #[arg(long, value_name = "FILE", env = "TRACER_RECORD")]
     pub record: Option<std::path::PathBuf>,
@@ -100,9 +102,22 @@ pub struct Args {
     /// Drain kernel events and discard them (measures the kernel side alone).
     #[arg(long, hide = true)]
     pub discard: bool,
+    /// Treat this probe program as rejected by the kernel (tests the fallback ladder; repeatable).
+    #[arg(long = "reject-program", value_name = "PROGRAM", hide = true)]
+    pub reject_programs: Vec<String>,
     /// Print agent health counters to stderr every N seconds (0: only at exit).
     #[arg(long, default_value_t = 0)]
     pub stats_interval_secs: u64,
+}
+
+/// What to do instead of tracing.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Report what this host offers and what the agent would use (kernel,
+    /// BTF, privileges, every probe tried, the verifier's figures of each
+    /// program), without starting the pipeline. Exits 0 only when the agent
+    /// can run here.
+    Doctor,
 }
 
 /// Resolved exporter settings.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tracer_common::{role, EventKind};
 
-use crate::event::{comm, local_addr, remote_addr, Event};
+use crate::capture::event::{comm, local_addr, remote_addr, Event};
 use crate::protocol::http1::{self, Http1Conn};
 use crate::protocol::http2::{self, H2Conn};
 use crate::protocol::mysql::{self, MysqlConn};

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tracer_agent::{
-    config::Args,
+    capture::probes::{Filters, LoadOptions, Probes},
+    config::{Args, Command},
     export::{ExportStats, Exporter},
     pipeline::{self, Pipeline, PipelineStats, SpanQueue},
-    probes::{Filters, Probes},
     resource::Resources,
     route::RouteMatcher,
     span::Clock,
@@ -17,6 +17,9 @@ use tracer_agent::{
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.command == Some(Command::Doctor) {
+        return ExitCode::from(tracer_agent::capture::doctor::run(&load_options(&args)));
+    }
     batch_scheduling();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(rt) => rt,
@@ -59,7 +62,7 @@ async fn replay(
     exporter: Exporter,
     export_stats: Arc<ExportStats>,
 ) -> Result<()> {
-    let file = tracer_agent::record::Replay::open(path)?;
+    let file = tracer_agent::capture::record::Replay::open(path)?;
     let pipe = Pipeline::from_args(args, routes, Clock { offset: file.clock_offset }, &exporter);
     let (queue, spans) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
     let exporter_task = tokio::spawn(exporter.run(spans));
@@ -94,18 +97,14 @@ fn stats_line(p: &PipelineStats, probes: &Probes, e: &ExportStats) -> String {
     let t = &p.tracker;
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     format!(
-        "tracer-agent: stats kernel_events={} kernel_lost={} kernel_truncated={} kernel_read_errors={} records={} decode_errors={} connections={} connections_evicted={} connections_expired={} opaque_connections={} db_server_connections={} spans={} spans_linked={} orphan_streams={} spans_exported={} spans_printed={} spans_dropped_queue_full={} spans_dropped_export_failed={} export_errors={}",
-        k.sent, k.lost, k.truncated, k.read_errors, p.records, p.decode_errors, p.connections, t.connections_evicted,
+        "tracer-agent: stats probe_fallbacks={} kernel_events={} kernel_lost={} kernel_truncated={} kernel_read_errors={} records={} decode_errors={} connections={} connections_evicted={} connections_expired={} opaque_connections={} db_server_connections={} spans={} spans_linked={} orphan_streams={} spans_exported={} spans_printed={} spans_dropped_queue_full={} spans_dropped_export_failed={} export_errors={}",
+        probes.fallbacks(), k.sent, k.lost, k.truncated, k.read_errors, p.records, p.decode_errors, p.connections, t.connections_evicted,
         t.connections_expired, t.opaque_connections, t.db_server_connections, p.spans, p.linked, p.orphan_streams, r(&e.exported), r(&e.printed), r(&e.dropped_queue_full),
         r(&e.dropped_export_failed), r(&e.export_errors)
     )
 }
 
-async fn run(args: Args) -> Result<()> {
-    // Validate all configuration before touching the kernel.
-    let export = args.export()?;
-    let resources = Resources::new(args.resource_attributes()?, args.service_names()?);
-    let routes = RouteMatcher::new(&args.routes).map_err(|e| anyhow::anyhow!("--route: {e}"))?;
+fn load_options(args: &Args) -> LoadOptions {
     let filters = Filters {
         allow_pids: args.pids.clone(),
         deny_pids: args.exclude_pids.clone(),
@@ -114,6 +113,16 @@ async fn run(args: Args) -> Result<()> {
         allow_ports: args.ports.clone(),
         deny_ports: args.exclude_ports.clone(),
     };
+    let mut opts = LoadOptions::new(args.capture_bytes, filters, args.ring_buffer);
+    opts.reject = args.reject_programs.clone();
+    opts
+}
+
+async fn run(args: Args) -> Result<()> {
+    // Validate all configuration before touching the kernel.
+    let export = args.export()?;
+    let resources = Resources::new(args.resource_attributes()?, args.service_names()?);
+    let routes = RouteMatcher::new(&args.routes).map_err(|e| anyhow::anyhow!("--route: {e}"))?;
     let export_stats = Arc::new(ExportStats::default());
     let exporter = Exporter::new(
         export,
@@ -131,13 +140,13 @@ async fn run(args: Args) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
 
-    let (probes, rings) = Probes::load(args.capture_bytes, &filters, args.ring_buffer)?;
+    let (probes, rings) = Probes::load(&load_options(&args))?;
     let clock = Clock::now();
     let mut pipe = Pipeline::from_args(&args, routes, clock, &exporter);
     pipe.discard = args.discard;
     pipe.tracker.listeners = Some(tracer_agent::listeners::Listeners::default());
     if let Some(path) = &args.record {
-        pipe.recorder = Some(tracer_agent::record::Recorder::create(path, clock.offset)?);
+        pipe.recorder = Some(tracer_agent::capture::record::Recorder::create(path, clock.offset)?);
     }
     let (queue, spans) = SpanQueue::new(args.bsp_max_queue_size, export_stats.clone());
     let exporter_task = tokio::spawn(exporter.run(spans));

@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use ahash::AHashMap as HashMap;
 
+use crate::capture::event::decode;
 use crate::conntrack::{Tracker, TrackerStats, Tuple};
-use crate::event::decode;
 use crate::export::{EncodedSpans, ExportStats, SpanBatch};
 use crate::protocol::Exchange;
 use crate::route::RouteMatcher;
@@ -150,7 +150,7 @@ const LINK_TTL_NS: u64 = 30_000_000_000;
 
 pub struct Pipeline {
     /// Raw records are written here before processing, when recording.
-    pub recorder: Option<crate::record::Recorder>,
+    pub recorder: Option<crate::capture::record::Recorder>,
     /// Count records and do nothing else (measures the kernel side alone).
     pub discard: bool,
     /// Report database query text as sent instead of sanitised.
@@ -586,7 +586,11 @@ pub fn run(
 }
 
 /// Feed a recorded event stream through the pipeline as fast as possible.
-pub fn replay(mut file: crate::record::Replay, mut p: Pipeline, queue: &SpanQueue) -> anyhow::Result<PipelineStats> {
+pub fn replay(
+    mut file: crate::capture::record::Replay,
+    mut p: Pipeline,
+    queue: &SpanQueue,
+) -> anyhow::Result<PipelineStats> {
     let mut n = 0u64;
     while let Some(rec) = file.next_record()? {
         p.on_record(rec);

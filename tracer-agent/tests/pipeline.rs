@@ -2,8 +2,8 @@
 
 use std::net::Ipv4Addr;
 
+use tracer_agent::capture::event::encode;
 use tracer_agent::conntrack::Tracker;
-use tracer_agent::event::encode;
 use tracer_agent::pipeline::Pipeline;
 use tracer_agent::route::RouteMatcher;
 use tracer_agent::span::{hex, Clock, Span, SpanKind, Status, Value};

@@ -62,6 +62,11 @@ static RINGS: ArrayOfMaps<CpuRing<u8, { PER_CPU_RING_BYTES as usize }>, { MAX_CP
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU scratch of header-only events (connection ends), apart from
+/// `SCRATCH`: those come from softirq context too, which may interrupt a
+/// data event being assembled on the same CPU.
+#[map]
+static HEADERS: PerCpuArray<EventHeader> = PerCpuArray::with_max_entries(1, 0);
 /// Per-thread state. A lookup is a few loads next to the task, with no
 /// hashing or locks.
 #[btf_map]
@@ -151,7 +156,7 @@ const VERDICT_UNKNOWN: u8 = 0;
 const VERDICT_TRACED: u8 = 1;
 const VERDICT_SKIPPED: u8 = 2;
 
-#[repr(C)]
+#[repr(C, align(8))]
 struct TaskState {
     /// The process filters' verdict for this thread's process.
     verdict: u8,
@@ -184,26 +189,18 @@ struct SockState {
     send_ts: u64,
 }
 
-/// Per-CPU scratch: the event being assembled. The payload area is twice the
-/// capture limit so that every masked copy stays inside it.
+/// Per-CPU scratch: the event being assembled, header and payload, and the
+/// iovecs being walked. Everything large lives here, not on the stack: the
+/// verifier allows 512 bytes of stack for a program and its deepest chain of
+/// calls, and the agent keeps every program within 384 of them (checked
+/// from the verifier's own figures by `tracer-agent doctor` and the tests).
+/// The payload area is twice the capture limit so that every masked copy
+/// stays inside it.
 #[repr(C)]
 struct Scratch {
     header: EventHeader,
     payload: [u8; MAX_CAPTURE * 2],
-}
-
-/// A finished transfer, as handed to `emit_data`.
-struct Transfer {
-    ts_enter: u64,
-    /// Plain buffer, or iovec array when `iov_len` > 0; 0 for a transfer
-    /// whose bytes are not in user memory (sendfile).
-    buf: u64,
-    iov_len: u64,
-    fd: i32,
-    kind: EventKind,
-    syscall: u16,
-    comm: [u8; 16],
-    sock: SockInfo,
+    iov: [Iovec; IOV_BATCH as usize],
 }
 
 #[repr(C)]
@@ -391,21 +388,33 @@ unsafe fn sk_ports(cfg: &Config, sk: *const u8) -> (u16, u16) {
     (l, u16::from_be(r))
 }
 
-/// Addresses, ports and socket inode of the TCP socket `sk`.
+/// Reads `N` bytes of kernel memory at `src` straight into `dst` (zeroed
+/// if the read fails), so no copy of them passes through the stack.
 #[inline(always)]
-unsafe fn sock_info(cfg: &Config, sk: *const u8, role: u8) -> SockInfo {
+unsafe fn read_kernel_into<const N: u32>(dst: *mut u8, src: u64) {
+    let _ = generated::bpf_probe_read_kernel(dst.cast(), N, src as *const _);
+}
+
+/// Fills `s` in place with the addresses, ports and socket inode of the
+/// TCP socket `sk`.
+#[inline(always)]
+unsafe fn fill_sock_info(cfg: &Config, sk: *const u8, role: u8, s: &mut SockInfo) {
     let o = &cfg.offsets;
-    let mut s = SockInfo::zeroed();
     let family = sk_u16(sk, SK_FAMILY);
     s.family = family;
     (s.lport, s.rport) = sk_ports(cfg, sk);
+    s.role = role;
+    s._pad = 0;
     let sk = sk as u64;
     if family == AF_INET {
-        s.laddr = v4(rk(sk + o.sk_rcv_saddr as u64).unwrap_or(0));
-        s.raddr = v4(rk(sk + o.sk_daddr as u64).unwrap_or(0));
+        // IPv4 addresses take the first four bytes.
+        zero_words::<2>(s.laddr.as_mut_ptr().cast());
+        zero_words::<2>(s.raddr.as_mut_ptr().cast());
+        read_kernel_into::<4>(s.laddr.as_mut_ptr(), sk + o.sk_rcv_saddr as u64);
+        read_kernel_into::<4>(s.raddr.as_mut_ptr(), sk + o.sk_daddr as u64);
     } else {
-        s.laddr = rk(sk + o.sk_v6_rcv_saddr as u64).unwrap_or([0; 16]);
-        s.raddr = rk(sk + o.sk_v6_daddr as u64).unwrap_or([0; 16]);
+        read_kernel_into::<16>(s.laddr.as_mut_ptr(), sk + o.sk_v6_rcv_saddr as u64);
+        read_kernel_into::<16>(s.raddr.as_mut_ptr(), sk + o.sk_v6_daddr as u64);
     }
     // The connection's identity is its socket inode (the inode follows the
     // `struct socket` in `struct socket_alloc`); the socket's address
@@ -418,8 +427,6 @@ unsafe fn sock_info(cfg: &Config, sk: *const u8, role: u8) -> SockInfo {
             }
         }
     }
-    s.role = role;
-    s
 }
 
 /// The state of `sk` if it is a TCP socket, its addresses and port-filter
@@ -435,7 +442,8 @@ fn sock_state(cfg: &Config, sk: *const u8) -> Option<&'static mut SockState> {
         return None;
     }
     let s = SKS.of(sk, CREATE)?;
-    s.sock = unsafe { sock_info(cfg, sk, s.role) };
+    let role = s.role;
+    unsafe { fill_sock_info(cfg, sk, role, &mut s.sock) };
     s.flags |= SK_READY;
     if port_wanted(cfg, &s.sock) {
         s.flags |= SK_WANTED;
@@ -453,30 +461,53 @@ fn msg_iov(msghdr: u64) -> (u64, u64) {
     }
 }
 
+/// Copies `N` words; volatile so that the compiler does not turn the copy
+/// into a call of the byte-at-a-time `memmove` of the BPF target.
 #[inline(always)]
-fn v4(a: u32) -> [u8; 16] {
-    let b = a.to_ne_bytes();
-    [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+unsafe fn copy_words<const N: usize>(dst: *mut u64, src: *const u64) {
+    let mut i = 0;
+    while i < N {
+        core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i)));
+        i += 1;
+    }
 }
 
+/// Zeroes `N` words (see `copy_words`).
 #[inline(always)]
-fn header(kind: EventKind, sc: u16, ts_enter: u64, fd: i32, ret: i64, comm: [u8; 16], sock: &SockInfo) -> EventHeader {
-    let id = bpf_get_current_pid_tgid();
-    let ts_exit = unsafe { bpf_ktime_get_ns() };
-    EventHeader {
-        kind: kind as u32,
-        syscall: sc,
-        _pad0: 0,
-        ts_enter: if ts_enter == 0 { ts_exit } else { ts_enter },
-        ts_exit,
-        pid: (id >> 32) as u32,
-        tid: id as u32,
-        fd,
-        captured: 0,
-        ret,
-        comm,
-        sock: *sock,
+unsafe fn zero_words<const N: usize>(dst: *mut u64) {
+    let mut i = 0;
+    while i < N {
+        core::ptr::write_volatile(dst.add(i), 0);
+        i += 1;
     }
+}
+
+/// Fills the header of an event in place (no copy of it on the stack).
+#[inline(always)]
+fn fill_header(h: &mut EventHeader, kind: EventKind, sc: u16, fd: i32, comm: &[u8; 16], sock: &SockInfo) {
+    let id = bpf_get_current_pid_tgid();
+    h.kind = kind as u32;
+    h.syscall = sc;
+    h._pad0 = 0;
+    h.pid = (id >> 32) as u32;
+    h.tid = id as u32;
+    h.fd = fd;
+    h.captured = 0;
+    h.ret = 0;
+    const { assert!(core::mem::size_of::<SockInfo>() == 48) };
+    unsafe {
+        copy_words::<2>(h.comm.as_mut_ptr().cast(), comm.as_ptr().cast());
+        copy_words::<6>((&mut h.sock as *mut SockInfo).cast(), (sock as *const SockInfo).cast());
+    }
+}
+
+/// Stamps the exit time (and the start, if none was noted) right before
+/// the write: the agent merges per-CPU rings by this time.
+#[inline(always)]
+fn stamp(h: &mut EventHeader, ts_enter: u64) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    h.ts_exit = now;
+    h.ts_enter = if ts_enter == 0 { now } else { ts_enter };
 }
 
 /// Write one record without waking the reader: the agent drains the rings
@@ -495,40 +526,62 @@ fn output(cfg: &Config, bytes: &[u8]) {
     bump(if ok { counter::SENT } else { counter::LOST });
 }
 
+/// Where a transfer's bytes are in user memory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Not in user memory (sendfile), or not to be read (MSG_TRUNC).
+    None,
+    /// One buffer.
+    Plain,
+    /// An iovec array of `iov_len` entries.
+    Vectored,
+}
+
+/// Copy the payload of a finished transfer into the scratch event, whose
+/// header is filled, and write it. `WALK`: walk every iovec (else only the
+/// first one is read, the simpler variant for kernels that refuse the walk).
 #[inline(always)]
-fn emit_header(cfg: &Config, h: &EventHeader) {
-    // SAFETY: EventHeader is plain old data.
-    let bytes = unsafe { core::slice::from_raw_parts(h as *const EventHeader as *const u8, HEADER_SIZE) };
+fn emit_data<const WALK: bool>(
+    cfg: &Config,
+    e: &mut Scratch,
+    src: Source,
+    buf: u64,
+    iov_len: u64,
+    ret: i64,
+    ts_enter: u64,
+) {
+    let limit = if (cfg.capture_bytes as usize) < MAX_CAPTURE { cfg.capture_bytes as u64 } else { MAX_CAPTURE as u64 };
+    let want = if (ret as u64) < limit { ret as u64 } else { limit };
+    let captured = match src {
+        Source::None => 0,
+        Source::Plain => copy_user(e, 0, buf, want),
+        Source::Vectored if WALK => copy_iov(buf, iov_len, want),
+        Source::Vectored => copy_first_iov(e, buf, want),
+    };
+    if src != Source::None && (captured as i64) < ret {
+        bump(counter::TRUNCATED);
+    }
+    e.header.captured = captured as u32;
+    e.header.ret = ret;
+    stamp(&mut e.header, ts_enter);
+    let len = HEADER_SIZE + (captured as usize & (MAX_CAPTURE * 2 - 1));
+    let total = if len > HEADER_SIZE + MAX_CAPTURE { HEADER_SIZE + MAX_CAPTURE } else { len };
+    let bytes = unsafe { core::slice::from_raw_parts(e as *const Scratch as *const u8, total) };
     output(cfg, bytes);
 }
 
-/// Copy the payload of a finished data syscall and write the event.
+/// The first iovec only, read into the scratch iovec slot.
 #[inline(always)]
-fn emit_data<const IOV: bool>(cfg: &Config, a: &Transfer, ret: i64) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
-    let scratch = unsafe { &mut *scratch };
-    let limit = if (cfg.capture_bytes as usize) < MAX_CAPTURE { cfg.capture_bytes as u64 } else { MAX_CAPTURE as u64 };
-    let want = if (ret as u64) < limit { ret as u64 } else { limit };
-    // Only the vectored syscalls carry the iovec walk, which is what makes
-    // their programs slow to verify.
-    let captured = if a.buf == 0 {
-        0
-    } else if !IOV {
-        copy_user(scratch, 0, a.buf, want)
-    } else {
-        copy_iov(a.buf, a.iov_len, want)
-    };
-    if a.buf != 0 && (captured as i64) < ret {
-        bump(counter::TRUNCATED);
+fn copy_first_iov(e: &mut Scratch, iov: u64, want: u64) -> u64 {
+    let dst = &mut e.iov[0] as *mut Iovec;
+    let r = unsafe { generated::bpf_probe_read_user(dst.cast(), 16, iov as *const _) };
+    if r < 0 {
+        bump(counter::READ_ERRORS);
+        return 0;
     }
-    // The header (and its exit time) is made after the copy, right before
-    // the write: the agent merges per-CPU rings by this time.
-    scratch.header = header(a.kind, a.syscall, a.ts_enter, a.fd, ret, a.comm, &a.sock);
-    scratch.header.captured = captured as u32;
-    let len = HEADER_SIZE + (captured as usize & (MAX_CAPTURE * 2 - 1));
-    let total = if len > HEADER_SIZE + MAX_CAPTURE { HEADER_SIZE + MAX_CAPTURE } else { len };
-    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, total) };
-    output(cfg, bytes);
+    let v = e.iov[0];
+    let len = if v.len < want { v.len } else { want };
+    copy_user(e, 0, v.base, len)
 }
 
 /// Copy `n` user bytes from `src` to `payload[off..]`; returns bytes copied.
@@ -594,19 +647,18 @@ pub extern "C" fn tracer_copy_iovecs(iov: u64, n: u64, done: u64, want: u64) -> 
     if n == 0 || n > IOV_BATCH || done >= want || want > MAX_CAPTURE as u64 {
         return u64::MAX;
     }
-    // Left uninitialised: zeroing it is a byte-at-a-time memset call here,
-    // and the helper writes (or, failing, zeroes) the `n` entries read below.
-    let mut batch = core::mem::MaybeUninit::<[Iovec; IOV_BATCH as usize]>::uninit();
+    // The batch goes to the scratch area: the helper writes (or, failing,
+    // zeroes) the `n` entries read below.
     let bytes = (opaque(n) & (IOV_BATCH * 2 - 1)) * 16;
     if bytes == 0 || bytes > IOV_BATCH * 16 {
         return u64::MAX;
     }
-    let r = unsafe { generated::bpf_probe_read_user(batch.as_mut_ptr().cast(), bytes as u32, iov as *const _) };
+    let batch = s.iov.as_mut_ptr();
+    let r = unsafe { generated::bpf_probe_read_user(batch.cast(), bytes as u32, iov as *const _) };
     if r < 0 {
         bump(counter::READ_ERRORS);
         return u64::MAX;
     }
-    let batch = batch.as_ptr() as *const Iovec;
     let mut copied = 0;
     for i in 0..IOV_BATCH as usize {
         let at = done + copied;
@@ -633,7 +685,7 @@ pub extern "C" fn tracer_copy_iovecs(iov: u64, n: u64, done: u64, want: u64) -> 
 
 /// A finished send or receive on `sk` of `ret` bytes (or an error).
 #[inline(always)]
-fn on_transfer(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
+fn on_transfer<const WALK: bool>(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let ret: i32 = ctx.arg(1);
     let flags: i32 = ctx.arg(2);
@@ -658,22 +710,24 @@ fn on_transfer(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
     let regs = regs();
     let sc = current_syscall(regs);
     let arg1 = saved_arg(regs, 1);
-    let (buf, iov_len, vectored) = match (kind, sc) {
+    let (mut src, buf, iov_len) = match (kind, sc) {
         (EventKind::Recv, syscall::READ | syscall::RECVFROM) | (EventKind::Send, syscall::WRITE | syscall::SENDTO) => {
-            (arg1, 0, false)
+            (Source::Plain, arg1, 0)
         }
-        (EventKind::Recv, syscall::READV) | (EventKind::Send, syscall::WRITEV) => (arg1, saved_arg(regs, 2), true),
+        (EventKind::Recv, syscall::READV) | (EventKind::Send, syscall::WRITEV) => {
+            (Source::Vectored, arg1, saved_arg(regs, 2))
+        }
         (EventKind::Recv, syscall::RECVMSG) | (EventKind::Send, syscall::SENDMSG) => {
             let (iov, n) = msg_iov(arg1);
-            (iov, n, true)
+            (Source::Vectored, iov, n)
         }
         // The payload comes from a file: only its length is reported.
-        (EventKind::Send, syscall::SENDFILE) => (0, 0, false),
+        (EventKind::Send, syscall::SENDFILE) => (Source::None, 0, 0),
         // io_uring, splice, mmsg calls, kernel users of sockets: the
         // buffer is not where the registers say.
         _ => return 0,
     };
-    if (vectored && iov_len == 0) || (buf == 0 && sc != syscall::SENDFILE) {
+    if (src == Source::Vectored && iov_len == 0) || (buf == 0 && src != Source::None) {
         return 0;
     }
     let s = match state {
@@ -693,33 +747,37 @@ fn on_transfer(ctx: &BtfTracePointContext, kind: EventKind) -> i32 {
     }
     // A discarding receive (MSG_TRUNC) leaves the buffer untouched: its
     // length is reported, not its bytes.
-    let buf = if kind == EventKind::Recv && flags & MSG_TRUNC != 0 { 0 } else { buf };
-    let t = Transfer {
-        ts_enter,
-        buf,
-        iov_len,
-        fd: saved_arg(regs, 0) as i32,
-        kind,
-        syscall: sc,
-        comm: task.comm,
-        sock: s.sock,
-    };
-    if vectored {
-        emit_data::<true>(cfg, &t, ret as i64);
-    } else {
-        emit_data::<false>(cfg, &t, ret as i64);
+    if kind == EventKind::Recv && flags & MSG_TRUNC != 0 {
+        src = Source::None;
     }
+    let Some(e) = SCRATCH.get_ptr_mut(0) else { return 0 };
+    let e = unsafe { &mut *e };
+    fill_header(&mut e.header, kind, sc, saved_arg(regs, 0) as i32, &task.comm, &s.sock);
+    emit_data::<WALK>(cfg, e, src, buf, iov_len, ret as i64, ts_enter);
     0
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    on_transfer(&ctx, EventKind::Recv)
+    on_transfer::<true>(&ctx, EventKind::Recv)
 }
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    on_transfer(&ctx, EventKind::Send)
+    on_transfer::<true>(&ctx, EventKind::Send)
+}
+
+/// The simpler receive program, for a kernel that refuses the iovec walk:
+/// of a vectored receive only the first iovec's bytes are captured.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length_first_iov(ctx: BtfTracePointContext) -> i32 {
+    on_transfer::<false>(&ctx, EventKind::Recv)
+}
+
+/// The simpler send program (see `sock_recv_length_first_iov`).
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length_first_iov(ctx: BtfTracePointContext) -> i32 {
+    on_transfer::<false>(&ctx, EventKind::Send)
 }
 
 /// The start of a TCP send: a client's request starts here, not when the
@@ -816,10 +874,15 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
         let _ = SELF_PORTS.remove(&port_pair(s.sock.lport, s.sock.rport));
     }
     if s.flags & (SK_REPORTED | SK_WANTED) == SK_REPORTED | SK_WANTED {
-        let mut h = header(EventKind::Close, syscall::CLOSE, 0, -1, 0, s.comm, &s.sock);
+        let Some(h) = HEADERS.get_ptr_mut(0) else { return 0 };
+        let h = unsafe { &mut *h };
+        fill_header(h, EventKind::Close, syscall::CLOSE, -1, &s.comm, &s.sock);
         h.pid = s.pid;
         h.tid = s.pid;
-        emit_header(cfg, &h);
+        stamp(h, 0);
+        // SAFETY: EventHeader is plain old data.
+        let bytes = unsafe { core::slice::from_raw_parts(h as *const EventHeader as *const u8, HEADER_SIZE) };
+        output(cfg, bytes);
     }
     0
 }

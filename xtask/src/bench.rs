@@ -6,13 +6,17 @@
 //! - OFF: no agent;
 //! - KERNEL: probes attached, events drained and discarded (`--discard`);
 //! - FULL: the agent parsing, making spans and exporting OTLP/HTTP to a
-//!   local receiver that counts and discards.
+//!   local receiver that counts and discards;
+//! - DEFAULT: as FULL, but the agent as a user starts it, with no filters:
+//!   the load generator's side is captured too, and its client spans are
+//!   exported (two spans per request).
 //!
 //! Each round runs wrk at saturation (throughput, CPU) and, when oha is
 //! installed, oha at half of the OFF saturation rate (latency percentiles).
 //! Ratios are taken per round against that round's OFF run; the report
-//! shows medians and the range. The agent traces only the server process
-//! (`--comm`), as on a host where the load comes from elsewhere.
+//! shows medians and the range. In KERNEL and FULL the agent traces only the
+//! server process (`--comm`), as on a host where the load comes from
+//! elsewhere.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -32,6 +36,21 @@ enum Mode {
     Off,
     Kernel,
     Full,
+    Default,
+}
+
+/// Modes in report order; a round's runs are indexed the same way.
+const MODES: [Mode; 4] = [Mode::Off, Mode::Kernel, Mode::Full, Mode::Default];
+
+impl Mode {
+    fn index(self) -> usize {
+        match self {
+            Mode::Off => 0,
+            Mode::Kernel => 1,
+            Mode::Full => 2,
+            Mode::Default => 3,
+        }
+    }
 }
 
 /// What one mode measured in one round.
@@ -249,13 +268,15 @@ struct RunningAgent {
 
 fn start_agent(bin: &Path, mode: Mode, comm: &str, sink_port: u16) -> Result<Option<RunningAgent>> {
     let mut cmd = Command::new(bin);
-    cmd.args(["--comm", comm]);
+    if mode != Mode::Default {
+        cmd.args(["--comm", comm]);
+    }
     match mode {
         Mode::Off => return Ok(None),
         Mode::Kernel => {
             cmd.arg("--discard");
         }
-        Mode::Full => {
+        Mode::Full | Mode::Default => {
             cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{sink_port}"))
                 .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
                 .env("OTEL_BSP_SCHEDULE_DELAY", "1000");
@@ -578,7 +599,7 @@ fn program_stats(pid: u32) -> (u64, u64) {
     (ns, runs)
 }
 
-fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]], probes: Option<(f64, f64)>) {
+fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 4]], probes: Option<(f64, f64)>) {
     let col =
         |m: usize, f: &dyn Fn(&Run, &Run) -> f64| -> Vec<f64> { rounds.iter().map(|r| f(&r[m], &r[0])).collect() };
     let off_rps = median(rounds.iter().map(|r| r[0].rps).collect());
@@ -593,9 +614,14 @@ fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 3]], probes: 
         off_us(&|r| r.load_cpu),
         rounds.len()
     ));
-    out.push_str("| metric | KERNEL | FULL |\n|---|---|---|\n");
+    out.push_str("| metric | KERNEL | FULL | DEFAULT |\n|---|---|---|---|\n");
     let row = |out: &mut String, name: &str, f: &dyn Fn(&Run, &Run) -> f64, d: usize| {
-        out.push_str(&format!("| {name} | {} | {} |\n", cell(col(1, f), d), cell(col(2, f), d)));
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} |\n",
+            cell(col(1, f), d),
+            cell(col(2, f), d),
+            cell(col(3, f), d)
+        ));
     };
     row(out, "throughput ÷ OFF", &|r, o| r.rps / o.rps, 3);
     row(
@@ -691,7 +717,7 @@ pub fn bench(paths: &Paths, opts: &Options) -> Result<()> {
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     );
     report.push_str(&format!(
-        "## Overhead benchmark\n\nMachine: {machine}. {} rounds of OFF/KERNEL/FULL in rotating order, {} s of wrk -t1 -c16 each, then {} s of oha -c16 at half the OFF rate. The agent traces only the server process.\n",
+        "## Overhead benchmark\n\nMachine: {machine}. {} rounds of OFF/KERNEL/FULL/DEFAULT in rotating order, {} s of wrk -t1 -c16 each, then {} s of oha -c16 at half the OFF rate. In KERNEL and FULL the agent traces only the server process; DEFAULT is the agent with no filters at all, as a user starts it, so the load generator's client spans are exported too (two spans per request).\n",
         opts.rounds, opts.seconds, opts.seconds
     ));
     let mut workloads: Vec<Box<dyn Fn() -> Result<Workload>>> = vec![Box::new(|| start_nginx(&dir.join("nginx")))];
@@ -708,30 +734,22 @@ pub fn bench(paths: &Paths, opts: &Options) -> Result<()> {
         let (_, off_rps) = wrk(&w.url, 2)?;
         let half = off_rps / 2.0;
         note(format!("OFF saturation about {off_rps:.0} requests/s; latency runs at {half:.0}/s"));
-        let mut rounds: Vec<[Run; 3]> = Vec::new();
+        let mut rounds: Vec<[Run; 4]> = Vec::new();
         for i in 0..opts.rounds {
-            let mut r: [Run; 3] = Default::default();
-            let order: [Mode; 3] = match i % 3 {
-                0 => [Mode::Off, Mode::Kernel, Mode::Full],
-                1 => [Mode::Kernel, Mode::Full, Mode::Off],
-                _ => [Mode::Full, Mode::Off, Mode::Kernel],
-            };
-            for m in order {
-                let run = measure(&w, m, &agent, &sink, opts.seconds, oha_bin.as_deref(), half)?;
-                let idx = match m {
-                    Mode::Off => 0,
-                    Mode::Kernel => 1,
-                    Mode::Full => 2,
-                };
-                r[idx] = run;
+            let mut r: [Run; 4] = Default::default();
+            // Each mode takes each place in the order once every four rounds.
+            for k in 0..MODES.len() {
+                let m = MODES[(i + k) % MODES.len()];
+                r[m.index()] = measure(&w, m, &agent, &sink, opts.seconds, oha_bin.as_deref(), half)?;
             }
             note(format!(
-                "round {}/{}: OFF {:.0}/s, KERNEL {:.0}/s, FULL {:.0}/s",
+                "round {}/{}: OFF {:.0}/s, KERNEL {:.0}/s, FULL {:.0}/s, DEFAULT {:.0}/s",
                 i + 1,
                 opts.rounds,
                 r[0].rps,
                 r[1].rps,
-                r[2].rps
+                r[2].rps,
+                r[3].rps
             ));
             rounds.push(r);
         }

@@ -132,6 +132,10 @@ pub fn test(paths: &Paths, unit_only: bool, extra: &[String]) -> Result<()> {
         }
     };
 
+    if run_integration {
+        show_probe_figures(&agent);
+    }
+
     step("test summary");
     note(format!("unit tests:        {}", unit.label()));
     let why = match integration {
@@ -146,6 +150,32 @@ pub fn test(paths: &Paths, unit_only: bool, extra: &[String]) -> Result<()> {
         bail!("{failed} test step(s) failed");
     }
     Ok(())
+}
+
+/// Prints the verifier's figures of every probe program on this host, as
+/// `tracer-agent doctor` reports them (the integration tests assert them).
+fn show_probe_figures(agent: &std::path::Path) {
+    step("probe programs on this host (tracer-agent doctor: the verifier's own figures)");
+    match std::process::Command::new(agent).arg("doctor").output() {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut show = false;
+            for line in text.lines() {
+                if line.starts_with("  kernel") || line.starts_with("  cpu") {
+                    note(line.trim());
+                }
+                if line.starts_with("programs") {
+                    show = true;
+                } else if line.is_empty() {
+                    show = false;
+                }
+                if show || line.starts_with("verdict") {
+                    note(line.trim());
+                }
+            }
+        }
+        Err(e) => warn(format!("tracer-agent doctor did not run: {e}")),
+    }
 }
 
 /// `--` before harness arguments, only when there are any.
