@@ -51,9 +51,12 @@ pub struct Args {
     /// Largest number of spans in one export request.
     #[arg(long, env = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", default_value_t = 4_096)]
     pub bsp_max_export_batch_size: usize,
-    /// Print one line per span on stdout (the default when no endpoint is set).
+    /// Print spans on stdout (the default when no endpoint is set).
     #[arg(long)]
     pub print: bool,
+    /// How printed spans look: one line per span, or each trace as a tree.
+    #[arg(long, value_enum, env = "TRACER_PRINT_FORMAT", default_value = "lines")]
+    pub print_format: crate::export::PrintFormat,
     /// Trace only these process ids (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,

@@ -44,7 +44,42 @@ struct Conn {
     /// Kernel hint (`role::*`), refined by detection.
     role: u8,
     last_seen: u64,
+    /// The thread that last sent in the client's direction (0: none yet).
+    req_tid: u32,
     proto: Proto,
+}
+
+/// A finished exchange, with the connection it travelled on.
+#[derive(Debug)]
+pub struct Finished {
+    pub meta: Arc<ConnMeta>,
+    pub ex: Exchange,
+    /// The thread that last sent in the client's direction on the
+    /// connection when the exchange finished (0: unknown): for a client
+    /// connection, the thread that made the call.
+    pub req_tid: u32,
+}
+
+impl Finished {
+    pub fn new(meta: Arc<ConnMeta>, ex: Exchange) -> Self {
+        Self { meta, ex, req_tid: 0 }
+    }
+}
+
+/// A request whose head was just seen, before its exchange finishes: its
+/// span's ids are chosen now, so that what it causes can name it.
+#[derive(Debug)]
+pub struct Started {
+    pub meta: Arc<ConnMeta>,
+    /// The request's number on its connection (`http1::Exchange::seq`).
+    pub seq: u64,
+    /// The thread that read (server) or sent (client) the head.
+    pub tid: u32,
+    /// When that thread did so (syscall entry), monotonic ns.
+    pub ts: u64,
+    pub target: compact_str::CompactString,
+    /// Trace context the request carries in its headers.
+    pub header: Option<crate::span::ParentContext>,
 }
 
 /// Health counters of the tracker.
@@ -83,6 +118,8 @@ pub struct Tracker {
     done: Vec<http1::Exchange>,
     done_h2: Vec<http2::H2Exchange>,
     done_db: Vec<crate::protocol::db::DbExchange>,
+    /// HTTP/1 request heads seen by the last event, for the caller to take.
+    pub started: Vec<Started>,
     conns: HashMap<u64, Conn>,
     by_tuple: HashMap<Tuple, u64>,
     max_conns: usize,
@@ -93,6 +130,7 @@ pub struct Tracker {
 fn meta_for(ev: &Event<'_>, kind: SpanKind) -> ConnMeta {
     let s = &ev.header.sock;
     ConnMeta {
+        ino: s.ino,
         pid: ev.header.pid,
         comm: comm(&ev.header.comm).into(),
         kind,
@@ -112,6 +150,7 @@ impl Tracker {
             done: Vec::new(),
             done_h2: Vec::new(),
             done_db: Vec::new(),
+            started: Vec::new(),
             conns: HashMap::new(),
             by_tuple: HashMap::new(),
             max_conns: max_conns.max(16),
@@ -129,7 +168,7 @@ impl Tracker {
     }
 
     /// Feed one event; finished exchanges are appended to `out`.
-    pub fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<(Arc<ConnMeta>, Exchange)>) {
+    pub fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<Finished>) {
         self.stats.events += 1;
         let key = ev.header.sock.ino;
         let now = ev.header.ts_exit;
@@ -147,6 +186,7 @@ impl Tracker {
                         meta: Arc::new(meta_for(ev, kind)),
                         role: if kind == SpanKind::Server { role::SERVER } else { role::CLIENT },
                         last_seen: now,
+                        req_tid: 0,
                         proto: Proto::Detecting(0),
                     },
                 );
@@ -200,7 +240,7 @@ impl Tracker {
 
     /// Forget connections idle for longer than the expiry; unanswered requests
     /// on them are reported without a response.
-    pub fn expire(&mut self, now: u64, out: &mut Vec<(Arc<ConnMeta>, Exchange)>) {
+    pub fn expire(&mut self, now: u64, out: &mut Vec<Finished>) {
         let idle = self.idle_ns;
         let dead: Vec<u64> =
             self.conns.iter().filter(|(_, c)| now.saturating_sub(c.last_seen) > idle).map(|(k, _)| *k).collect();
@@ -227,7 +267,7 @@ impl Tracker {
             .sum()
     }
 
-    fn on_data(&mut self, ev: &Event<'_>, out: &mut Vec<(Arc<ConnMeta>, Exchange)>) {
+    fn on_data(&mut self, ev: &Event<'_>, out: &mut Vec<Finished>) {
         let key = ev.header.sock.ino;
         let now = ev.header.ts_exit;
         if !self.conns.contains_key(&key) {
@@ -246,7 +286,7 @@ impl Tracker {
             }
             let kind = if r == role::CLIENT { SpanKind::Client } else { SpanKind::Server };
             let meta = Arc::new(meta_for(ev, kind));
-            self.insert(key, Conn { meta, role: r, last_seen: now, proto: Proto::Detecting(0) });
+            self.insert(key, Conn { meta, role: r, last_seen: now, req_tid: 0, proto: Proto::Detecting(0) });
         }
         let Some(c) = self.conns.get_mut(&key) else { return };
         c.last_seen = now;
@@ -307,11 +347,27 @@ impl Tracker {
         };
         // Bytes travelling from the client to the server.
         let client_dir = (c.role == role::SERVER) == inbound;
+        if client_dir {
+            c.req_tid = ev.header.tid;
+        }
         let before = out.len();
         match &mut c.proto {
             Proto::Http1(h) => {
                 if client_dir {
+                    let first = h.next_request_id();
                     h.on_request_segment(seg, &mut self.done);
+                    for seq in first..h.next_request_id() {
+                        if let Some(head) = h.request_head(seq) {
+                            self.started.push(Started {
+                                meta: c.meta.clone(),
+                                seq,
+                                tid: ev.header.tid,
+                                ts: ev.header.ts_enter,
+                                target: head.target.clone(),
+                                header: crate::span::parent_from_request(head),
+                            });
+                        }
+                    }
                 } else {
                     h.on_response_segment(seg, &mut self.done);
                 }
@@ -326,7 +382,7 @@ impl Tracker {
                     upgraded_to_h2 = pos.map(|i| self.done.remove(i));
                 }
                 for ex in self.done.drain(..) {
-                    out.push((c.meta.clone(), Exchange::Http1(ex)));
+                    out.push(Finished::new(c.meta.clone(), Exchange::Http1(ex)));
                 }
                 if h.upgraded() {
                     c.proto = match upgraded_to_h2 {
@@ -344,7 +400,9 @@ impl Tracker {
                                         ts_exit: ev.header.ts_exit,
                                     };
                                     h2.on_server_segment(tail, &mut done);
-                                    out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::http2(ex))));
+                                    out.extend(
+                                        done.into_iter().map(|ex| Finished::new(c.meta.clone(), Exchange::http2(ex))),
+                                    );
                                 }
                             }
                             Proto::Http2(Box::new(h2))
@@ -359,6 +417,9 @@ impl Tracker {
             Proto::Redis(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),
             Proto::Opaque => self.stats.bytes_ignored += ret,
             Proto::Detecting(_) => {}
+        }
+        for f in &mut out[before..] {
+            f.req_tid = c.req_tid;
         }
         self.stats.exchanges += (out.len() - before) as u64;
     }
@@ -472,14 +533,14 @@ fn feed<P: StreamParser>(
     meta: &Arc<ConnMeta>,
     wrap: fn(P::Out) -> Exchange,
     done: &mut Vec<P::Out>,
-    out: &mut Vec<(Arc<ConnMeta>, Exchange)>,
+    out: &mut Vec<Finished>,
 ) {
     if client_dir {
         p.client(seg, done);
     } else {
         p.server(seg, done);
     }
-    out.extend(done.drain(..).map(|ex| (meta.clone(), wrap(ex))));
+    out.extend(done.drain(..).map(|ex| Finished::new(meta.clone(), wrap(ex))));
 }
 
 fn close<P: StreamParser>(
@@ -487,19 +548,28 @@ fn close<P: StreamParser>(
     now: u64,
     meta: &Arc<ConnMeta>,
     wrap: fn(P::Out) -> Exchange,
-    out: &mut Vec<(Arc<ConnMeta>, Exchange)>,
+    out: &mut Vec<Finished>,
 ) {
     let mut done = Vec::new();
     p.close(now, &mut done);
-    out.extend(done.into_iter().map(|ex| (meta.clone(), wrap(ex))));
+    out.extend(done.into_iter().map(|ex| Finished::new(meta.clone(), wrap(ex))));
 }
 
-fn finish(c: Conn, now: u64, out: &mut Vec<(Arc<ConnMeta>, Exchange)>) {
+fn finish(c: Conn, now: u64, out: &mut Vec<Finished>) {
+    let before = out.len();
+    let req_tid = c.req_tid;
+    finish_proto(c, now, out);
+    for f in &mut out[before..] {
+        f.req_tid = req_tid;
+    }
+}
+
+fn finish_proto(c: Conn, now: u64, out: &mut Vec<Finished>) {
     match c.proto {
         Proto::Http1(mut h) => {
             let mut done = Vec::new();
             h.on_close(now, &mut done);
-            out.extend(done.into_iter().map(|ex| (c.meta.clone(), Exchange::Http1(ex))));
+            out.extend(done.into_iter().map(|ex| Finished::new(c.meta.clone(), Exchange::Http1(ex))));
         }
         Proto::Http2(p) => close(p, now, &c.meta, Exchange::http2, out),
         Proto::Postgres(p) => close(p, now, &c.meta, Exchange::Db, out),

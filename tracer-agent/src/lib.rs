@@ -16,3 +16,4 @@ pub mod protocol;
 pub mod resource;
 pub mod route;
 pub mod span;
+pub mod trace;

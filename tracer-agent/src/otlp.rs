@@ -181,6 +181,11 @@ impl Writer<'_> {
         for (k, v) in &s.attributes {
             self.key_value(9, k, v);
         }
+        for (trace_id, span_id) in &s.links {
+            self.len_key(13, LINK_LEN);
+            self.bytes(1, trace_id);
+            self.bytes(2, span_id);
+        }
         self.len_key(15, status_len(s));
         if s.status == Status::Error {
             self.key(3, WIRE_VARINT);
@@ -188,7 +193,7 @@ impl Writer<'_> {
         }
         // Trace flags (sampled bit) and "is_remote is known" (0x100); the parent is remote when set.
         let mut flags: u32 = u32::from(s.sampled) | 0x100;
-        if s.parent_span_id.is_some() {
+        if s.parent_span_id.is_some() && s.parent_remote {
             flags |= 0x200;
         }
         self.key(16, WIRE_FIXED32);
@@ -229,6 +234,9 @@ fn status_len(s: &Span) -> usize {
     }
 }
 
+/// A `Span.Link` with a trace id and a span id.
+const LINK_LEN: usize = 2 + 16 + 2 + 8;
+
 fn span_len(s: &Span) -> usize {
     let mut n = len_field(1, 16) + len_field(2, 8);
     if s.parent_span_id.is_some() {
@@ -240,6 +248,7 @@ fn span_len(s: &Span) -> usize {
     for (k, v) in &s.attributes {
         n += len_field(9, key_value_len(k, v));
     }
+    n += s.links.len() * len_field(13, LINK_LEN);
     n += len_field(15, status_len(s));
     n += key_len(16) + 4; // flags
     n
@@ -260,7 +269,7 @@ fn span_len_bound(s: &Span) -> usize {
     for (k, v) in &s.attributes {
         n += k.len() + v.as_str().map_or(10, str::len) + 4 * 4;
     }
-    n
+    n + s.links.len() * (LINK_LEN + 2)
 }
 
 /// Append a span as a `ScopeSpans.spans` field. The fields are written in
@@ -355,6 +364,8 @@ mod tests {
             pid: 1,
             comm: "nginx".into(),
             server_port: None,
+            links: if i == 3 { vec![([5; 16], [6; 8]), ([7; 16], [8; 8])] } else { Vec::new() },
+            parent_remote: true,
         }
     }
 
@@ -455,7 +466,13 @@ mod tests {
             assert_eq!(got.status.as_ref().unwrap().code, if want.status == Status::Error { 2 } else { 0 });
             assert_eq!(got.flags & 0xff, 1);
             assert_eq!(got.flags & 0x200 != 0, want.parent_span_id.is_some());
+            let links: Vec<(Vec<u8>, Vec<u8>)> =
+                got.links.iter().map(|l| (l.trace_id.clone(), l.span_id.clone())).collect();
+            let want_links: Vec<(Vec<u8>, Vec<u8>)> =
+                want.links.iter().map(|(t, s)| (t.to_vec(), s.to_vec())).collect();
+            assert_eq!(links, want_links);
         }
+        assert_eq!(ss.spans[3].links.len(), 2);
         assert_eq!(req.resource_spans[1].scope_spans[0].spans.len(), 1);
     }
 }

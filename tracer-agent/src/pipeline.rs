@@ -13,11 +13,12 @@ use std::collections::VecDeque;
 use ahash::AHashMap as HashMap;
 
 use crate::capture::event::decode;
-use crate::conntrack::{Tracker, TrackerStats, Tuple};
+use crate::conntrack::{Finished, Tracker, TrackerStats, Tuple};
 use crate::export::{EncodedSpans, ExportStats, SpanBatch};
 use crate::protocol::Exchange;
 use crate::route::RouteMatcher;
-use crate::span::{db_span, h2_span, http_span, monotonic_ns, Clock, ConnMeta, Span, SpanKind, SpanState};
+use crate::span::{db_span, h2_span, http_span, monotonic_ns, Clock, ConnMeta, Span, SpanKind, SpanState, Value};
+use crate::trace::{Assigned, LinkStats, Linker};
 
 /// Where spans go: a bounded queue in front of the exporter. Spans to be
 /// exported travel encoded ([`Pipeline::encode_spans`]), and the encoded
@@ -131,6 +132,8 @@ pub struct PipelineStats {
     pub orphan_streams: u64,
     pub tracker: TrackerStats,
     pub connections: usize,
+    /// Parents found by the trace linker, by mechanism.
+    pub links: LinkStats,
 }
 
 /// Ids handed from one side of a same-host connection to the other, so that
@@ -148,6 +151,19 @@ struct Link {
 const LINKS_PER_CONN: usize = 64;
 const LINK_TTL_NS: u64 = 30_000_000_000;
 
+/// Gives a span the ids the linker chose, and says how its parent was found.
+fn assign(span: &mut Span, a: Assigned) {
+    span.trace_id = a.trace_id;
+    span.span_id = a.span_id;
+    span.parent_span_id = a.parent;
+    span.sampled = a.sampled;
+    span.links = a.links;
+    if let Some(src) = a.source {
+        span.parent_remote = src != crate::trace::Source::Thread;
+        span.attributes.push(("tracer.parent.source", Value::from(src.as_str())));
+    }
+}
+
 pub struct Pipeline {
     /// Raw records are written here before processing, when recording.
     pub recorder: Option<crate::capture::record::Recorder>,
@@ -157,10 +173,15 @@ pub struct Pipeline {
     pub db_full_text: bool,
     pub tracker: Tracker,
     links: HashMap<Tuple, VecDeque<Link>>,
+    /// Which span is whose parent (HTTP/1 and database spans).
+    pub linker: Linker,
+    /// The connection and thread of the send being handled, if it is one:
+    /// the thread that writes a response.
+    sending: Option<(u64, u32)>,
     routes: RouteMatcher,
     span_state: SpanState,
     clock: Clock,
-    exchanges: Vec<(Arc<ConnMeta>, Exchange)>,
+    exchanges: Vec<Finished>,
     spans: Vec<Span>,
     /// When spans are exported: they are encoded here as soon as they are
     /// made, while their data is still in the CPU cache, and their buffers are
@@ -198,6 +219,8 @@ impl Pipeline {
             db_full_text: false,
             tracker,
             links: HashMap::new(),
+            linker: Linker::default(),
+            sending: None,
             routes,
             span_state: SpanState::default(),
             clock,
@@ -218,10 +241,28 @@ impl Pipeline {
             return;
         }
         match decode(rec) {
-            Ok(ev) => self.tracker.on_event(&ev, &mut self.exchanges),
+            Ok(ev) => {
+                self.tracker.on_event(&ev, &mut self.exchanges);
+                if !self.tracker.started.is_empty() {
+                    self.start_requests();
+                }
+                self.sending =
+                    (ev.kind == tracer_common::EventKind::Send).then_some((ev.header.sock.ino, ev.header.tid));
+            }
             Err(_) => self.stats.decode_errors += 1,
         }
         self.make_spans();
+        self.sending = None;
+    }
+
+    /// Requests whose heads the last event completed: their ids are chosen now.
+    fn start_requests(&mut self) {
+        let mut started = std::mem::take(&mut self.tracker.started);
+        for s in started.drain(..) {
+            let peer = self.tracker.kind_of(&s.meta.peer_tuple());
+            self.linker.start(&s, peer);
+        }
+        self.tracker.started = started;
     }
 
     fn make_spans(&mut self) {
@@ -229,11 +270,19 @@ impl Pipeline {
             return;
         }
         let exchanges = std::mem::take(&mut self.exchanges);
-        for (meta, ex) in &exchanges {
-            match ex {
+        for f in &exchanges {
+            let meta = &f.meta;
+            match &f.ex {
                 Exchange::Http1(ex) => {
                     let mut span = http_span(ex, meta, &self.routes, &mut self.span_state, &self.clock);
-                    self.link(&mut span, meta, &ex.request.target, ex.resp_last_exit.max(ex.req_last_exit));
+                    let end = ex.resp_last_exit.max(ex.req_last_exit);
+                    let responder = match self.sending {
+                        Some((ino, tid)) if ino == meta.ino => tid,
+                        _ => 0,
+                    };
+                    if let Some(a) = self.linker.finish(meta, ex.seq, end, responder) {
+                        assign(&mut span, a);
+                    }
                     self.emit(span);
                 }
                 // A stream whose request was sent before the agent joined:
@@ -247,7 +296,12 @@ impl Pipeline {
                     self.emit(span);
                 }
                 Exchange::Db(ex) => {
-                    let span = db_span(ex, meta, &self.clock, &mut self.span_state, self.db_full_text);
+                    let mut span = db_span(ex, meta, &self.clock, &mut self.span_state, self.db_full_text);
+                    if f.req_tid != 0 {
+                        if let Some(a) = self.linker.call(meta.pid, f.req_tid, ex.req_first_enter) {
+                            assign(&mut span, a);
+                        }
+                    }
                     self.emit(span);
                 }
             }
@@ -256,7 +310,8 @@ impl Pipeline {
         self.exchanges.clear();
     }
 
-    /// Same-host causality: when both ends of a connection are traced and the
+    /// Same-host causality for HTTP/2 (HTTP/1 is linked when its requests
+    /// start, by the `Linker`): when both ends of a connection are traced and the
     /// request carries no trace context, the server span joins the client
     /// span's trace as its child. Whichever span
     /// finishes first leaves its ids for the other, matched by request target
@@ -311,6 +366,7 @@ impl Pipeline {
     }
 
     pub fn expire(&mut self, now_mono: u64) {
+        self.linker.expire(now_mono);
         self.links.retain(|_, q| {
             q.retain(|l| now_mono.saturating_sub(l.made_ns) < LINK_TTL_NS);
             !q.is_empty()
@@ -367,6 +423,7 @@ impl Pipeline {
         let mut s = self.stats;
         s.tracker = self.tracker.stats;
         s.connections = self.tracker.len();
+        s.links = self.linker.stats;
         s
     }
 }

@@ -76,6 +76,11 @@ pub struct Span {
     pub comm: Arc<str>,
     /// Local port of the connection for server spans (service-name overrides by port).
     pub server_port: Option<u16>,
+    /// Candidate parents (trace id, span id) when the parent is ambiguous.
+    pub links: Vec<([u8; 16], [u8; 8])>,
+    /// The parent was made by another process or came with the request (not
+    /// found inside this span's own process).
+    pub parent_remote: bool,
 }
 
 impl Span {
@@ -266,6 +271,8 @@ pub fn hex(b: &[u8]) -> String {
 /// The connection an exchange travelled on, from the traced process's side.
 #[derive(Clone, Debug)]
 pub struct ConnMeta {
+    /// The connection's identity (socket inode).
+    pub ino: u64,
     pub pid: u32,
     pub comm: Arc<str>,
     pub kind: SpanKind,
@@ -314,6 +321,46 @@ pub fn target_path(target: &str) -> &str {
     };
     let end = t.bytes().position(|b| b == b'?' || b == b'#').unwrap_or(t.len());
     &t[..end]
+}
+
+/// Query part of a request target (after `?`, before any `#`), if any.
+pub fn target_query(target: &str) -> Option<&str> {
+    let at = target.bytes().position(|b| b == b'?')?;
+    let q = &target[at + 1..];
+    Some(match q.bytes().position(|b| b == b'#') {
+        Some(i) => &q[..i],
+        None => q,
+    })
+}
+
+/// Query keys whose values are credentials (semantic conventions for
+/// `url.query` and `url.full`): their values are replaced by `REDACTED`.
+const SENSITIVE_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+
+/// `q` with the values of sensitive keys replaced by `REDACTED`; borrowed
+/// when there are none.
+pub fn redact_query(q: &str) -> std::borrow::Cow<'_, str> {
+    let sensitive = |part: &str| {
+        let key = part.split_once('=').map_or(part, |(k, _)| k);
+        part.contains('=') && SENSITIVE_QUERY_KEYS.contains(&key)
+    };
+    if !q.split('&').any(sensitive) {
+        return std::borrow::Cow::Borrowed(q);
+    }
+    let mut out = String::with_capacity(q.len());
+    for (i, part) in q.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match part.split_once('=') {
+            Some((k, _)) if SENSITIVE_QUERY_KEYS.contains(&k) => {
+                out.push_str(k);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(part),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Most strings kept by [`SharedStrings`] before it starts over.
@@ -509,6 +556,10 @@ pub fn http_view_span(
         Some(r) if **r == *path => Value::Shared(r.clone()),
         _ => Value::from(path.to_string()),
     };
+    let query = target_query(v.target).map(redact_query);
+    if let Some(q) = &query {
+        attrs.push(("url.query", Value::from(q.to_string())));
+    }
     attrs.extend([
         ("url.path", path_value),
         ("url.scheme", Value::from(if v.scheme == "https" { "https" } else { "http" })),
@@ -558,6 +609,15 @@ pub fn http_view_span(
             let target = if v.target.starts_with('/') { v.target } else { path };
             let scheme = if v.scheme == "https" { "https" } else { "http" };
             let default_port = if scheme == "https" { 443 } else { 80 };
+            // The target as sent, unless its query needed redacting.
+            let redacted;
+            let target = match &query {
+                Some(std::borrow::Cow::Owned(q)) => {
+                    redacted = format!("{path}?{q}");
+                    redacted.as_str()
+                }
+                _ => target,
+            };
             let mut full = String::with_capacity(8 + addr.len() + 6 + target.len());
             full.push_str(scheme);
             full.push_str("://");
@@ -634,6 +694,8 @@ fn finish_span(
         pid: conn.pid,
         comm: conn.comm.clone(),
         server_port: (conn.kind == SpanKind::Server).then_some(conn.local_port),
+        links: Vec::new(),
+        parent_remote: true,
     }
 }
 
@@ -965,6 +1027,19 @@ fn itoa_u16(mut v: u16) -> PortText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queries_are_found_and_credentials_redacted() {
+        assert_eq!(target_query("/a?x=1&y=2#frag"), Some("x=1&y=2"));
+        assert_eq!(target_query("/a"), None);
+        assert_eq!(target_query("/a?"), Some(""));
+        assert!(matches!(redact_query("x=1&y=2"), std::borrow::Cow::Borrowed("x=1&y=2")));
+        assert_eq!(
+            redact_query("X-Goog-Signature=abc&x=1&sig=zz&Signature"),
+            "X-Goog-Signature=REDACTED&x=1&sig=REDACTED&Signature"
+        );
+        assert_eq!(redact_query("AWSAccessKeyId=AK&signature=keep"), "AWSAccessKeyId=REDACTED&signature=keep");
+    }
 
     #[test]
     fn shared_strings_are_shared_across_the_recent_cache_and_the_set() {

@@ -100,6 +100,12 @@ fn run_command(command: Command) -> Result<()> {
         }
         Command::Run { debug, args } => {
             let bin = build::build_all(&paths, !debug)?;
+            // The embedded default: each trace printed as a tree.
+            if std::env::var_os("TRACER_PRINT_FORMAT").is_none()
+                && !args.iter().any(|a| a.starts_with("--print-format"))
+            {
+                std::env::set_var("TRACER_PRINT_FORMAT", "tree");
+            }
             run_agent(&bin, &args)
         }
         Command::Test { unit, args } => test::test(&paths, unit, &args),

@@ -21,6 +21,7 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("mariadbd", "mariadb-server"),
     ("mariadb", "mariadb-client"),
     ("go", "golang-go"),
+    ("javac", "openjdk-17-jdk-headless"),
     ("/usr/share/gocode/src/google.golang.org/grpc/server.go", "golang-google-grpc-dev"),
     ("/usr/share/gocode/src/github.com/golang/protobuf/proto/proto.go", "golang-github-golang-protobuf-1-5-dev"),
 ];
@@ -190,7 +191,7 @@ fn separator(extra: &[String]) -> &'static [&'static str] {
 /// Installs missing test programs with apt on Debian/Ubuntu (as root).
 /// Never fails the run: an unavailable package only produces a warning.
 fn ensure_test_programs() {
-    step("checking test programs (nginx, wrk, curl, h2load, redis, postgresql, mariadb, go)");
+    step("checking test programs (nginx, wrk, curl, h2load, redis, postgresql, mariadb, go, java)");
     let missing: Vec<(&str, &str)> = TEST_PROGRAMS.iter().copied().filter(|(bin, _)| !present(bin)).collect();
     if missing.is_empty() {
         note("all present");

@@ -1353,6 +1353,9 @@ impl<'a> Segment<'a> {
 /// One request and (if seen) its response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
+    /// The request's number on its connection, from 0 in the order the
+    /// request heads were seen ([`Http1Conn::next_request_id`]).
+    pub seq: u64,
     /// Boxed: an exchange is moved several times on its way out, its head
     /// (the largest part) only once.
     pub request: Box<RequestHead>,
@@ -1569,6 +1572,7 @@ impl Http1Conn {
         self.stats.exchanges += 1;
         let req = r.req;
         out.push(Exchange {
+            seq: req.id,
             request: req.head,
             response: Some(r.head),
             req_first_enter: req.first_enter,
@@ -1592,6 +1596,7 @@ impl Http1Conn {
             self.req_cur = None;
         }
         out.push(Exchange {
+            seq: req.id,
             request: req.head,
             response: None,
             req_first_enter: req.first_enter,
@@ -1606,6 +1611,17 @@ impl Http1Conn {
             framing_lost: req.framing_lost,
             response_incomplete: false,
         });
+    }
+
+    /// The number the next request head seen will get: the heads seen by a
+    /// call are those numbered from the value before it to the value after.
+    pub fn next_request_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// The head of request `id` while it waits for its response.
+    pub fn request_head(&self, id: u64) -> Option<&RequestHead> {
+        self.pending.iter().rev().find(|p| p.id == id).map(|p| &*p.head)
     }
 
     /// The request with this id, wherever it currently is.

@@ -1,5 +1,8 @@
 //! Span export: OTLP over gRPC or HTTP/protobuf with batching, or a readable
-//! one-line-per-span printer when no endpoint is configured.
+//! printer when no endpoint is configured: one line per span, or each trace
+//! as a tree (`tree`).
+
+pub mod tree;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +18,16 @@ use crate::otlp;
 use crate::pipeline::SpanReceiver;
 use crate::resource::{ResourceKey, Resources};
 use crate::span::{hex, Span, SpanKind, Status, Value};
+
+/// How printed spans look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PrintFormat {
+    /// One line per span, as it finishes.
+    #[default]
+    Lines,
+    /// Each trace as an indented tree, once it has been quiet for a second.
+    Tree,
+}
 
 /// Export health counters, shared with the stats reporter.
 #[derive(Debug, Default)]
@@ -51,6 +64,8 @@ pub struct Exporter {
     stats: Arc<ExportStats>,
     last_error_log: Option<Instant>,
     bodies: BodyPool,
+    format: PrintFormat,
+    trees: tree::Trees,
 }
 
 /// Request bodies, back from the transport once sent, for the next requests:
@@ -267,6 +282,16 @@ const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceSer
 
 /// One readable line for a span.
 pub fn format_line(s: &Span, service: &str) -> String {
+    let parent = s.parent_span_id.map(|p| format!(" parent={}", hex(&p))).unwrap_or_default();
+    let peer = match (s.attr("network.peer.address").and_then(Value::as_str), s.attr("network.peer.port")) {
+        (Some(a), Some(Value::Int(p))) => format!(" peer={a}:{p}"),
+        _ => String::new(),
+    };
+    format!("{} trace={} span={}{parent}{peer}", short_line(s, service), hex(&s.trace_id), hex(&s.span_id))
+}
+
+/// Service, kind, what, status and duration of a span.
+pub fn short_line(s: &Span, service: &str) -> String {
     let kind = match s.kind {
         SpanKind::Server => "SERVER",
         SpanKind::Client => "CLIENT",
@@ -287,16 +312,7 @@ pub fn format_line(s: &Span, service: &str) -> String {
     };
     let dur = (s.end_unix_ns.saturating_sub(s.start_unix_ns)) as f64 / 1e6;
     let err = if s.status == Status::Error { " ERROR" } else { "" };
-    let parent = s.parent_span_id.map(|p| format!(" parent={}", hex(&p))).unwrap_or_default();
-    let peer = match (s.attr("network.peer.address").and_then(Value::as_str), s.attr("network.peer.port")) {
-        (Some(a), Some(Value::Int(p))) => format!(" peer={a}:{p}"),
-        _ => String::new(),
-    };
-    format!(
-        "{service} {kind} {what} {status}{err} {dur:.3}ms trace={} span={}{parent}{peer}",
-        hex(&s.trace_id),
-        hex(&s.span_id)
-    )
+    format!("{service} {kind} {what} {status}{err} {dur:.3}ms")
 }
 
 impl Exporter {
@@ -338,7 +354,15 @@ impl Exporter {
             stats,
             last_error_log: None,
             bodies: BodyPool::default(),
+            format: PrintFormat::Lines,
+            trees: tree::Trees::default(),
         })
+    }
+
+    /// How printed spans look.
+    pub fn print_format(mut self, format: PrintFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// Spans are printed rather than exported.
@@ -351,7 +375,12 @@ impl Exporter {
         // Batches as received, and how many spans they hold.
         let mut pending: Vec<SpanBatch> = Vec::new();
         let mut pending_spans = 0usize;
-        let mut tick = tokio::time::interval(self.delay.max(Duration::from_millis(10)));
+        let every = match (&self.sink, self.format) {
+            // Quiet traces are looked for often, so that they print soon.
+            (Sink::Print, PrintFormat::Tree) => Duration::from_millis(250),
+            _ => self.delay.max(Duration::from_millis(10)),
+        };
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -369,10 +398,25 @@ impl Exporter {
                 _ = tick.tick() => {
                     self.flush(&mut pending, &spans).await;
                     pending_spans = 0;
+                    self.print_trees(false);
                 }
             }
         }
         self.flush(&mut pending, &spans).await;
+        self.print_trees(true);
+    }
+
+    /// Prints the traces that have been quiet long enough (all: every one).
+    fn print_trees(&mut self, all: bool) {
+        if self.trees.is_empty() {
+            return;
+        }
+        let ready = self.trees.take_quiet(Instant::now(), tree::QUIET, all);
+        let mut out = std::io::stdout().lock();
+        for t in ready {
+            let _ = writeln!(out, "{t}");
+        }
+        let _ = out.flush();
     }
 
     /// Send everything pending, in requests of at most `max_batch` spans.
@@ -407,9 +451,20 @@ impl Exporter {
 
     fn print(&mut self, spans: &[Span]) {
         let mut out = std::io::stdout().lock();
+        let now = Instant::now();
         for s in spans {
             let key = self.resources.key(s);
-            let _ = writeln!(out, "{}", format_line(s, &key.service));
+            match self.format {
+                PrintFormat::Lines => {
+                    let _ = writeln!(out, "{}", format_line(s, &key.service));
+                }
+                PrintFormat::Tree => {
+                    let line = short_line(s, &key.service);
+                    if let Some(t) = self.trees.add(s, line, now) {
+                        let _ = writeln!(out, "{t}");
+                    }
+                }
+            }
         }
         let _ = out.flush();
         self.stats.printed.fetch_add(spans.len() as u64, Ordering::Relaxed);

@@ -1,0 +1,652 @@
+//! Request context: the ids of every HTTP/1 request are fixed when its head
+//! is seen, and each outgoing call is linked to the request its process is
+//! serving only where the evidence is certain.
+//!
+//! How a parent is found, in order (the `tracer.parent.source` values):
+//! - `header`: the request carries `traceparent`, `b3` or `X-B3-*`; that
+//!   context wins, and what it causes stays in its trace.
+//! - `peer`: both ends of a same-host connection are traced: the server span
+//!   is the child of the client span that sent the request (matched by the
+//!   connection and the request target, in order). Whichever end is seen
+//!   first leaves its ids for the other.
+//! - `thread`: a call made on the thread that read a request, while that
+//!   request is in flight (from its head until its response is sent), is
+//!   its child. This holds for thread-per-request servers; a process where
+//!   a response was written by another thread than the one that read its
+//!   request (event loops handing work over, runtimes that move tasks
+//!   between threads) loses the mechanism for good, and so do Go programs.
+//! - `ambiguous`: more than one request was in flight on the calling
+//!   thread: no parent, but span links to the candidates, counted.
+//!
+//! A context never outlives its request: it ends when the response is sent
+//! (or the connection ends), and after [`MAX_REQUEST_NS`] at the latest, so
+//! a keep-alive connection or a long-lived thread never carries one trace
+//! into the next request.
+
+use std::collections::VecDeque;
+
+use ahash::AHashMap as HashMap;
+use compact_str::CompactString;
+
+use crate::conntrack::{Started, Tuple};
+use crate::span::{ConnMeta, IdGenerator, ParentContext, SpanKind};
+
+/// How a span's parent (or its links) was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Header,
+    Peer,
+    Thread,
+    Ambiguous,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Header => "header",
+            Source::Peer => "peer",
+            Source::Thread => "thread",
+            Source::Ambiguous => "ambiguous",
+        }
+    }
+}
+
+/// The ids a span gets from the linker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assigned {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent: Option<[u8; 8]>,
+    pub sampled: bool,
+    pub source: Option<Source>,
+    /// Candidate parents when the parent is ambiguous: (trace id, span id).
+    pub links: Vec<([u8; 16], [u8; 8])>,
+}
+
+/// Counters of the linker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Parents found by each mechanism.
+    pub by_header: u64,
+    pub by_peer: u64,
+    pub by_thread: u64,
+    /// Calls with more than one candidate parent: linked, not parented.
+    pub ambiguous: u64,
+    /// Processes found to hand requests between threads: thread linking off.
+    pub handoff_processes: u64,
+}
+
+/// Longest a request is taken to be in flight.
+pub const MAX_REQUEST_NS: u64 = 60_000_000_000;
+/// How long a finished request's window is kept for calls whose exchange
+/// finishes after it (their start is what is compared).
+const WINDOW_KEEP_NS: u64 = 10_000_000_000;
+/// How long one end of a same-host connection waits for the other.
+const PEER_TTL_NS: u64 = 30_000_000_000;
+/// How long a provisional trace id is rewritten to the one it turned out to be.
+const ALIAS_TTL_NS: u64 = 120_000_000_000;
+/// Most windows kept per thread, most waiting ends per connection.
+const WINDOWS_PER_THREAD: usize = 64;
+const PEERS_PER_CONN: usize = 64;
+/// Most candidates a call is linked to when its parent is ambiguous.
+const MAX_LINKS: usize = 4;
+
+/// The context of a request whose head was seen.
+#[derive(Clone, Debug)]
+struct Ctx {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent: Option<[u8; 8]>,
+    sampled: bool,
+    source: Option<Source>,
+    links: Vec<([u8; 16], [u8; 8])>,
+    tid: u32,
+    made: u64,
+    /// A server request whose client end has not been seen yet: its parent
+    /// holds only once that end shows up.
+    tentative: bool,
+}
+
+/// A request in flight on a thread: from its head to its response.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    sampled: bool,
+    ino: u64,
+    seq: u64,
+    start: u64,
+    /// `u64::MAX` while the response is not yet sent.
+    end: u64,
+}
+
+impl Window {
+    fn covers(&self, t: u64) -> bool {
+        self.start <= t && t <= self.end && t.saturating_sub(self.start) <= MAX_REQUEST_NS
+    }
+}
+
+/// One end of a same-host connection waiting for the other.
+#[derive(Clone, Debug)]
+struct PeerEnd {
+    target: CompactString,
+    trace_id: [u8; 16],
+    /// The client span's id, chosen by whichever end came first.
+    client_span_id: [u8; 8],
+    sampled: bool,
+    by_client: bool,
+    /// The server request that left this end (to confirm its parent).
+    server: Option<(u64, u64)>,
+    made: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Process {
+    /// A response was written by another thread than the one that read its
+    /// request: threads do not stand for requests here.
+    handoff: bool,
+}
+
+#[derive(Default)]
+pub struct Linker {
+    pub ids: IdGenerator,
+    started: HashMap<(u64, u64), Ctx>,
+    threads: HashMap<(u32, u32), VecDeque<Window>>,
+    peers: HashMap<Tuple, VecDeque<PeerEnd>>,
+    /// Provisional trace ids (chosen by a server before its client was
+    /// seen) and the trace they turned out to belong to.
+    aliases: HashMap<[u8; 16], ([u8; 16], u64)>,
+    procs: HashMap<u32, Process>,
+    pub stats: LinkStats,
+}
+
+impl Linker {
+    /// The trace a (possibly provisional) trace id turned out to be.
+    fn resolve(&self, mut t: [u8; 16]) -> [u8; 16] {
+        if self.aliases.is_empty() {
+            return t;
+        }
+        for _ in 0..8 {
+            match self.aliases.get(&t) {
+                Some((to, _)) if *to != t => t = *to,
+                _ => break,
+            }
+        }
+        t
+    }
+
+    fn thread_linking(&self, pid: u32) -> bool {
+        !self.procs.get(&pid).is_some_and(|p| p.handoff)
+    }
+
+    /// The parent of a call made by thread (`pid`, `tid`) at `t`.
+    fn thread_parent(&mut self, pid: u32, tid: u32, t: u64, ctx: &mut Ctx) {
+        if !self.thread_linking(pid) {
+            return;
+        }
+        let Some(ws) = self.threads.get(&(pid, tid)) else { return };
+        let mut found = ws.iter().filter(|w| w.covers(t));
+        let Some(first) = found.next().copied() else { return };
+        let others: Vec<Window> = found.copied().collect();
+        if others.is_empty() {
+            ctx.trace_id = self.resolve(first.trace_id);
+            ctx.parent = Some(first.span_id);
+            ctx.sampled = first.sampled;
+            ctx.source = Some(Source::Thread);
+            self.stats.by_thread += 1;
+        } else {
+            ctx.source = Some(Source::Ambiguous);
+            ctx.links = std::iter::once(first)
+                .chain(others)
+                .take(MAX_LINKS)
+                .map(|w| (self.resolve(w.trace_id), w.span_id))
+                .collect();
+            self.stats.ambiguous += 1;
+        }
+    }
+
+    /// A request head was seen. `peer` is the kind of the traced connection
+    /// at the other end of this one on this host, if any.
+    pub fn start(&mut self, s: &Started, peer: Option<SpanKind>) {
+        let meta = &s.meta;
+        let mut ctx = Ctx {
+            trace_id: [0; 16],
+            span_id: self.ids.span_id(),
+            parent: None,
+            sampled: true,
+            source: None,
+            links: Vec::new(),
+            tid: s.tid,
+            made: s.ts,
+            tentative: false,
+        };
+        if let Some(h) = s.header {
+            set_header(&mut ctx, &h);
+            self.stats.by_header += 1;
+        }
+        match meta.kind {
+            SpanKind::Server => {
+                if ctx.source.is_none() {
+                    self.server_peer(meta, s, peer, &mut ctx);
+                }
+                if ctx.source.is_none() {
+                    ctx.trace_id = self.ids.trace_id();
+                }
+                let ws = self.threads.entry((meta.pid, s.tid)).or_default();
+                while ws.front().is_some_and(|w| w.end != u64::MAX && s.ts.saturating_sub(w.end) > WINDOW_KEEP_NS)
+                    || ws.len() >= WINDOWS_PER_THREAD
+                {
+                    ws.pop_front();
+                }
+                ws.push_back(Window {
+                    trace_id: ctx.trace_id,
+                    span_id: ctx.span_id,
+                    sampled: ctx.sampled,
+                    ino: meta.ino,
+                    seq: s.seq,
+                    start: s.ts,
+                    end: u64::MAX,
+                });
+            }
+            SpanKind::Client => {
+                if ctx.source.is_none() {
+                    self.thread_parent(meta.pid, s.tid, s.ts, &mut ctx);
+                }
+                if ctx.parent.is_none() && ctx.source != Some(Source::Header) {
+                    ctx.trace_id = self.ids.trace_id();
+                }
+                self.client_peer(meta, s, peer, &mut ctx);
+            }
+        }
+        self.started.insert((meta.ino, s.seq), ctx);
+    }
+
+    /// A server request without trace headers: its parent is the client
+    /// span at the other end when that end is traced on this host.
+    fn server_peer(&mut self, meta: &ConnMeta, s: &Started, peer: Option<SpanKind>, ctx: &mut Ctx) {
+        let client = meta.peer_tuple();
+        // Most servers have no traced client on this host: no lookup then.
+        let waiting = if self.peers.is_empty() { None } else { self.peers.get_mut(&client) };
+        if let Some(q) = waiting {
+            if let Some(i) = q.iter().position(|p| p.by_client && p.target == s.target) {
+                if let Some(p) = q.remove(i) {
+                    if q.is_empty() {
+                        self.peers.remove(&client);
+                    }
+                    ctx.trace_id = self.resolve(p.trace_id);
+                    ctx.parent = Some(p.client_span_id);
+                    ctx.sampled = p.sampled;
+                    ctx.source = Some(Source::Peer);
+                    self.stats.by_peer += 1;
+                    return;
+                }
+            }
+        }
+        // Only when the client end is known to be traced: a server whose
+        // clients are not traced (the usual case) pays nothing here.
+        if peer != Some(SpanKind::Client) {
+            return;
+        }
+        // The client's send may not be seen yet: choose its span id and a
+        // provisional trace id, which the client end maps to its own. The
+        // parent holds only if that end shows up before this span is made.
+        let client_span_id = self.ids.span_id();
+        ctx.trace_id = self.ids.trace_id();
+        ctx.parent = Some(client_span_id);
+        ctx.source = Some(Source::Peer);
+        ctx.tentative = true;
+        push_peer(
+            self.peers.entry(client).or_default(),
+            PeerEnd {
+                target: s.target.clone(),
+                trace_id: ctx.trace_id,
+                client_span_id,
+                sampled: ctx.sampled,
+                by_client: false,
+                server: Some((meta.ino, s.seq)),
+                made: s.ts,
+            },
+        );
+    }
+
+    /// A client request: when the server end is traced on this host, its
+    /// span becomes the child of this one.
+    fn client_peer(&mut self, meta: &ConnMeta, s: &Started, peer: Option<SpanKind>, ctx: &mut Ctx) {
+        let client = meta.tuple();
+        let waiting = if self.peers.is_empty() { None } else { self.peers.get_mut(&client) };
+        if let Some(q) = waiting {
+            if let Some(i) = q.iter().position(|p| !p.by_client && p.target == s.target) {
+                if let Some(p) = q.remove(i) {
+                    if q.is_empty() {
+                        self.peers.remove(&client);
+                    }
+                    // The server end came first: take the span id it chose,
+                    // and its provisional trace is this one.
+                    ctx.span_id = p.client_span_id;
+                    if p.trace_id != ctx.trace_id {
+                        self.aliases.insert(p.trace_id, (ctx.trace_id, s.ts));
+                    }
+                    if let Some(server) = p.server.and_then(|k| self.started.get_mut(&k)) {
+                        server.tentative = false;
+                        self.stats.by_peer += 1;
+                    }
+                    return;
+                }
+            }
+        }
+        if !same_host(meta, peer) {
+            return;
+        }
+        push_peer(
+            self.peers.entry(client).or_default(),
+            PeerEnd {
+                target: s.target.clone(),
+                trace_id: ctx.trace_id,
+                client_span_id: ctx.span_id,
+                sampled: ctx.sampled,
+                by_client: true,
+                server: None,
+                made: s.ts,
+            },
+        );
+    }
+
+    /// The ids of a finished HTTP/1 exchange whose head was seen, if it was.
+    /// For a server exchange this ends its request's window; `responder` is
+    /// the thread that wrote the end of the response (0: not known).
+    pub fn finish(&mut self, meta: &ConnMeta, seq: u64, end: u64, responder: u32) -> Option<Assigned> {
+        let mut ctx = self.started.remove(&(meta.ino, seq))?;
+        if ctx.tentative {
+            // The client end never showed: no parent rather than one no span has.
+            ctx.parent = None;
+            ctx.source = None;
+            if let Some(q) = self.peers.get_mut(&meta.peer_tuple()) {
+                q.retain(|p| p.server != Some((meta.ino, seq)));
+            }
+        }
+        if meta.kind == SpanKind::Server {
+            if let Some(ws) = self.threads.get_mut(&(meta.pid, ctx.tid)) {
+                if let Some(w) = ws.iter_mut().rev().find(|w| w.ino == meta.ino && w.seq == seq) {
+                    w.end = end.max(w.start);
+                }
+            }
+            if responder != 0 && responder != ctx.tid {
+                let p = self.procs.entry(meta.pid).or_default();
+                if !p.handoff {
+                    p.handoff = true;
+                    self.stats.handoff_processes += 1;
+                }
+            }
+        }
+        Some(Assigned {
+            trace_id: self.resolve(ctx.trace_id),
+            span_id: ctx.span_id,
+            parent: ctx.parent,
+            sampled: ctx.sampled,
+            source: ctx.source,
+            links: ctx.links,
+        })
+    }
+
+    /// The ids of a call whose request was not followed from its start (a
+    /// database or cache command): its parent is the request its thread was
+    /// serving when it sent the call, at `t`.
+    pub fn call(&mut self, pid: u32, tid: u32, t: u64) -> Option<Assigned> {
+        let mut ctx = Ctx {
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            parent: None,
+            sampled: true,
+            source: None,
+            links: Vec::new(),
+            tid,
+            made: t,
+            tentative: false,
+        };
+        self.thread_parent(pid, tid, t, &mut ctx);
+        ctx.source?;
+        if ctx.parent.is_none() {
+            ctx.trace_id = self.ids.trace_id();
+        }
+        Some(Assigned {
+            trace_id: ctx.trace_id,
+            span_id: self.ids.span_id(),
+            parent: ctx.parent,
+            sampled: ctx.sampled,
+            source: ctx.source,
+            links: ctx.links,
+        })
+    }
+
+    /// Forget what has outlived its use.
+    pub fn expire(&mut self, now: u64) {
+        self.started.retain(|_, c| now.saturating_sub(c.made) < 2 * MAX_REQUEST_NS);
+        self.threads.retain(|_, ws| {
+            ws.retain(|w| {
+                let open = w.end == u64::MAX && now.saturating_sub(w.start) <= MAX_REQUEST_NS;
+                open || (w.end != u64::MAX && now.saturating_sub(w.end) <= WINDOW_KEEP_NS)
+            });
+            !ws.is_empty()
+        });
+        self.peers.retain(|_, q| {
+            q.retain(|p| now.saturating_sub(p.made) < PEER_TTL_NS);
+            !q.is_empty()
+        });
+        self.aliases.retain(|_, (_, made)| now.saturating_sub(*made) < ALIAS_TTL_NS);
+    }
+
+    /// The trace a trace id handed out earlier turned out to belong to.
+    pub fn trace_of(&self, t: [u8; 16]) -> [u8; 16] {
+        self.resolve(t)
+    }
+
+    /// Requests whose head was seen and whose exchange has not finished.
+    pub fn in_flight(&self) -> usize {
+        self.started.len()
+    }
+}
+
+/// Whether the other end of this connection may be a process on this host:
+/// the tracker knows it, or the peer address is a local one.
+fn same_host(meta: &ConnMeta, peer: Option<SpanKind>) -> bool {
+    peer.is_some() || meta.remote.is_loopback() || meta.remote == meta.local
+}
+
+fn set_header(ctx: &mut Ctx, h: &ParentContext) {
+    ctx.trace_id = h.trace_id;
+    ctx.parent = Some(h.span_id);
+    ctx.sampled = h.sampled;
+    ctx.source = Some(Source::Header);
+}
+
+fn push_peer(q: &mut VecDeque<PeerEnd>, p: PeerEnd) {
+    if q.len() >= PEERS_PER_CONN {
+        q.pop_front();
+    }
+    q.push_back(p);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn meta(pid: u32, ino: u64, kind: SpanKind, local_port: u16, remote_port: u16) -> Arc<ConnMeta> {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        Arc::new(ConnMeta {
+            ino,
+            pid,
+            comm: "p".into(),
+            kind,
+            local: ip,
+            local_port,
+            remote: ip,
+            remote_port,
+            local_str: "127.0.0.1".into(),
+            remote_str: "127.0.0.1".into(),
+        })
+    }
+
+    fn started(meta: &Arc<ConnMeta>, seq: u64, tid: u32, ts: u64, target: &str) -> Started {
+        Started { meta: meta.clone(), seq, tid, ts, target: target.into(), header: None }
+    }
+
+    /// A server request on `tid` from `start` to `end`, and the call it makes at `call`.
+    #[test]
+    fn a_call_on_the_thread_serving_a_request_is_its_child() {
+        let mut l = Linker::default();
+        let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
+        let cli = meta(10, 2, SpanKind::Client, 6000, 9090);
+        l.start(&started(&srv, 0, 11, 100, "/a"), None);
+        l.start(&started(&cli, 0, 11, 150, "/b"), None);
+        let c = l.finish(&cli, 0, 180, 11).unwrap();
+        let s = l.finish(&srv, 0, 200, 11).unwrap();
+        assert_eq!(c.parent, Some(s.span_id));
+        assert_eq!(c.trace_id, s.trace_id);
+        assert_eq!(c.source, Some(Source::Thread));
+        assert_eq!((s.parent, s.source), (None, None));
+        // The next request on the same keep-alive connection and thread is its own trace.
+        l.start(&started(&srv, 1, 11, 300, "/a"), None);
+        l.start(&started(&cli, 1, 11, 350, "/b"), None);
+        let c2 = l.finish(&cli, 1, 380, 11).unwrap();
+        let s2 = l.finish(&srv, 1, 400, 11).unwrap();
+        assert_eq!(c2.parent, Some(s2.span_id));
+        assert_ne!(s2.trace_id, s.trace_id);
+        // A call after the response was sent has no parent.
+        l.start(&started(&cli, 2, 11, 450, "/late"), None);
+        let late = l.finish(&cli, 2, 460, 11).unwrap();
+        assert_eq!((late.parent, late.source), (None, None));
+        assert_eq!(l.stats.by_thread, 2);
+    }
+
+    #[test]
+    fn calls_on_other_threads_or_processes_are_not_children() {
+        let mut l = Linker::default();
+        let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
+        l.start(&started(&srv, 0, 11, 100, "/a"), None);
+        let other_thread = meta(10, 2, SpanKind::Client, 6000, 9090);
+        l.start(&started(&other_thread, 0, 12, 150, "/b"), None);
+        assert_eq!(l.finish(&other_thread, 0, 160, 12).unwrap().parent, None);
+        let other_proc = meta(20, 3, SpanKind::Client, 6001, 9090);
+        l.start(&started(&other_proc, 0, 11, 150, "/b"), None);
+        assert_eq!(l.finish(&other_proc, 0, 160, 11).unwrap().parent, None);
+        assert_eq!(l.call(20, 11, 150), None);
+        assert!(l.call(10, 11, 150).is_some_and(|a| a.source == Some(Source::Thread)));
+    }
+
+    #[test]
+    fn two_requests_in_flight_on_one_thread_give_links_not_a_parent() {
+        let mut l = Linker::default();
+        let a = meta(10, 1, SpanKind::Server, 8080, 5000);
+        let b = meta(10, 2, SpanKind::Server, 8080, 5001);
+        l.start(&started(&a, 0, 11, 100, "/a"), None);
+        l.start(&started(&b, 0, 11, 110, "/b"), None);
+        let cli = meta(10, 3, SpanKind::Client, 6000, 9090);
+        l.start(&started(&cli, 0, 11, 150, "/c"), None);
+        let c = l.finish(&cli, 0, 160, 11).unwrap();
+        let sa = l.finish(&a, 0, 200, 11).unwrap();
+        let sb = l.finish(&b, 0, 210, 11).unwrap();
+        assert_eq!(c.parent, None);
+        assert_eq!(c.source, Some(Source::Ambiguous));
+        assert_eq!(c.links, vec![(sa.trace_id, sa.span_id), (sb.trace_id, sb.span_id)]);
+        assert_ne!(c.trace_id, sa.trace_id);
+        assert_ne!(c.trace_id, sb.trace_id);
+        assert_eq!(l.stats.ambiguous, 1);
+    }
+
+    #[test]
+    fn a_response_from_another_thread_ends_thread_linking_for_the_process() {
+        let mut l = Linker::default();
+        let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
+        l.start(&started(&srv, 0, 11, 100, "/a"), None);
+        l.finish(&srv, 0, 200, 12).unwrap();
+        assert_eq!(l.stats.handoff_processes, 1);
+        l.start(&started(&srv, 1, 11, 300, "/a"), None);
+        let cli = meta(10, 3, SpanKind::Client, 6000, 9090);
+        l.start(&started(&cli, 0, 11, 350, "/c"), None);
+        assert_eq!(l.finish(&cli, 0, 360, 11).unwrap().parent, None);
+    }
+
+    #[test]
+    fn incoming_trace_context_wins_and_flows_to_the_calls() {
+        let mut l = Linker::default();
+        let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
+        let h = ParentContext { trace_id: [7; 16], span_id: [8; 8], sampled: true };
+        let mut s = started(&srv, 0, 11, 100, "/a");
+        s.header = Some(h);
+        // The client end is traced too, but the header decides.
+        l.start(&s, Some(SpanKind::Client));
+        l.start(&started(&meta(10, 2, SpanKind::Client, 6000, 9090), 0, 11, 150, "/b"), None);
+        let c = l.finish(&meta(10, 2, SpanKind::Client, 6000, 9090), 0, 160, 11).unwrap();
+        let sv = l.finish(&srv, 0, 200, 11).unwrap();
+        assert_eq!((sv.trace_id, sv.parent, sv.source), ([7; 16], Some([8; 8]), Some(Source::Header)));
+        assert_eq!((c.trace_id, c.parent), ([7; 16], Some(sv.span_id)));
+        assert_eq!(l.call(10, 11, 190).map(|a| a.parent), Some(Some(sv.span_id)));
+        assert_eq!(l.call(10, 11, 250), None, "the window ended with the response");
+    }
+
+    /// Process A serves /front on thread 11 and calls /back on process B,
+    /// which serves it on thread 21 and runs a database command. Both
+    /// orders in which A's send and B's receive can arrive give one trace.
+    #[test]
+    fn a_chain_across_two_processes_is_one_trace_in_either_order() {
+        for server_first in [false, true] {
+            let mut l = Linker::default();
+            let a_srv = meta(10, 1, SpanKind::Server, 8080, 5000);
+            let a_cli = meta(10, 2, SpanKind::Client, 6000, 9090);
+            let b_srv = meta(20, 3, SpanKind::Server, 9090, 6000);
+            l.start(&started(&a_srv, 0, 11, 100, "/front"), None);
+            if server_first {
+                l.start(&started(&b_srv, 0, 21, 150, "/back"), Some(SpanKind::Client));
+                l.start(&started(&a_cli, 0, 11, 140, "/back"), Some(SpanKind::Server));
+            } else {
+                l.start(&started(&a_cli, 0, 11, 140, "/back"), Some(SpanKind::Server));
+                l.start(&started(&b_srv, 0, 21, 150, "/back"), Some(SpanKind::Client));
+            }
+            let db = l.call(20, 21, 160).unwrap();
+            let bs = l.finish(&b_srv, 0, 170, 21).unwrap();
+            let ac = l.finish(&a_cli, 0, 180, 11).unwrap();
+            let as_ = l.finish(&a_srv, 0, 200, 11).unwrap();
+            assert_eq!(as_.parent, None);
+            assert_eq!((ac.parent, ac.source), (Some(as_.span_id), Some(Source::Thread)));
+            assert_eq!((bs.parent, bs.source), (Some(ac.span_id), Some(Source::Peer)));
+            assert_eq!((db.parent, db.source), (Some(bs.span_id), Some(Source::Thread)));
+            for t in [ac.trace_id, bs.trace_id] {
+                assert_eq!(t, as_.trace_id, "server first: {server_first}");
+            }
+            // The database span's trace is resolved when its span is made,
+            // which may be before the client end was seen: the pipeline
+            // resolves it again through `trace_of`.
+            assert_eq!(l.trace_of(db.trace_id), as_.trace_id);
+        }
+    }
+
+    /// A server request on a loopback connection whose client end never
+    /// shows up (not traced) gets no parent, not one that no span has.
+    #[test]
+    fn a_server_end_whose_client_never_shows_has_no_parent() {
+        let mut l = Linker::default();
+        let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
+        l.start(&started(&srv, 0, 11, 100, "/a"), None);
+        let db = l.call(10, 11, 120).unwrap();
+        let s = l.finish(&srv, 0, 200, 11).unwrap();
+        assert_eq!((s.parent, s.source), (None, None));
+        assert_eq!(db.parent, Some(s.span_id));
+        assert_eq!(db.trace_id, s.trace_id);
+        assert_eq!(l.stats.by_peer, 0);
+        assert!(l.peers.values().all(VecDeque::is_empty));
+    }
+
+    #[test]
+    fn contexts_expire() {
+        let mut l = Linker::default();
+        let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
+        l.start(&started(&srv, 0, 11, 100, "/a"), None);
+        assert!(l.call(10, 11, 100 + MAX_REQUEST_NS + 1).is_none(), "a request is in flight for a bounded time");
+        l.expire(100 + 3 * MAX_REQUEST_NS);
+        assert_eq!(l.in_flight(), 0);
+        assert!(l.threads.is_empty());
+    }
+}
