@@ -266,7 +266,6 @@ impl Nginx {
     }
 
     pub fn start_with(port: u16, root: &Path, sendfile: bool) -> Nginx {
-        let nginx = require_program("nginx");
         let dir = tempfile::Builder::new().prefix("tracer-nginx-").tempdir().expect("creating nginx dir");
         let d = dir.path();
         for sub in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
@@ -321,6 +320,62 @@ http {{
             error = NGINX_ERROR_PATH,
             sendfile = if sendfile { "on" } else { "off" },
         );
+        Nginx::spawn(dir, port, &conf)
+    }
+
+    /// nginx on `127.0.0.1:port` as a reverse proxy to `127.0.0.1:upstream`,
+    /// with keep-alive connections to the upstream (`keepalive` in the
+    /// upstream block).
+    pub fn start_proxy(port: u16, upstream: u16) -> Nginx {
+        let dir = tempfile::Builder::new().prefix("tracer-nginx-").tempdir().expect("creating nginx dir");
+        let d = dir.path();
+        for sub in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+            fs::create_dir(d.join(sub)).unwrap();
+        }
+        let conf = format!(
+            r#"
+worker_processes 1;
+daemon off;
+master_process on;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    server_tokens off;
+    upstream backend {{
+        server 127.0.0.1:{upstream};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"#,
+            d = d.display(),
+        );
+        Nginx::spawn(dir, port, &conf)
+    }
+
+    fn spawn(dir: TempDir, port: u16, conf: &str) -> Nginx {
+        let nginx = require_program("nginx");
+        let d = dir.path().to_path_buf();
+        let d = d.as_path();
         let conf_path = d.join("nginx.conf");
         fs::write(&conf_path, conf).unwrap();
         let child = Command::new(&nginx)

@@ -155,6 +155,7 @@ impl Drop for Service {
 }
 
 struct Topology {
+    nginx: Option<Nginx>,
     a: Service,
     b: Service,
     _redis: Redis,
@@ -163,8 +164,9 @@ struct Topology {
     ports: Vec<u16>,
 }
 
-/// Service A in python (or in Java), then B, Redis and PostgreSQL.
-fn topology(java: bool) -> Topology {
+/// Optionally nginx in front, then service A in python (or in Java), then
+/// B, Redis and PostgreSQL.
+fn topology(nginx: bool, java: bool) -> Topology {
     let python = python_with(&["psycopg"]);
     let pg = Postgres::start();
     let redis = Redis::start();
@@ -178,11 +180,30 @@ fn topology(java: bool) -> Topology {
     } else {
         Service::start(&python, &["a".into(), free_port().to_string(), b.port.to_string()])
     };
-    let ports = vec![a.port, b.port, redis.port(), pg.port()];
-    Topology { a, b, _redis: redis, _pg: pg, _dir: dir, ports }
+    let mut ports = vec![a.port, b.port, redis.port(), pg.port()];
+    let nginx = nginx.then(|| Nginx::start_proxy(free_port(), a.port));
+    if let Some(n) = &nginx {
+        ports.push(n.port());
+    }
+    Topology { nginx, a, b, _redis: redis, _pg: pg, _dir: dir, ports }
 }
 
-/// What one request's spans must look like.
+impl Topology {
+    fn entry(&self) -> u16 {
+        self.nginx.as_ref().map_or(self.a.port, Nginx::port)
+    }
+
+    /// Spans per request.
+    fn hops(&self) -> usize {
+        if self.nginx.is_some() {
+            8
+        } else {
+            6
+        }
+    }
+}
+
+/// Spans per request without nginx.
 const HOPS: usize = 6;
 
 fn number(path: &str) -> Option<usize> {
@@ -194,7 +215,8 @@ fn number(path: &str) -> Option<usize> {
 /// more than one request), after asserting the exact span counts.
 fn check(spans: &[ReceivedSpan], t: &Topology, n: usize, strict: bool) -> (usize, usize, usize) {
     assert_unique_span_ids(spans);
-    assert_eq!(spans.len(), HOPS * n, "{} spans for {n} requests\n{}", spans.len(), dump(spans));
+    let hops = t.hops();
+    assert_eq!(spans.len(), hops * n, "{} spans for {n} requests\n{}", spans.len(), dump(spans));
     let by_id: HashMap<String, &ReceivedSpan> = spans.iter().map(|s| (s.span_id_hex(), s)).collect();
     // Which request each HTTP span belongs to, from its path.
     let request_of = |s: &ReceivedSpan| s.url_path().as_deref().and_then(number);
@@ -224,7 +246,7 @@ fn check(spans: &[ReceivedSpan], t: &Topology, n: usize, strict: bool) -> (usize
         if reqs.len() > 1 {
             merged += 1;
         }
-        if spans.len() != HOPS || reqs.len() != 1 {
+        if spans.len() != hops || reqs.len() != 1 {
             continue;
         }
         let find = |pid: Option<u32>, kind: SpanKind, pred: &dyn Fn(&ReceivedSpan) -> bool| -> Vec<&ReceivedSpan> {
@@ -250,10 +272,33 @@ fn check(spans: &[ReceivedSpan], t: &Topology, n: usize, strict: bool) -> (usize
             continue;
         }
         let child_of = |c: &ReceivedSpan, p: &ReceivedSpan, source: &str| {
-            c.parent_span_id_hex() == p.span_id_hex() && c.attr_str("tracer.parent.source").as_deref() == Some(source)
+            c.parent_span_id_hex() == p.span_id_hex()
+                && source.split('|').any(|src| c.attr_str("tracer.parent.source").as_deref() == Some(src))
+        };
+        // With nginx in front: curl → nginx → A.
+        let front = match &t.nginx {
+            Some(n) => {
+                let worker = n.worker_pids()[0];
+                let n_srv = find(Some(worker), SpanKind::Server, &|_| true);
+                let n_cli = find(Some(worker), SpanKind::Client, &|_| true);
+                if !one(&n_srv) || !one(&n_cli) {
+                    continue;
+                }
+                if !(child_of(n_srv[0], curl[0], "peer") && child_of(n_cli[0], n_srv[0], "thread|forwarded")) {
+                    if strict {
+                        panic!(
+                            "nginx hops of {reqs:?}:\n{}",
+                            dump(&spans.iter().map(|s| (*s).clone()).collect::<Vec<_>>())
+                        );
+                    }
+                    continue;
+                }
+                n_cli[0]
+            }
+            None => curl[0],
         };
         let ok = curl[0].span.parent_span_id.is_empty()
-            && child_of(a_srv[0], curl[0], "peer")
+            && child_of(a_srv[0], front, "peer")
             && child_of(a_cli[0], a_srv[0], "thread")
             && child_of(b_srv[0], a_cli[0], "peer")
             && child_of(redis[0], b_srv[0], "thread")
@@ -271,8 +316,8 @@ fn check(spans: &[ReceivedSpan], t: &Topology, n: usize, strict: bool) -> (usize
     (complete, wrong, merged)
 }
 
-fn run(java: bool, concurrency: usize, n: usize) -> (Vec<ReceivedSpan>, Topology, AgentExit) {
-    let t = topology(java);
+fn run(nginx: bool, java: bool, concurrency: usize, n: usize) -> (Vec<ReceivedSpan>, Topology, AgentExit) {
+    let t = topology(nginx, java);
     let receiver = Receiver::start();
     let mut b = AgentBuilder::new(&receiver);
     for p in &t.ports {
@@ -285,12 +330,12 @@ fn run(java: bool, concurrency: usize, n: usize) -> (Vec<ReceivedSpan>, Topology
     }
     for i in 0..n {
         args.extend(["-o", "/dev/null", "-w", "%{http_code}\n"].map(String::from));
-        args.push(format!("http://127.0.0.1:{}/front/{i}", t.a.port));
+        args.push(format!("http://127.0.0.1:{}/front/{i}", t.entry()));
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = curl(&refs);
     assert_eq!(out.stdout().lines().filter(|l| *l == "200").count(), n, "{}", out.stdout());
-    receiver.wait_for_count(HOPS * n, SPAN_WAIT, |_| true);
+    receiver.wait_for_count(t.hops() * n, SPAN_WAIT, |_| true);
     let exit = agent.stop();
     receiver.assert_no_errors();
     (receiver.spans(), t, exit)
@@ -303,7 +348,7 @@ fn sequential_requests_through_a_chain_are_one_trace_each() {
     let _serial = serial();
     agent_bin();
     let n = 40;
-    let (spans, t, exit) = run(false, 1, n);
+    let (spans, t, exit) = run(false, false, 1, n);
     let (complete, wrong, merged) = check(&spans, &t, n, true);
     assert_eq!((complete, wrong, merged), (n, 0, 0), "{}", exit.stats_line().unwrap_or(""));
     let stats = exit.stats_line().unwrap();
@@ -320,7 +365,7 @@ fn concurrent_requests_through_a_chain_never_share_a_trace() {
     let _serial = serial();
     agent_bin();
     let n = 200;
-    let (spans, t, exit) = run(false, 8, n);
+    let (spans, t, exit) = run(false, false, 8, n);
     let (complete, wrong, merged) = check(&spans, &t, n, false);
     let stats = exit.stats_line().unwrap_or("");
     println!("concurrency 8: {complete} of {n} complete, {wrong} wrong parents, {merged} merged traces; {stats}");
@@ -334,7 +379,7 @@ fn concurrent_requests_through_a_chain_never_share_a_trace() {
 fn incoming_trace_context_is_the_root_of_the_whole_chain() {
     let _serial = serial();
     agent_bin();
-    let t = topology(false);
+    let t = topology(false, false);
     let receiver = Receiver::start();
     let mut b = AgentBuilder::new(&receiver);
     for p in &t.ports {
@@ -385,11 +430,94 @@ fn a_java_thread_pool_service_links_its_calls() {
     let _serial = serial();
     agent_bin();
     for (concurrency, n) in [(1, 40), (8, 200)] {
-        let (spans, t, exit) = run(true, concurrency, n);
+        let (spans, t, exit) = run(false, true, concurrency, n);
         let (complete, wrong, merged) = check(&spans, &t, n, concurrency == 1);
         let stats = exit.stats_line().unwrap_or("");
         println!("java, concurrency {concurrency}: {complete} of {n} complete, {wrong} wrong parents, {merged} merged; {stats}");
         assert_eq!((wrong, merged), (0, 0), "{stats}");
         assert!(complete * 100 >= n * 99, "concurrency {concurrency}: {complete} of {n} complete; {stats}");
     }
+}
+
+/// The reference topology: curl → nginx reverse proxy (keep-alive to its
+/// upstream) → A → B → Redis and PostgreSQL. nginx serves every request on
+/// one event-loop thread: one request in flight is linked by `thread`;
+/// with several in flight, the one nginx forwards (same method, target and
+/// user agent) by `forwarded`.
+#[test]
+fn a_reverse_proxy_in_front_keeps_one_trace_per_request() {
+    let _serial = serial();
+    agent_bin();
+    for (concurrency, n) in [(1, 40), (8, 200)] {
+        let (spans, t, exit) = run(true, false, concurrency, n);
+        let (complete, wrong, merged) = check(&spans, &t, n, concurrency == 1);
+        let stats = exit.stats_line().unwrap_or("");
+        println!("nginx, concurrency {concurrency}: {complete} of {n} complete, {wrong} wrong parents, {merged} merged; {stats}");
+        assert_eq!((wrong, merged), (0, 0), "{stats}");
+        assert!(complete * 100 >= n * 99, "concurrency {concurrency}: {complete} of {n} complete; {stats}");
+        if concurrency == 1 {
+            assert_eq!(complete, n, "{stats}");
+        }
+    }
+}
+
+/// Each span as the tree shows it: service, kind, name, times, how its
+/// parent was found, and its parent's and links' own facts of that kind.
+fn tree_facts(spans: &[ReceivedSpan]) -> Vec<String> {
+    let by_id: HashMap<Vec<u8>, &ReceivedSpan> = spans.iter().map(|s| (s.span.span_id.clone(), s)).collect();
+    let me = |s: &ReceivedSpan| {
+        format!("{:?} {:?} {} {}-{}", s.service_name(), s.kind(), s.name(), s.start_ns(), s.end_ns())
+    };
+    let mut facts: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            let parent = by_id.get(&s.span.parent_span_id).map(|p| me(p)).unwrap_or_else(|| "-".into());
+            let links: Vec<String> =
+                s.span.links.iter().map(|l| by_id.get(&l.span_id).map(|p| me(p)).unwrap_or_default()).collect();
+            let same_trace = by_id.get(&s.span.parent_span_id).is_none_or(|p| p.span.trace_id == s.span.trace_id);
+            format!(
+                "{} src={:?} parent=[{parent}] links={links:?} same_trace={same_trace}",
+                me(s),
+                s.attr_str("tracer.parent.source")
+            )
+        })
+        .collect();
+    facts.sort();
+    facts
+}
+
+/// A recording of the topology, nginx in front, eight at a time, replays
+/// to exactly the same trees.
+#[test]
+fn a_recorded_topology_replays_to_the_same_trees() {
+    let _serial = serial();
+    agent_bin();
+    let t = topology(true, false);
+    let record = std::env::temp_dir().join(format!("tracer-traces-{}.rec", std::process::id()));
+    let _ = std::fs::remove_file(&record);
+    let live = Receiver::start();
+    let mut b = AgentBuilder::new(&live).arg("--record").arg(record.display().to_string());
+    for p in &t.ports {
+        b = b.port(*p);
+    }
+    let agent = b.start();
+    let n = 40;
+    let mut args: Vec<String> = vec!["--parallel".into(), "--parallel-max".into(), "8".into()];
+    for i in 0..n {
+        args.extend(["-o", "/dev/null", "-w", "%{http_code}\n"].map(String::from));
+        args.push(format!("http://127.0.0.1:{}/front/{i}", t.entry()));
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(&refs);
+    live.wait_for_count(t.hops() * n, SPAN_WAIT, |_| true);
+    agent.stop();
+    let live_spans = live.spans();
+    assert_eq!(live_spans.len(), t.hops() * n, "{}", dump(&live_spans));
+    let replayed = Receiver::start();
+    let out = AgentBuilder::new(&replayed).arg("--replay").arg(record.display().to_string()).run_to_end();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "replay failed: {stderr}");
+    let replayed_spans = replayed.spans();
+    assert_eq!(tree_facts(&replayed_spans), tree_facts(&live_spans));
+    let _ = std::fs::remove_file(&record);
 }

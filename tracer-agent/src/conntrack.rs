@@ -78,6 +78,8 @@ pub struct Started {
     /// When that thread did so (syscall entry), monotonic ns.
     pub ts: u64,
     pub target: compact_str::CompactString,
+    /// Method, target and user agent, hashed: what a proxy forwards unchanged.
+    pub fingerprint: u64,
     /// Trace context the request carries in its headers.
     pub header: Option<crate::span::ParentContext>,
 }
@@ -364,6 +366,11 @@ impl Tracker {
                                 tid: ev.header.tid,
                                 ts: ev.header.ts_enter,
                                 target: head.target.clone(),
+                                fingerprint: crate::trace::context::fingerprint(
+                                    &head.method,
+                                    &head.target,
+                                    head.user_agent.as_deref(),
+                                ),
                                 header: crate::span::parent_from_request(head),
                             });
                         }

@@ -15,8 +15,12 @@
 //!   a response was written by another thread than the one that read its
 //!   request (event loops handing work over, runtimes that move tasks
 //!   between threads) loses the mechanism for good, and so do Go programs.
+//! - `forwarded`: more than one request was in flight on the calling
+//!   thread (an event loop such as nginx), and exactly one of them has the
+//!   call's method, target and user agent: a proxy forwarding it.
 //! - `ambiguous`: more than one request was in flight on the calling
-//!   thread: no parent, but span links to the candidates, counted.
+//!   thread and none of the above decides: no parent, but span links to the
+//!   candidates, counted.
 //!
 //! A context never outlives its request: it ends when the response is sent
 //! (or the connection ends), and after [`MAX_REQUEST_NS`] at the latest, so
@@ -37,6 +41,7 @@ pub enum Source {
     Header,
     Peer,
     Thread,
+    Forwarded,
     Ambiguous,
 }
 
@@ -46,6 +51,7 @@ impl Source {
             Source::Header => "header",
             Source::Peer => "peer",
             Source::Thread => "thread",
+            Source::Forwarded => "forwarded",
             Source::Ambiguous => "ambiguous",
         }
     }
@@ -70,6 +76,7 @@ pub struct LinkStats {
     pub by_header: u64,
     pub by_peer: u64,
     pub by_thread: u64,
+    pub by_forwarded: u64,
     /// Calls with more than one candidate parent: linked, not parented.
     pub ambiguous: u64,
     /// Processes found to hand requests between threads: thread linking off.
@@ -115,6 +122,7 @@ struct Window {
     sampled: bool,
     ino: u64,
     seq: u64,
+    fingerprint: u64,
     start: u64,
     /// `u64::MAX` while the response is not yet sent.
     end: u64,
@@ -179,8 +187,9 @@ impl Linker {
         !self.procs.get(&pid).is_some_and(|p| p.handoff)
     }
 
-    /// The parent of a call made by thread (`pid`, `tid`) at `t`.
-    fn thread_parent(&mut self, pid: u32, tid: u32, t: u64, ctx: &mut Ctx) {
+    /// The parent of a call made by thread (`pid`, `tid`) at `t`; `forward`
+    /// is the fingerprint of an HTTP call.
+    fn thread_parent(&mut self, pid: u32, tid: u32, t: u64, forward: Option<u64>, ctx: &mut Ctx) {
         if !self.thread_linking(pid) {
             return;
         }
@@ -194,6 +203,16 @@ impl Linker {
             ctx.sampled = first.sampled;
             ctx.source = Some(Source::Thread);
             self.stats.by_thread += 1;
+        } else if let Some(w) = forward.and_then(|fp| {
+            let mut same = std::iter::once(&first).chain(&others).filter(|w| w.fingerprint == fp);
+            let one = same.next().copied();
+            one.filter(|_| same.next().is_none())
+        }) {
+            ctx.trace_id = self.resolve(w.trace_id);
+            ctx.parent = Some(w.span_id);
+            ctx.sampled = w.sampled;
+            ctx.source = Some(Source::Forwarded);
+            self.stats.by_forwarded += 1;
         } else {
             ctx.source = Some(Source::Ambiguous);
             ctx.links = std::iter::once(first)
@@ -244,13 +263,14 @@ impl Linker {
                     sampled: ctx.sampled,
                     ino: meta.ino,
                     seq: s.seq,
+                    fingerprint: s.fingerprint,
                     start: s.ts,
                     end: u64::MAX,
                 });
             }
             SpanKind::Client => {
                 if ctx.source.is_none() {
-                    self.thread_parent(meta.pid, s.tid, s.ts, &mut ctx);
+                    self.thread_parent(meta.pid, s.tid, s.ts, Some(s.fingerprint), &mut ctx);
                 }
                 if ctx.parent.is_none() && ctx.source != Some(Source::Header) {
                     ctx.trace_id = self.ids.trace_id();
@@ -403,7 +423,7 @@ impl Linker {
             made: t,
             tentative: false,
         };
-        self.thread_parent(pid, tid, t, &mut ctx);
+        self.thread_parent(pid, tid, t, None, &mut ctx);
         ctx.source?;
         if ctx.parent.is_none() {
             ctx.trace_id = self.ids.trace_id();
@@ -444,6 +464,13 @@ impl Linker {
     pub fn in_flight(&self) -> usize {
         self.started.len()
     }
+}
+
+/// What identifies a request a proxy forwards: its method, target and user
+/// agent, hashed with fixed keys (so a replay gives the same values).
+pub fn fingerprint(method: &str, target: &str, user_agent: Option<&str>) -> u64 {
+    ahash::RandomState::with_seeds(0x7472_6163, 0x6572_2d61, 0x6765_6e74, 0x6670_7269)
+        .hash_one((method, target, user_agent))
 }
 
 /// Whether the other end of this connection may be a process on this host:
@@ -490,7 +517,15 @@ mod tests {
     }
 
     fn started(meta: &Arc<ConnMeta>, seq: u64, tid: u32, ts: u64, target: &str) -> Started {
-        Started { meta: meta.clone(), seq, tid, ts, target: target.into(), header: None }
+        Started {
+            meta: meta.clone(),
+            seq,
+            tid,
+            ts,
+            target: target.into(),
+            fingerprint: fingerprint("GET", target, None),
+            header: None,
+        }
     }
 
     /// A server request on `tid` from `start` to `end`, and the call it makes at `call`.
@@ -554,6 +589,31 @@ mod tests {
         assert_ne!(c.trace_id, sa.trace_id);
         assert_ne!(c.trace_id, sb.trace_id);
         assert_eq!(l.stats.ambiguous, 1);
+    }
+
+    /// An event loop with two requests in flight forwards one of them: the
+    /// call with the same method, target and user agent is its child.
+    #[test]
+    fn a_forwarded_request_is_the_child_of_the_one_it_forwards() {
+        let mut l = Linker::default();
+        let a = meta(10, 1, SpanKind::Server, 8080, 5000);
+        let b = meta(10, 2, SpanKind::Server, 8080, 5001);
+        l.start(&started(&a, 0, 11, 100, "/a"), None);
+        l.start(&started(&b, 0, 11, 110, "/b"), None);
+        let up = meta(10, 3, SpanKind::Client, 6000, 9090);
+        l.start(&started(&up, 0, 11, 150, "/b"), None);
+        // The same target twice in flight decides nothing.
+        let c = meta(10, 4, SpanKind::Server, 8080, 5002);
+        l.start(&started(&c, 0, 11, 160, "/b"), None);
+        l.start(&started(&up, 1, 11, 170, "/b"), None);
+        let first = l.finish(&up, 0, 180, 11).unwrap();
+        let second = l.finish(&up, 1, 190, 11).unwrap();
+        let sb = l.finish(&b, 0, 200, 11).unwrap();
+        assert_eq!((first.parent, first.source), (Some(sb.span_id), Some(Source::Forwarded)));
+        assert_eq!(first.trace_id, sb.trace_id);
+        assert_eq!((second.parent, second.source), (None, Some(Source::Ambiguous)));
+        assert_eq!(second.links.len(), 3);
+        assert_eq!((l.stats.by_forwarded, l.stats.ambiguous), (1, 1));
     }
 
     #[test]
