@@ -66,6 +66,12 @@ impl Finished {
     }
 }
 
+/// The request number (`Started::seq`) of HTTP/2 stream `id`: apart from
+/// the numbers of the HTTP/1 requests that may precede an upgrade.
+pub fn h2_seq(id: u32) -> u64 {
+    (1 << 32) | u64::from(id)
+}
+
 /// A request whose head was just seen, before its exchange finishes: its
 /// span's ids are chosen now, so that what it causes can name it.
 #[derive(Debug)]
@@ -122,6 +128,9 @@ pub struct Tracker {
     done_db: Vec<crate::protocol::db::DbExchange>,
     /// HTTP/1 request heads seen by the last event, for the caller to take.
     pub started: Vec<Started>,
+    /// Requests that continue under another number (connection, from, to):
+    /// an HTTP/1 request upgraded to HTTP/2 stream 1.
+    pub rekeyed: Vec<(u64, u64, u64)>,
     conns: HashMap<u64, Conn>,
     by_tuple: HashMap<Tuple, u64>,
     max_conns: usize,
@@ -153,6 +162,7 @@ impl Tracker {
             done_h2: Vec::new(),
             done_db: Vec::new(),
             started: Vec::new(),
+            rekeyed: Vec::new(),
             conns: HashMap::new(),
             by_tuple: HashMap::new(),
             max_conns: max_conns.max(16),
@@ -394,6 +404,7 @@ impl Tracker {
                 if h.upgraded() {
                     c.proto = match upgraded_to_h2 {
                         Some(ex) => {
+                            self.rekeyed.push((c.meta.ino, ex.seq, h2_seq(1)));
                             let mut h2 = H2Conn::new_after_upgrade(&ex.request, ex.req_first_enter, ex.req_last_exit);
                             // Servers usually write their first HTTP/2 frames in
                             // the same write as the 101: hand them over.
@@ -418,7 +429,26 @@ impl Tracker {
                     };
                 }
             }
-            Proto::Http2(h) => feed(h.as_mut(), client_dir, seg, &c.meta, Exchange::http2, &mut self.done_h2, out),
+            Proto::Http2(h) => {
+                feed(h.as_mut(), client_dir, seg, &c.meta, Exchange::http2, &mut self.done_h2, out);
+                let (meta, started) = (&c.meta, &mut self.started);
+                h.take_started(|ex| {
+                    let target = ex.path.as_deref().unwrap_or("");
+                    started.push(Started {
+                        meta: meta.clone(),
+                        seq: h2_seq(ex.stream_id),
+                        tid: ev.header.tid,
+                        ts: ev.header.ts_enter,
+                        target: target.into(),
+                        fingerprint: crate::trace::context::fingerprint(
+                            ex.method.as_deref().unwrap_or(""),
+                            target,
+                            ex.user_agent.as_deref(),
+                        ),
+                        header: crate::span::h2_parent(ex),
+                    })
+                });
+            }
             Proto::Postgres(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),
             Proto::Mysql(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),
             Proto::Redis(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),

@@ -15,5 +15,6 @@ pub mod pipeline;
 pub mod protocol;
 pub mod resource;
 pub mod route;
+pub mod runtimes;
 pub mod span;
 pub mod trace;

@@ -8,16 +8,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use std::collections::VecDeque;
-
-use ahash::AHashMap as HashMap;
-
 use crate::capture::event::decode;
-use crate::conntrack::{Finished, Tracker, TrackerStats, Tuple};
+use crate::conntrack::{Finished, Tracker, TrackerStats};
 use crate::export::{EncodedSpans, ExportStats, SpanBatch};
 use crate::protocol::Exchange;
 use crate::route::RouteMatcher;
-use crate::span::{db_span, h2_span, http_span, monotonic_ns, Clock, ConnMeta, Span, SpanKind, SpanState, Value};
+use crate::span::{db_span, h2_span, http_span, monotonic_ns, Clock, Span, SpanState, Value};
 use crate::trace::{Assigned, LinkStats, Linker};
 
 /// Where spans go: a bounded queue in front of the exporter. Spans to be
@@ -126,7 +122,7 @@ pub struct PipelineStats {
     pub records: u64,
     pub decode_errors: u64,
     pub spans: u64,
-    /// Spans joined to their same-host peer.
+    /// Spans given a parent by the agent (peer, thread or forwarded).
     pub linked: u64,
     /// HTTP/2 streams seen only from their response (joined mid-stream).
     pub orphan_streams: u64,
@@ -135,21 +131,6 @@ pub struct PipelineStats {
     /// Parents found by the trace linker, by mechanism.
     pub links: LinkStats,
 }
-
-/// Ids handed from one side of a same-host connection to the other, so that
-/// the server span becomes the child of the client span that caused it.
-struct Link {
-    target: String,
-    trace_id: [u8; 16],
-    client_span_id: [u8; 8],
-    /// Made when the client's span was finished first (else the server's).
-    by_client: bool,
-    made_ns: u64,
-}
-
-/// Links kept per client-side tuple, and how long they wait for their peer.
-const LINKS_PER_CONN: usize = 64;
-const LINK_TTL_NS: u64 = 30_000_000_000;
 
 /// Gives a span the ids the linker chose, and says how its parent was found.
 fn assign(span: &mut Span, a: Assigned) {
@@ -172,9 +153,11 @@ pub struct Pipeline {
     /// Report database query text as sent instead of sanitised.
     pub db_full_text: bool,
     pub tracker: Tracker,
-    links: HashMap<Tuple, VecDeque<Link>>,
     /// Which span is whose parent (HTTP/1 and database spans).
     pub linker: Linker,
+    /// Look at each traced process's executable for its runtime (live
+    /// runs; a replay has no processes to look at).
+    pub inspect_runtimes: bool,
     /// The connection and thread of the send being handled, if it is one:
     /// the thread that writes a response.
     sending: Option<(u64, u32)>,
@@ -218,8 +201,8 @@ impl Pipeline {
             discard: false,
             db_full_text: false,
             tracker,
-            links: HashMap::new(),
             linker: Linker::default(),
+            inspect_runtimes: false,
             sending: None,
             routes,
             span_state: SpanState::default(),
@@ -246,6 +229,9 @@ impl Pipeline {
                 if !self.tracker.started.is_empty() {
                     self.start_requests();
                 }
+                for (ino, from, to) in self.tracker.rekeyed.drain(..) {
+                    self.linker.rekey(ev.header.pid, ino, from, to);
+                }
                 self.sending =
                     (ev.kind == tracer_common::EventKind::Send).then_some((ev.header.sock.ino, ev.header.tid));
             }
@@ -259,6 +245,9 @@ impl Pipeline {
     fn start_requests(&mut self) {
         let mut started = std::mem::take(&mut self.tracker.started);
         for s in started.drain(..) {
+            if self.inspect_runtimes && self.linker.runtime_unknown(s.meta.pid) {
+                self.linker.set_runtime(s.meta.pid, crate::runtimes::is_go_process(s.meta.pid));
+            }
             let peer = self.tracker.kind_of(&s.meta.peer_tuple());
             self.linker.start(&s, peer);
         }
@@ -291,8 +280,14 @@ impl Pipeline {
                 Exchange::Http2(ex) if ex.req_first_enter == 0 => self.stats.orphan_streams += 1,
                 Exchange::Http2(ex) => {
                     let mut span = h2_span(ex, meta, &self.routes, &mut self.span_state, &self.clock);
-                    let target = ex.path.as_deref().unwrap_or("");
-                    self.link(&mut span, meta, target, ex.resp_last_exit.max(ex.req_last_exit));
+                    let end = ex.resp_last_exit.max(ex.req_last_exit);
+                    let responder = match self.sending {
+                        Some((ino, tid)) if ino == meta.ino => tid,
+                        _ => 0,
+                    };
+                    if let Some(a) = self.linker.finish(meta, crate::conntrack::h2_seq(ex.stream_id), end, responder) {
+                        assign(&mut span, a);
+                    }
                     self.emit(span);
                 }
                 Exchange::Db(ex) => {
@@ -310,67 +305,8 @@ impl Pipeline {
         self.exchanges.clear();
     }
 
-    /// Same-host causality for HTTP/2 (HTTP/1 is linked when its requests
-    /// start, by the `Linker`): when both ends of a connection are traced and the
-    /// request carries no trace context, the server span joins the client
-    /// span's trace as its child. Whichever span
-    /// finishes first leaves its ids for the other, matched by request target
-    /// in order.
-    fn link(&mut self, span: &mut Span, meta: &ConnMeta, target: &str, now: u64) {
-        if span.parent_span_id.is_some() {
-            // The request carried trace context: its parent is the one named there.
-            return;
-        }
-        let (client_tuple, peer_kind) = match meta.kind {
-            SpanKind::Server => (meta.peer_tuple(), SpanKind::Client),
-            SpanKind::Client => (meta.tuple(), SpanKind::Server),
-        };
-        let is_client = meta.kind == SpanKind::Client;
-        // Most connections have no traced peer: no lookup while nothing waits.
-        let waiting = if self.links.is_empty() { None } else { self.links.get_mut(&client_tuple) };
-        if let Some(q) = waiting {
-            q.retain(|l| now.saturating_sub(l.made_ns) < LINK_TTL_NS);
-            if let Some(i) = q.iter().position(|l| l.by_client != is_client && l.target == target) {
-                let Some(l) = q.remove(i) else { return };
-                if q.is_empty() {
-                    self.links.remove(&client_tuple);
-                }
-                span.trace_id = l.trace_id;
-                if is_client {
-                    span.span_id = l.client_span_id;
-                } else {
-                    span.parent_span_id = Some(l.client_span_id);
-                }
-                self.stats.linked += 1;
-                return;
-            }
-        }
-        if self.tracker.kind_of(&meta.peer_tuple()) != Some(peer_kind) {
-            return;
-        }
-        let client_span_id = if is_client { span.span_id } else { self.span_state.ids.span_id() };
-        if !is_client {
-            span.parent_span_id = Some(client_span_id);
-        }
-        let q = self.links.entry(client_tuple).or_default();
-        if q.len() >= LINKS_PER_CONN {
-            q.pop_front();
-        }
-        q.push_back(Link {
-            target: target.to_string(),
-            trace_id: span.trace_id,
-            client_span_id,
-            by_client: is_client,
-            made_ns: now,
-        });
-    }
-
     pub fn expire(&mut self, now_mono: u64) {
         self.linker.expire(now_mono);
-        self.links.retain(|_, q| {
-            q.retain(|l| now_mono.saturating_sub(l.made_ns) < LINK_TTL_NS);
-            !q.is_empty()
-        });
         self.tracker.expire(now_mono, &mut self.exchanges);
         self.make_spans();
     }
@@ -424,6 +360,7 @@ impl Pipeline {
         s.tracker = self.tracker.stats;
         s.connections = self.tracker.len();
         s.links = self.linker.stats;
+        s.linked = s.links.by_peer + s.links.by_thread + s.links.by_forwarded;
         s
     }
 }

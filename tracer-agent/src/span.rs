@@ -762,11 +762,10 @@ pub fn grpc_is_error(kind: SpanKind, code: u32) -> bool {
     }
 }
 
-/// Build the span for one HTTP/2 stream: a gRPC span when the request is
-/// gRPC, an HTTP span otherwise.
-pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, state: &mut SpanState, clock: &Clock) -> Span {
-    let parent = ex
-        .traceparent
+/// The parent context an HTTP/2 request carries: `traceparent`, `b3`,
+/// `X-B3-*`, then `grpc-trace-bin`.
+pub fn h2_parent(ex: &H2Exchange) -> Option<ParentContext> {
+    ex.traceparent
         .as_deref()
         .and_then(parse_traceparent)
         .or_else(|| ex.b3.as_deref().and_then(parse_b3))
@@ -774,7 +773,13 @@ pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, state: &
             (Some(t), Some(s)) => parse_b3_multi(t, s, ex.x_b3_sampled.as_deref()),
             _ => None,
         })
-        .or_else(|| ex.grpc_trace_bin.as_deref().and_then(parse_grpc_trace_bin));
+        .or_else(|| ex.grpc_trace_bin.as_deref().and_then(parse_grpc_trace_bin))
+}
+
+/// Build the span for one HTTP/2 stream: a gRPC span when the request is
+/// gRPC, an HTTP span otherwise.
+pub fn h2_span(ex: &H2Exchange, conn: &ConnMeta, routes: &RouteMatcher, state: &mut SpanState, clock: &Clock) -> Span {
+    let parent = h2_parent(ex);
     // gRPC by content-type or trailers; when the headers could not all be
     // decoded (joined mid-connection), a POST to `/package.Service/Method`.
     let grpc_path = |p: &str| {

@@ -81,6 +81,8 @@ pub struct LinkStats {
     pub ambiguous: u64,
     /// Processes found to hand requests between threads: thread linking off.
     pub handoff_processes: u64,
+    /// Go processes (goroutines move between threads): thread linking off.
+    pub go_processes: u64,
 }
 
 /// Longest a request is taken to be in flight.
@@ -371,6 +373,18 @@ impl Linker {
         );
     }
 
+    /// Request `from` of connection `ino` continues as request `to` (an
+    /// HTTP/1 request upgraded to HTTP/2 stream 1).
+    pub fn rekey(&mut self, pid: u32, ino: u64, from: u64, to: u64) {
+        let Some(ctx) = self.started.remove(&(ino, from)) else { return };
+        if let Some(ws) = self.threads.get_mut(&(pid, ctx.tid)) {
+            for w in ws.iter_mut().filter(|w| w.ino == ino && w.seq == from) {
+                w.seq = to;
+            }
+        }
+        self.started.insert((ino, to), ctx);
+    }
+
     /// The ids of a finished HTTP/1 exchange whose head was seen, if it was.
     /// For a server exchange this ends its request's window; `responder` is
     /// the thread that wrote the end of the response (0: not known).
@@ -436,6 +450,21 @@ impl Linker {
             source: ctx.source,
             links: ctx.links,
         })
+    }
+
+    /// Whether the runtime of `pid` is still to be looked at.
+    pub fn runtime_unknown(&self, pid: u32) -> bool {
+        !self.procs.contains_key(&pid)
+    }
+
+    /// Records what the runtime of `pid` is: a Go program gets no thread
+    /// linking (its goroutines move between threads).
+    pub fn set_runtime(&mut self, pid: u32, go: bool) {
+        let p = self.procs.entry(pid).or_default();
+        if go && !p.handoff {
+            p.handoff = true;
+            self.stats.go_processes += 1;
+        }
     }
 
     /// Forget what has outlived its use.

@@ -536,6 +536,9 @@ pub struct H2Conn {
     /// The connection was found in progress (no preface).
     mid_stream: bool,
     stats: H2Stats,
+    /// Streams whose request headers were seen since the last
+    /// [`H2Conn::take_started`].
+    started: Vec<u32>,
 }
 
 impl Default for H2Conn {
@@ -559,6 +562,20 @@ impl H2Conn {
             max_stream: 0,
             mid_stream: false,
             stats: H2Stats::default(),
+            started: Vec::new(),
+        }
+    }
+
+    /// Streams whose request headers were seen since the last call, oldest
+    /// first, with what is known of their requests.
+    pub fn take_started(&mut self, mut f: impl FnMut(&H2Exchange)) {
+        if self.started.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.started) {
+            if let Some(st) = self.streams.get(&id) {
+                f(&st.ex);
+            }
         }
     }
 
@@ -1169,6 +1186,7 @@ impl H2Conn {
         if side == CLIENT {
             if !st.req_headers {
                 st.req_headers = true;
+                self.started.push(id);
                 ex.req_first_enter = enter;
                 ex.method = sink.method;
                 ex.path = sink.path;
