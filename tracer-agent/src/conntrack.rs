@@ -131,6 +131,9 @@ pub struct Tracker {
     /// Requests that continue under another number (connection, from, to):
     /// an HTTP/1 request upgraded to HTTP/2 stream 1.
     pub rekeyed: Vec<(u64, u64, u64)>,
+    /// Connections dropped without their exchanges (over the limit), for
+    /// the caller to take: their requests' contexts end.
+    pub evicted: Vec<u64>,
     conns: HashMap<u64, Conn>,
     by_tuple: HashMap<Tuple, u64>,
     max_conns: usize,
@@ -163,6 +166,7 @@ impl Tracker {
             done_db: Vec::new(),
             started: Vec::new(),
             rekeyed: Vec::new(),
+            evicted: Vec::new(),
             conns: HashMap::new(),
             by_tuple: HashMap::new(),
             max_conns: max_conns.max(16),
@@ -245,7 +249,9 @@ impl Tracker {
         seen.sort_unstable();
         let n = (self.max_conns / 10).max(1);
         for (_, k) in seen.into_iter().take(n) {
-            self.remove_conn(&k);
+            if self.remove_conn(&k).is_some() {
+                self.evicted.push(k);
+            }
             self.stats.connections_evicted += 1;
         }
     }

@@ -232,6 +232,10 @@ impl Pipeline {
                 for (ino, from, to) in self.tracker.rekeyed.drain(..) {
                     self.linker.rekey(ev.header.pid, ino, from, to);
                 }
+                if !self.tracker.evicted.is_empty() {
+                    self.linker.forget_connections(&self.tracker.evicted, ev.header.ts_exit);
+                    self.tracker.evicted.clear();
+                }
                 self.sending =
                     (ev.kind == tracer_common::EventKind::Send).then_some((ev.header.sock.ino, ev.header.tid));
             }

@@ -452,6 +452,22 @@ impl Linker {
         })
     }
 
+    /// Connections `inos` were dropped with requests unfinished: their
+    /// contexts end at `now` (rare: only when the connection limit is
+    /// exceeded, and then many at once).
+    pub fn forget_connections(&mut self, inos: &[u64], now: u64) {
+        if inos.is_empty() {
+            return;
+        }
+        let gone: ahash::AHashSet<u64> = inos.iter().copied().collect();
+        self.started.retain(|(i, _), _| !gone.contains(i));
+        for ws in self.threads.values_mut() {
+            for w in ws.iter_mut().filter(|w| w.end == u64::MAX && gone.contains(&w.ino)) {
+                w.end = now.max(w.start);
+            }
+        }
+    }
+
     /// Whether the runtime of `pid` is still to be looked at.
     pub fn runtime_unknown(&self, pid: u32) -> bool {
         !self.procs.contains_key(&pid)
@@ -726,6 +742,17 @@ mod tests {
         assert_eq!(db.trace_id, s.trace_id);
         assert_eq!(l.stats.by_peer, 0);
         assert!(l.peers.values().all(VecDeque::is_empty));
+    }
+
+    #[test]
+    fn a_dropped_connection_ends_its_requests() {
+        let mut l = Linker::default();
+        let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
+        l.start(&started(&srv, 0, 11, 100, "/a"), None);
+        l.forget_connections(&[1], 150);
+        assert_eq!(l.in_flight(), 0);
+        assert!(l.call(10, 11, 200).is_none());
+        assert!(l.call(10, 11, 120).is_some(), "a call made before the end still belongs to it");
     }
 
     #[test]
