@@ -245,12 +245,21 @@ impl Pipeline {
         self.sending = None;
     }
 
+    /// The thread writing on connection `ino` in the event being handled
+    /// (0: the event is not a send on it).
+    fn responder(&self, ino: u64) -> u32 {
+        match self.sending {
+            Some((i, tid)) if i == ino => tid,
+            _ => 0,
+        }
+    }
+
     /// Requests whose heads the last event completed: their ids are chosen now.
     fn start_requests(&mut self) {
         let mut started = std::mem::take(&mut self.tracker.started);
         for s in started.drain(..) {
-            if self.inspect_runtimes && self.linker.runtime_unknown(s.meta.pid) {
-                self.linker.set_runtime(s.meta.pid, crate::runtimes::is_go_process(s.meta.pid));
+            if self.inspect_runtimes && self.linker.runtime_unknown(s.meta.pid, &s.meta.comm) {
+                self.linker.set_runtime(s.meta.pid, &s.meta.comm, crate::runtimes::is_go_process(s.meta.pid));
             }
             let peer = self.tracker.kind_of(&s.meta.peer_tuple());
             self.linker.start(&s, peer);
@@ -269,10 +278,7 @@ impl Pipeline {
                 Exchange::Http1(ex) => {
                     let mut span = http_span(ex, meta, &self.routes, &mut self.span_state, &self.clock);
                     let end = ex.resp_last_exit.max(ex.req_last_exit);
-                    let responder = match self.sending {
-                        Some((ino, tid)) if ino == meta.ino => tid,
-                        _ => 0,
-                    };
+                    let responder = self.responder(meta.ino);
                     if let Some(a) = self.linker.finish(meta, ex.seq, end, responder) {
                         assign(&mut span, a);
                     }
@@ -285,10 +291,7 @@ impl Pipeline {
                 Exchange::Http2(ex) => {
                     let mut span = h2_span(ex, meta, &self.routes, &mut self.span_state, &self.clock);
                     let end = ex.resp_last_exit.max(ex.req_last_exit);
-                    let responder = match self.sending {
-                        Some((ino, tid)) if ino == meta.ino => tid,
-                        _ => 0,
-                    };
+                    let responder = self.responder(meta.ino);
                     if let Some(a) = self.linker.finish(meta, crate::conntrack::h2_seq(ex.stream_id), end, responder) {
                         assign(&mut span, a);
                     }

@@ -9,26 +9,15 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::probes::{self, KernelVersion, LoadOptions, Need, Probes, RingMode, HOOKS};
+use super::probes::{
+    self, effective_caps, KernelVersion, LoadOptions, Need, Probes, RingMode, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN,
+    HOOKS,
+};
 use super::verifier::{KERNEL_PROCESSED_LIMIT, KERNEL_STACK_LIMIT, PROCESSED_BUDGET, STACK_BUDGET};
 use tracer_common::{MAX_CPUS, PER_CPU_RING_BYTES, SHARED_RING_BYTES};
 
-/// Capability bits the agent needs (`linux/capability.h`).
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
 fn read(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
-}
-
-fn effective_caps() -> u64 {
-    read("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0)
 }
 
 /// `none [integrity] confidentiality` → `integrity`.
@@ -61,7 +50,7 @@ pub fn run(opts: &LoadOptions) -> u8 {
     let has = |c: u32| caps & (1u64 << c) != 0;
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    if euid != 0 && !(has(CAP_BPF) && has(CAP_PERFMON) && has(CAP_SYS_ADMIN)) {
+    if !probes::has_capabilities() {
         eprintln!(
             "tracer-agent doctor: cannot try the probes as uid {euid} without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN: run it as root"
         );

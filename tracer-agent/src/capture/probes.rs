@@ -187,19 +187,29 @@ pub struct Probes {
     pub stats: Vec<(String, std::result::Result<ProgramStats, String>)>,
 }
 
-fn has_capabilities() -> bool {
+/// Capability bits the probes need (`linux/capability.h`).
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// This process's effective capability set (`CapEff`).
+pub fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// Root, or the three capabilities loading the probes takes.
+pub fn has_capabilities() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    let need = (1u64 << 21) | (1u64 << 38) | (1u64 << 39); // SYS_ADMIN, PERFMON, BPF
-    eff & need == need
+    let need = (1u64 << CAP_SYS_ADMIN) | (1u64 << CAP_PERFMON) | (1u64 << CAP_BPF);
+    effective_caps() & need == need
 }
 
 /// Make sure tracefs is mounted (for the classic tracepoint); mount it at
@@ -555,7 +565,7 @@ impl Probes {
 
         let mut stats = Vec::new();
         if opts.verifier_stats {
-            match StatsLoader::new(OBJECT, &ebpf) {
+            match StatsLoader::new(OBJECT, &ebpf, &aya_btf) {
                 Ok(l) => {
                     for hook in HOOKS {
                         let how = match hook.category {
@@ -563,7 +573,10 @@ impl Probes {
                             None => Attach::BtfTracePoint(hook.tracepoint),
                         };
                         for &program in hook.variants {
-                            stats.push((program.to_string(), l.measure(program, how).map_err(|e| format!("{e:#}"))));
+                            stats.push((
+                                program.to_string(),
+                                l.measure(program, how, &aya_btf).map_err(|e| format!("{e:#}")),
+                            ));
                         }
                     }
                 }

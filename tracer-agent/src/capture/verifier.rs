@@ -57,20 +57,6 @@ impl ProgramStats {
     pub fn within_budget(&self) -> bool {
         self.combined_stack <= STACK_BUDGET && self.processed <= PROCESSED_BUDGET
     }
-
-    /// `stack 208 (192+0+16) of 384, 15029 insns processed of 200000`.
-    pub fn summary(&self) -> String {
-        let frames: Vec<String> = self.frames.iter().map(u32::to_string).collect();
-        format!(
-            "stack {} ({}) of {STACK_BUDGET} (kernel {KERNEL_STACK_LIMIT}), {} insns processed of {PROCESSED_BUDGET} (kernel {KERNEL_PROCESSED_LIMIT}), {} insns, peak states {}, verified in {} µs",
-            self.combined_stack,
-            frames.join("+"),
-            self.processed,
-            self.insns,
-            self.peak_states,
-            self.verification_us
-        )
-    }
 }
 
 /// The figures found in a verifier log with `BPF_LOG_STATS`.
@@ -277,13 +263,12 @@ fn map_fd(map: &Map) -> Option<BorrowedFd<'_>> {
 pub struct StatsLoader {
     obj: aya_obj::Object,
     btf_fd: Option<OwnedFd>,
-    kernel_btf: aya::Btf,
 }
 
 impl StatsLoader {
     /// Prepares `object` against the maps of `ebpf`, which was loaded from
     /// the same object (before any of its maps were taken out).
-    pub fn new(object: &[u8], ebpf: &aya::Ebpf) -> Result<Self> {
+    pub fn new(object: &[u8], ebpf: &aya::Ebpf, kernel_btf: &aya::Btf) -> Result<Self> {
         let mut obj = aya_obj::Object::parse(object).map_err(|e| anyhow!("parsing the probe object: {e}"))?;
         let features = aya::features();
         let mut btf_fd = None;
@@ -295,8 +280,7 @@ impl StatsLoader {
                 btf_fd = Some(sys_bpf(BPF_BTF_LOAD, &mut attr).context("loading the object's BTF")?);
             }
         }
-        let kernel_btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-        obj.relocate_btf(&kernel_btf).map_err(|e| anyhow!("relocating against the kernel's BTF: {e}"))?;
+        obj.relocate_btf(kernel_btf).map_err(|e| anyhow!("relocating against the kernel's BTF: {e}"))?;
         let maps: Vec<(String, aya_obj::Map)> = obj.maps.drain().collect();
         let mut with_fds = Vec::new();
         for (name, m) in &maps {
@@ -312,12 +296,12 @@ impl StatsLoader {
         obj.relocate_maps(with_fds.into_iter(), &text).map_err(|e| anyhow!("relocating maps: {e}"))?;
         obj.relocate_calls(&text).map_err(|e| anyhow!("relocating calls: {e}"))?;
         obj.sanitize_functions(features);
-        Ok(Self { obj, btf_fd, kernel_btf })
+        Ok(Self { obj, btf_fd })
     }
 
     /// Loads program `name` with verifier statistics and returns them. A
     /// rejection is an error that quotes the verifier's deciding line.
-    pub fn measure(&self, name: &str, attach: Attach<'_>) -> Result<ProgramStats> {
+    pub fn measure(&self, name: &str, attach: Attach<'_>, kernel_btf: &aya::Btf) -> Result<ProgramStats> {
         let prog = self.obj.programs.get(name).with_context(|| format!("the probe object has no program {name}"))?;
         let f = self.obj.functions.get(&prog.function_key()).with_context(|| format!("program {name} has no code"))?;
         let mut attr = ProgLoadAttr {
@@ -331,8 +315,7 @@ impl StatsLoader {
             Attach::BtfTracePoint(tp) => {
                 attr.prog_type = BPF_PROG_TYPE_TRACING;
                 attr.expected_attach_type = BPF_TRACE_RAW_TP;
-                attr.attach_btf_id = self
-                    .kernel_btf
+                attr.attach_btf_id = kernel_btf
                     .id_by_type_name_kind(&format!("btf_trace_{tp}"), aya_obj::btf::BtfKind::Typedef)
                     .map_err(|_| anyhow!("this kernel has no tracepoint {tp}"))?;
             }

@@ -150,11 +150,14 @@ struct PeerEnd {
     made: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Process {
     /// A response was written by another thread than the one that read its
     /// request: threads do not stand for requests here.
     handoff: bool,
+    /// The process name its runtime was looked at under; another name under
+    /// the same pid is another program (a pid reused, or an exec).
+    comm: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Default)]
@@ -468,15 +471,20 @@ impl Linker {
         }
     }
 
-    /// Whether the runtime of `pid` is still to be looked at.
-    pub fn runtime_unknown(&self, pid: u32) -> bool {
-        !self.procs.contains_key(&pid)
+    /// Whether the runtime of `pid`, running as `comm`, is still to be looked at.
+    pub fn runtime_unknown(&self, pid: u32, comm: &std::sync::Arc<str>) -> bool {
+        self.procs.get(&pid).and_then(|p| p.comm.as_ref()) != Some(comm)
     }
 
-    /// Records what the runtime of `pid` is: a Go program gets no thread
-    /// linking (its goroutines move between threads).
-    pub fn set_runtime(&mut self, pid: u32, go: bool) {
+    /// Records what the runtime of `pid` (running as `comm`) is: a Go
+    /// program gets no thread linking (its goroutines move between threads).
+    /// What was learnt under another name is dropped.
+    pub fn set_runtime(&mut self, pid: u32, comm: &std::sync::Arc<str>, go: bool) {
         let p = self.procs.entry(pid).or_default();
+        if p.comm.as_ref().is_some_and(|c| c != comm) {
+            *p = Process::default();
+        }
+        p.comm = Some(comm.clone());
         if go && !p.handoff {
             p.handoff = true;
             self.stats.go_processes += 1;

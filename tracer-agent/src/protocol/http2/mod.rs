@@ -1186,7 +1186,11 @@ impl H2Conn {
         if side == CLIENT {
             if !st.req_headers {
                 st.req_headers = true;
-                self.started.push(id);
+                // Taken after every segment by the connection tracker; the
+                // bound only matters to a caller that never takes them.
+                if self.started.len() < MAX_STREAMS {
+                    self.started.push(id);
+                }
                 ex.req_first_enter = enter;
                 ex.method = sink.method;
                 ex.path = sink.path;
