@@ -47,18 +47,37 @@ def pg_query(n):
                                       dbname="postgres", autocommit=True)
     assert c.execute("SELECT %d AS n" % n).fetchone() == (n,)
 
+def call_back(n):
+    c = backend()
+    c.request("GET", "/back/%d" % n)
+    r = c.getresponse()
+    body = r.read()
+    assert r.status == 200, r.status
+    return body
+
+# How A makes its call: on the request's thread, on a thread made for it,
+# or on a pool shared by all requests (its workers made on demand).
+mode = sys.argv[4] if role == "a" and len(sys.argv) > 4 else "inline"
+if mode == "pool":
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(max_workers=4)
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def log_message(self, *a):
         pass
     def do_GET(self):
         n = int(self.path.rsplit("/", 1)[1])
-        if role == "a":
-            c = backend()
-            c.request("GET", "/back/%d" % n)
-            r = c.getresponse()
-            body = r.read()
-            assert r.status == 200, r.status
+        if role == "a" and mode == "thread":
+            out = []
+            t = threading.Thread(target=lambda: out.append(call_back(n)))
+            t.start()
+            t.join()
+            body = out[0]
+        elif role == "a" and mode == "pool":
+            body = pool.submit(call_back, n).result()
+        elif role == "a":
+            body = call_back(n)
         else:
             redis_incr(b"hits:%d" % n)
             pg_query(n)
@@ -156,6 +175,7 @@ impl Drop for Service {
 
 struct Topology {
     nginx: Option<Nginx>,
+    front: Front,
     a: Service,
     b: Service,
     _redis: Redis,
@@ -164,9 +184,22 @@ struct Topology {
     ports: Vec<u16>,
 }
 
+/// What service A is, and how it makes its call to B.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Front {
+    /// Python, on the thread serving the request.
+    Python,
+    /// Python, on a thread the request's thread makes and joins.
+    PythonThread,
+    /// Python, on a `ThreadPoolExecutor` shared by every request.
+    PythonPool,
+    /// Java, on the pool thread serving the request.
+    Java,
+}
+
 /// Optionally nginx in front, then service A in python (or in Java), then
 /// B, Redis and PostgreSQL.
-fn topology(nginx: bool, java: bool) -> Topology {
+fn topology(nginx: bool, front: Front) -> Topology {
     let python = python_with(&["psycopg"]);
     let pg = Postgres::start();
     let redis = Redis::start();
@@ -175,17 +208,20 @@ fn topology(nginx: bool, java: bool) -> Topology {
         &python,
         &["b".into(), free_port().to_string(), redis.port().to_string(), pg.port().to_string()],
     );
-    let a = if java {
-        Service::start_java(dir.path(), free_port(), b.port)
-    } else {
-        Service::start(&python, &["a".into(), free_port().to_string(), b.port.to_string()])
+    let a = match front {
+        Front::Java => Service::start_java(dir.path(), free_port(), b.port),
+        Front::Python => Service::start(&python, &["a".into(), free_port().to_string(), b.port.to_string()]),
+        Front::PythonThread | Front::PythonPool => {
+            let mode = if front == Front::PythonThread { "thread" } else { "pool" };
+            Service::start(&python, &["a".into(), free_port().to_string(), b.port.to_string(), mode.into()])
+        }
     };
     let mut ports = vec![a.port, b.port, redis.port(), pg.port()];
     let nginx = nginx.then(|| Nginx::start_proxy(free_port(), a.port));
     if let Some(n) = &nginx {
         ports.push(n.port());
     }
-    Topology { nginx, a, b, _redis: redis, _pg: pg, _dir: dir, ports }
+    Topology { nginx, front, a, b, _redis: redis, _pg: pg, _dir: dir, ports }
 }
 
 impl Topology {
@@ -299,7 +335,7 @@ fn check(spans: &[ReceivedSpan], t: &Topology, n: usize, strict: bool) -> (usize
         };
         let ok = curl[0].span.parent_span_id.is_empty()
             && child_of(a_srv[0], front, "peer")
-            && child_of(a_cli[0], a_srv[0], "thread")
+            && child_of(a_cli[0], a_srv[0], if t.front == Front::PythonThread { "thread_spawn" } else { "thread" })
             && child_of(b_srv[0], a_cli[0], "peer")
             && child_of(redis[0], b_srv[0], "thread")
             && child_of(pg[0], b_srv[0], "thread");
@@ -316,8 +352,8 @@ fn check(spans: &[ReceivedSpan], t: &Topology, n: usize, strict: bool) -> (usize
     (complete, wrong, merged)
 }
 
-fn run(nginx: bool, java: bool, concurrency: usize, n: usize) -> (Vec<ReceivedSpan>, Topology, AgentExit) {
-    let t = topology(nginx, java);
+fn run(nginx: bool, front: Front, concurrency: usize, n: usize) -> (Vec<ReceivedSpan>, Topology, AgentExit) {
+    let t = topology(nginx, front);
     let receiver = Receiver::start();
     let mut b = AgentBuilder::new(&receiver);
     for p in &t.ports {
@@ -348,7 +384,7 @@ fn sequential_requests_through_a_chain_are_one_trace_each() {
     let _serial = serial();
     agent_bin();
     let n = 40;
-    let (spans, t, exit) = run(false, false, 1, n);
+    let (spans, t, exit) = run(false, Front::Python, 1, n);
     let (complete, wrong, merged) = check(&spans, &t, n, true);
     assert_eq!((complete, wrong, merged), (n, 0, 0), "{}", exit.stats_line().unwrap_or(""));
     let stats = exit.stats_line().unwrap();
@@ -365,7 +401,7 @@ fn concurrent_requests_through_a_chain_never_share_a_trace() {
     let _serial = serial();
     agent_bin();
     let n = 200;
-    let (spans, t, exit) = run(false, false, 8, n);
+    let (spans, t, exit) = run(false, Front::Python, 8, n);
     let (complete, wrong, merged) = check(&spans, &t, n, false);
     let stats = exit.stats_line().unwrap_or("");
     println!("concurrency 8: {complete} of {n} complete, {wrong} wrong parents, {merged} merged traces; {stats}");
@@ -379,7 +415,7 @@ fn concurrent_requests_through_a_chain_never_share_a_trace() {
 fn incoming_trace_context_is_the_root_of_the_whole_chain() {
     let _serial = serial();
     agent_bin();
-    let t = topology(false, false);
+    let t = topology(false, Front::Python);
     let receiver = Receiver::start();
     let mut b = AgentBuilder::new(&receiver);
     for p in &t.ports {
@@ -423,6 +459,68 @@ fn incoming_trace_context_is_the_root_of_the_whole_chain() {
     }
 }
 
+/// A makes its call on a thread its request's thread makes and joins: the
+/// thread ended with the request, so its calls are that request's
+/// (`thread_spawn`), at concurrency 1 and 8.
+#[test]
+fn a_thread_made_for_a_request_carries_its_trace() {
+    let _serial = serial();
+    agent_bin();
+    for (concurrency, n) in [(1, 40), (8, 200)] {
+        let (spans, t, exit) = run(false, Front::PythonThread, concurrency, n);
+        let (complete, wrong, merged) = check(&spans, &t, n, concurrency == 1);
+        let stats = exit.stats_line().unwrap_or("");
+        println!("thread made per call, concurrency {concurrency}: {complete} of {n} complete, {wrong} wrong parents, {merged} merged; {stats}");
+        assert_eq!((wrong, merged), (0, 0), "{stats}");
+        assert!(complete * 100 >= n * 99, "concurrency {concurrency}: {complete} of {n} complete; {stats}");
+        if concurrency == 1 {
+            assert_eq!(complete, n, "{stats}");
+            assert!(stats.contains(&format!("links_thread_spawn={n} ")), "{stats}");
+        }
+    }
+}
+
+/// A makes its call on a pool shared by all requests, whose workers are
+/// made on demand by whichever request's thread submits first: a worker
+/// outlives that request and runs other requests' calls, so no call of it
+/// may get a parent. Its calls made while the request that made it was in
+/// flight are linked to that request as a candidate (`ambiguous`); the
+/// rest are unlinked.
+#[test]
+fn a_pool_shared_by_requests_never_gives_a_wrong_parent() {
+    let _serial = serial();
+    agent_bin();
+    for (concurrency, n) in [(1, 20), (8, 200)] {
+        let (spans, t, exit) = run(false, Front::PythonPool, concurrency, n);
+        let (complete, wrong, merged) = check(&spans, &t, n, false);
+        let stats = exit.stats_line().unwrap_or("");
+        println!("shared pool, concurrency {concurrency}: {complete} of {n} complete, {wrong} wrong parents, {merged} merged; {stats}");
+        assert_eq!((complete, wrong, merged), (0, 0, 0), "{stats}");
+        let a_calls: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.kind() == SpanKind::Client && s.resource_int("process.pid") == Some(t.a.pid() as i64))
+            .collect();
+        assert_eq!(a_calls.len(), n);
+        let mut candidates = 0;
+        for s in &a_calls {
+            assert!(s.span.parent_span_id.is_empty(), "a pool's call has no parent:\n{}", dump(&spans));
+            match s.attr_str("tracer.parent.source").as_deref() {
+                Some("ambiguous") => {
+                    assert_eq!(s.span.links.len(), 1, "{}", dump(&spans));
+                    candidates += 1;
+                }
+                None => assert!(s.span.links.is_empty()),
+                other => panic!("source {other:?}:\n{}", dump(&spans)),
+            }
+        }
+        if concurrency == 1 {
+            // One worker, made during the first request.
+            assert_eq!(candidates, 1, "{stats}");
+        }
+        assert!(stats.contains("links_thread_spawn=0 "), "{stats}");
+    }
+}
+
 /// The same chain with a Java service in the middle: a fixed thread pool
 /// serving requests, `HttpURLConnection` calling out.
 #[test]
@@ -430,7 +528,7 @@ fn a_java_thread_pool_service_links_its_calls() {
     let _serial = serial();
     agent_bin();
     for (concurrency, n) in [(1, 40), (8, 200)] {
-        let (spans, t, exit) = run(false, true, concurrency, n);
+        let (spans, t, exit) = run(false, Front::Java, concurrency, n);
         let (complete, wrong, merged) = check(&spans, &t, n, concurrency == 1);
         let stats = exit.stats_line().unwrap_or("");
         println!("java, concurrency {concurrency}: {complete} of {n} complete, {wrong} wrong parents, {merged} merged; {stats}");
@@ -449,7 +547,7 @@ fn a_reverse_proxy_in_front_keeps_one_trace_per_request() {
     let _serial = serial();
     agent_bin();
     for (concurrency, n) in [(1, 40), (8, 200)] {
-        let (spans, t, exit) = run(true, false, concurrency, n);
+        let (spans, t, exit) = run(true, Front::Python, concurrency, n);
         let (complete, wrong, merged) = check(&spans, &t, n, concurrency == 1);
         let stats = exit.stats_line().unwrap_or("");
         println!("nginx, concurrency {concurrency}: {complete} of {n} complete, {wrong} wrong parents, {merged} merged; {stats}");
@@ -486,38 +584,41 @@ fn tree_facts(spans: &[ReceivedSpan]) -> Vec<String> {
     facts
 }
 
-/// A recording of the topology, nginx in front, eight at a time, replays
-/// to exactly the same trees.
+/// A recording of the topology, eight at a time, replays to exactly the
+/// same trees: nginx in front, and A calling through a shared pool (whose
+/// verdicts come from time passing, as the recording tells it).
 #[test]
 fn a_recorded_topology_replays_to_the_same_trees() {
     let _serial = serial();
     agent_bin();
-    let t = topology(true, false);
-    let record = std::env::temp_dir().join(format!("tracer-traces-{}.rec", std::process::id()));
-    let _ = std::fs::remove_file(&record);
-    let live = Receiver::start();
-    let mut b = AgentBuilder::new(&live).arg("--record").arg(record.display().to_string());
-    for p in &t.ports {
-        b = b.port(*p);
+    for (nginx, front) in [(true, Front::Python), (false, Front::PythonPool)] {
+        let t = topology(nginx, front);
+        let record = std::env::temp_dir().join(format!("tracer-traces-{}.rec", std::process::id()));
+        let _ = std::fs::remove_file(&record);
+        let live = Receiver::start();
+        let mut b = AgentBuilder::new(&live).arg("--record").arg(record.display().to_string());
+        for p in &t.ports {
+            b = b.port(*p);
+        }
+        let agent = b.start();
+        let n = 40;
+        let mut args: Vec<String> = vec!["--parallel".into(), "--parallel-max".into(), "8".into()];
+        for i in 0..n {
+            args.extend(["-o", "/dev/null", "-w", "%{http_code}\n"].map(String::from));
+            args.push(format!("http://127.0.0.1:{}/front/{i}", t.entry()));
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&refs);
+        live.wait_for_count(t.hops() * n, SPAN_WAIT, |_| true);
+        agent.stop();
+        let live_spans = live.spans();
+        assert_eq!(live_spans.len(), t.hops() * n, "{}", dump(&live_spans));
+        let replayed = Receiver::start();
+        let out = AgentBuilder::new(&replayed).arg("--replay").arg(record.display().to_string()).run_to_end();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "replay failed: {stderr}");
+        let replayed_spans = replayed.spans();
+        assert_eq!(tree_facts(&replayed_spans), tree_facts(&live_spans), "{front:?}");
+        let _ = std::fs::remove_file(&record);
     }
-    let agent = b.start();
-    let n = 40;
-    let mut args: Vec<String> = vec!["--parallel".into(), "--parallel-max".into(), "8".into()];
-    for i in 0..n {
-        args.extend(["-o", "/dev/null", "-w", "%{http_code}\n"].map(String::from));
-        args.push(format!("http://127.0.0.1:{}/front/{i}", t.entry()));
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    curl(&refs);
-    live.wait_for_count(t.hops() * n, SPAN_WAIT, |_| true);
-    agent.stop();
-    let live_spans = live.spans();
-    assert_eq!(live_spans.len(), t.hops() * n, "{}", dump(&live_spans));
-    let replayed = Receiver::start();
-    let out = AgentBuilder::new(&replayed).arg("--replay").arg(record.display().to_string()).run_to_end();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "replay failed: {stderr}");
-    let replayed_spans = replayed.spans();
-    assert_eq!(tree_facts(&replayed_spans), tree_facts(&live_spans));
-    let _ = std::fs::remove_file(&record);
 }

@@ -213,6 +213,8 @@ impl Tracker {
                 }
             }
             EventKind::Recv | EventKind::Send => self.on_data(ev, out),
+            // Thread events are the trace linker's.
+            EventKind::Spawn | EventKind::ThreadExit => {}
         }
     }
 

@@ -14,6 +14,7 @@ use crate::export::{EncodedSpans, ExportStats, SpanBatch};
 use crate::protocol::Exchange;
 use crate::route::RouteMatcher;
 use crate::span::{db_span, h2_span, http_span, monotonic_ns, Clock, Span, SpanState, Value};
+use crate::trace::Verdict;
 use crate::trace::{Assigned, LinkStats, Linker};
 
 /// Where spans go: a bounded queue in front of the exporter. Spans to be
@@ -140,10 +141,13 @@ fn assign(span: &mut Span, a: Assigned) {
     span.sampled = a.sampled;
     span.links = a.links;
     if let Some(src) = a.source {
-        span.parent_remote = src != crate::trace::Source::Thread;
+        span.parent_remote = !matches!(src, crate::trace::Source::Thread | crate::trace::Source::ThreadSpawn);
         span.attributes.push(("tracer.parent.source", Value::from(src.as_str())));
     }
 }
+
+/// Most spans held for a verdict on their trace at once.
+const MAX_HELD: usize = 4096;
 
 pub struct Pipeline {
     /// Raw records are written here before processing, when recording.
@@ -166,6 +170,9 @@ pub struct Pipeline {
     clock: Clock,
     exchanges: Vec<Finished>,
     spans: Vec<Span>,
+    /// Spans of provisional traces (calls of threads made during a
+    /// request), held until the linker's verdict on them.
+    held: Vec<Span>,
     /// When spans are exported: they are encoded here as soon as they are
     /// made, while their data is still in the CPU cache, and their buffers are
     /// reused at once for the next ones.
@@ -209,6 +216,7 @@ impl Pipeline {
             clock,
             exchanges: Vec::new(),
             spans: Vec::new(),
+            held: Vec::new(),
             encoded: None,
             stats: PipelineStats::default(),
         }
@@ -224,6 +232,15 @@ impl Pipeline {
             return;
         }
         match decode(rec) {
+            Ok(ev) if ev.kind == tracer_common::EventKind::Spawn => {
+                let h = &ev.header;
+                self.linker.spawn(h.pid, h.tid, h.ret as u32, h.ts_exit);
+            }
+            Ok(ev) if ev.kind == tracer_common::EventKind::ThreadExit => {
+                let h = &ev.header;
+                self.linker.thread_exit(h.pid, h.tid, h.ts_exit, h.ret == 1);
+                self.release_held();
+            }
             Ok(ev) => {
                 self.tracker.on_event(&ev, &mut self.exchanges);
                 if !self.tracker.started.is_empty() {
@@ -316,6 +333,56 @@ impl Pipeline {
         self.linker.expire(now_mono);
         self.tracker.expire(now_mono, &mut self.exchanges);
         self.make_spans();
+        self.release_held();
+    }
+
+    /// Emit every held span: the verdicts still open are unproven (the
+    /// agent is stopping, or the recording ended).
+    pub fn flush_held(&mut self) {
+        self.linker.settle_all();
+        self.release_held();
+    }
+
+    /// Emit the held spans whose trace the linker has decided on.
+    fn release_held(&mut self) {
+        let Some(verdicts) = self.linker.take_verdicts() else { return };
+        let verdicts: Vec<_> = verdicts.collect();
+        for (p, v) in verdicts {
+            let trace = self.linker.trace_of(p);
+            let mut i = 0;
+            while i < self.held.len() {
+                if self.held[i].trace_id != p {
+                    i += 1;
+                    continue;
+                }
+                let mut span = self.held.swap_remove(i);
+                let spawned = span.attr("tracer.parent.source").and_then(Value::as_str) == Some("thread_spawn");
+                match v {
+                    Verdict::Linked => {
+                        span.trace_id = trace;
+                        if spawned {
+                            self.linker.stats.by_thread_spawn += 1;
+                        }
+                    }
+                    Verdict::Unproven { link } if spawned => {
+                        span.parent_span_id = None;
+                        span.parent_remote = false;
+                        span.links.clear();
+                        if link.1 != [0; 8] {
+                            span.links.push(link);
+                        }
+                        for (k, val) in span.attributes.iter_mut() {
+                            if *k == "tracer.parent.source" {
+                                *val = Value::from(crate::trace::Source::Ambiguous.as_str());
+                            }
+                        }
+                        self.linker.stats.ambiguous += 1;
+                    }
+                    Verdict::Unproven { .. } => {}
+                }
+                self.emit_now(span);
+            }
+        }
     }
 
     /// Encode spans for export as they are made ([`Pipeline::take_batch`])
@@ -325,6 +392,19 @@ impl Pipeline {
     }
 
     fn emit(&mut self, span: Span) {
+        if self.linker.is_pending(&span.trace_id) {
+            self.held.push(span);
+            if self.held.len() > MAX_HELD {
+                let p = self.held[0].trace_id;
+                self.linker.settle_now(p);
+                self.release_held();
+            }
+            return;
+        }
+        self.emit_now(span);
+    }
+
+    fn emit_now(&mut self, span: Span) {
         match &mut self.encoded {
             Some(encoded) => {
                 encoded.push(&span);
@@ -367,7 +447,7 @@ impl Pipeline {
         s.tracker = self.tracker.stats;
         s.connections = self.tracker.len();
         s.links = self.linker.stats;
-        s.linked = s.links.by_peer + s.links.by_thread + s.links.by_forwarded;
+        s.linked = s.links.by_peer + s.links.by_thread + s.links.by_thread_spawn + s.links.by_forwarded;
         s
     }
 }
@@ -578,6 +658,8 @@ pub fn run(
             std::thread::sleep(sleep);
         }
     }
+    p.flush_held();
+    hand_over(&mut p, &queue, false);
     if let Some(r) = p.recorder.as_mut() {
         r.flush();
     }
@@ -593,13 +675,25 @@ pub fn replay(
     queue: &SpanQueue,
 ) -> anyhow::Result<PipelineStats> {
     let mut n = 0u64;
+    // Time passes as the records say: what a live run lets go of once a
+    // second is let go of here at the same points of the stream.
+    let mut last_expire = 0u64;
     while let Some(rec) = file.next_record()? {
+        let ts = rec.get(16..24).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+        if last_expire == 0 {
+            last_expire = ts;
+        }
+        if ts >= last_expire.saturating_add(1_000_000_000) {
+            p.expire(ts);
+            last_expire = ts;
+        }
         p.on_record(rec);
         n += 1;
         if n.is_multiple_of(1024) {
             hand_over(&mut p, queue, true);
         }
     }
+    p.flush_held();
     hand_over(&mut p, queue, true);
     Ok(p.snapshot())
 }

@@ -11,6 +11,7 @@ use tracer_common::{role, EventHeader, EventKind, SockInfo, AF_INET};
 
 struct Conn {
     pid: u32,
+    tid: u32,
     comm: &'static str,
     sock: SockInfo,
     ts: u64,
@@ -34,7 +35,7 @@ impl Conn {
             laddr: v4(Ipv4Addr::new(127, 0, 0, 1)),
             raddr: v4(Ipv4Addr::new(127, 0, 0, 1)),
         };
-        Self { pid, comm, sock, ts: 1_000_000 }
+        Self { pid, tid: pid, comm, sock, ts: 1_000_000 }
     }
 
     fn event(&mut self, kind: EventKind, payload: &[u8], ret: i64) -> Vec<u8> {
@@ -48,7 +49,7 @@ impl Conn {
             ts_enter: self.ts,
             ts_exit: self.ts + 500,
             pid: self.pid,
-            tid: self.pid,
+            tid: self.tid,
             fd: 7,
             captured: 0,
             ret,
@@ -343,4 +344,57 @@ fn spans_encoded_as_made_export_as_kept_ones() {
     let kept = export(false);
     assert_eq!(kept.resource_spans[0].scope_spans[0].spans.len(), 3);
     assert_eq!(export(true), kept);
+}
+
+/// A request's thread makes a thread that calls out: the call's span is
+/// held until the made thread ends, then is the request's child; a thread
+/// whose end is never seen leaves only a link.
+#[test]
+fn a_call_of_a_thread_made_for_a_request_waits_for_its_end() {
+    for ends in [true, false] {
+        let mut p = pipeline();
+        let mut srv = Conn::new(10, "svc", 1, 8080, 40000, role::SERVER);
+        p.on_record(&srv.event(EventKind::Accept, b"", 7));
+        p.on_record(&srv.data(EventKind::Recv, b"GET /front HTTP/1.1\r\nHost: a\r\n\r\n"));
+        // Thread 10 makes thread 11.
+        let mut made = Conn::new(10, "svc", 0, 0, 0, 0);
+        made.sock = SockInfo::zeroed();
+        made.ts = srv.ts;
+        p.on_record(&made.event(EventKind::Spawn, b"", 11));
+        let mut cli = Conn::new(10, "svc", 2, 50000, 9090, role::CLIENT);
+        cli.tid = 11;
+        cli.ts = made.ts;
+        p.on_record(&cli.event(EventKind::Connect, b"", 0));
+        p.on_record(&cli.data(EventKind::Send, b"GET /back HTTP/1.1\r\nHost: b\r\n\r\n"));
+        p.on_record(&cli.data(EventKind::Recv, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(p.take_spans().is_empty(), "the call waits for its thread's end");
+        srv.ts = cli.ts;
+        p.on_record(&srv.data(EventKind::Send, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        let server = p.take_spans();
+        assert_eq!(server.len(), 1);
+        let mut gone = Conn::new(10, "svc", 0, 0, 0, 0);
+        gone.sock = SockInfo::zeroed();
+        gone.tid = 11;
+        gone.ts = srv.ts;
+        if ends {
+            p.on_record(&gone.event(EventKind::ThreadExit, b"", 0));
+        } else {
+            p.flush_held();
+        }
+        let call = p.take_spans();
+        assert_eq!(call.len(), 1);
+        let (s, c) = (&server[0], &call[0]);
+        if ends {
+            assert_eq!((c.trace_id, c.parent_span_id), (s.trace_id, Some(s.span_id)));
+            assert_eq!(str_attr(c, "tracer.parent.source"), "thread_spawn");
+            assert!(c.links.is_empty());
+            assert_eq!(p.snapshot().links.by_thread_spawn, 1);
+        } else {
+            assert_ne!(c.trace_id, s.trace_id);
+            assert_eq!(c.parent_span_id, None);
+            assert_eq!(str_attr(c, "tracer.parent.source"), "ambiguous");
+            assert_eq!(c.links, vec![(s.trace_id, s.span_id)]);
+            assert_eq!(p.snapshot().links.ambiguous, 1);
+        }
+    }
 }

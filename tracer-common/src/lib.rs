@@ -26,6 +26,12 @@ pub enum EventKind {
     Connect = 4,
     /// `close` on a TCP socket.
     Close = 5,
+    /// A thread of a traced process created another thread: `tid` is the
+    /// creating thread, `ret` the new thread's id.
+    Spawn = 6,
+    /// A thread reported by a `Spawn` event ended: `tid` is that thread;
+    /// `ret` is 1 when it ended because its whole process did.
+    ThreadExit = 7,
 }
 
 impl EventKind {
@@ -36,6 +42,8 @@ impl EventKind {
             3 => Self::Accept,
             4 => Self::Connect,
             5 => Self::Close,
+            6 => Self::Spawn,
+            7 => Self::ThreadExit,
             _ => return None,
         })
     }
@@ -58,6 +66,8 @@ pub mod syscall {
     pub const RECVMMSG: u16 = 13;
     pub const SENDMMSG: u16 = 14;
     pub const SENDFILE: u16 = 15;
+    /// Not a syscall: a thread was created or ended.
+    pub const THREAD: u16 = 16;
 }
 
 /// Role hint recorded by the kernel: who opened the connection.
@@ -151,6 +161,13 @@ pub struct KernelOffsets {
     pub task_group_leader: u32,
     pub task_comm: u32,
     pub task_flags: u32,
+    /// `task_struct.pid` (the thread id) and `task_struct.tgid` (the process id).
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    /// `task_struct.signal` and `signal_struct.flags`: whether a thread ends
+    /// because its whole process does.
+    pub task_signal: u32,
+    pub signal_flags: u32,
     /// `struct pt_regs` offsets of a syscall's first three arguments, as they
     /// still are when the syscall returns.
     pub regs_arg: [u32; 3],

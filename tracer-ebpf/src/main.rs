@@ -62,11 +62,15 @@ static RINGS: ArrayOfMaps<CpuRing<u8, { PER_CPU_RING_BYTES as usize }>, { MAX_CP
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
-/// Per-CPU scratch of header-only events (connection ends), apart from
-/// `SCRATCH`: those come from softirq context too, which may interrupt a
-/// data event being assembled on the same CPU.
+/// Per-CPU scratch of header-only events, apart from `SCRATCH`: connection
+/// ends (slot 0) come from softirq context too, which may interrupt a data
+/// event being assembled on the same CPU; thread events use slot 1.
 #[map]
-static HEADERS: PerCpuArray<EventHeader> = PerCpuArray::with_max_entries(1, 0);
+static HEADERS: PerCpuArray<EventHeader> = PerCpuArray::with_max_entries(2, 0);
+/// Threads created by threads of traced processes, until they end: only
+/// their ends are reported.
+#[map]
+static SPAWNED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 /// Per-thread state. A lookup is a few loads next to the task, with no
 /// hashing or locks.
 #[btf_map]
@@ -888,6 +892,73 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
 }
 
 // ------------------------------------------------------------ process path
+
+/// `signal_struct.flags` bit: the whole process is exiting.
+const SIGNAL_GROUP_EXIT: u32 = 4;
+
+/// Writes a thread event (slot 1 of `HEADERS`): `tid` is the thread it is
+/// about, `ret` the other thread if there is one.
+#[inline(always)]
+fn thread_event(cfg: &Config, kind: EventKind, comm: &[u8; 16], ret: i64) {
+    let Some(h) = HEADERS.get_ptr_mut(1) else { return };
+    let h = unsafe { &mut *h };
+    let id = bpf_get_current_pid_tgid();
+    h.kind = kind as u32;
+    h.syscall = syscall::THREAD;
+    h._pad0 = 0;
+    h.pid = (id >> 32) as u32;
+    h.tid = id as u32;
+    h.fd = -1;
+    h.captured = 0;
+    h.ret = ret;
+    unsafe {
+        copy_words::<2>(h.comm.as_mut_ptr().cast(), comm.as_ptr().cast());
+        zero_words::<6>((&mut h.sock as *mut SockInfo).cast());
+    }
+    stamp(h, 0);
+    // SAFETY: EventHeader is plain old data.
+    let bytes = unsafe { core::slice::from_raw_parts(h as *const EventHeader as *const u8, HEADER_SIZE) };
+    output(cfg, bytes);
+}
+
+/// A thread of a traced process created a thread (not a process): the
+/// agent learns which thread made which, so that work a request's thread
+/// hands to a thread it made can be followed.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    let Some(cfg) = config() else { return 0 };
+    let child: u64 = ctx.arg(1);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let o = &cfg.offsets;
+    let Some(child_tgid) = (unsafe { rk::<i32>(child + o.task_tgid as u64) }) else { return 0 };
+    if child_tgid as u32 != tgid {
+        return 0;
+    }
+    let Some(child_tid) = (unsafe { rk::<i32>(child + o.task_pid as u64) }) else { return 0 };
+    let Some(t) = traced_task(cfg, tgid) else { return 0 };
+    let _ = SPAWNED.insert(&(child_tid as u32), &1, 0);
+    thread_event(cfg, EventKind::Spawn, &t.comm, child_tid as i64);
+    0
+}
+
+/// A thread reported at its creation ended.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if unsafe { SPAWNED.get(&tid) }.is_none() {
+        return 0;
+    }
+    let _ = SPAWNED.remove(&tid);
+    let Some(cfg) = config() else { return 0 };
+    let o = &cfg.offsets;
+    let task = unsafe { bpf_get_current_task() };
+    let signal: u64 = unsafe { rk(task + o.task_signal as u64) }.unwrap_or(0);
+    let flags: u32 = if signal == 0 { 0 } else { unsafe { rk(signal + o.signal_flags as u64) }.unwrap_or(0) };
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let whole_process = flags & SIGNAL_GROUP_EXIT != 0;
+    thread_event(cfg, EventKind::ThreadExit, &comm, whole_process as i64);
+    0
+}
 
 /// A process that execs may change its name: its verdict is made again.
 /// (Other threads are gone by now; a thread's state goes with the thread.)

@@ -205,6 +205,10 @@ impl Btf {
             task_group_leader: self.offset("task_struct", "group_leader")?,
             task_comm: self.offset("task_struct", "comm")?,
             task_flags: self.offset("task_struct", "flags")?,
+            task_pid: self.offset("task_struct", "pid")?,
+            task_tgid: self.offset("task_struct", "tgid")?,
+            task_signal: self.offset("task_struct", "signal")?,
+            signal_flags: self.offset("signal_struct", "flags")?,
             regs_arg: self.syscall_arg_offsets()?,
             regs_nr: self.offset("pt_regs", "orig_ax").or_else(|_| self.offset("pt_regs", "syscallno"))?,
         })

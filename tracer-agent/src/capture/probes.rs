@@ -133,6 +133,20 @@ pub const HOOKS: &[Hook] = &[
         since: (2, 6),
         need: Need::Optional("a process that execs keeps the filter verdict of its old name"),
     },
+    Hook {
+        tracepoint: "sched_process_fork",
+        category: None,
+        variants: &["sched_process_fork"],
+        since: (5, 5),
+        need: Need::Optional("calls of a thread made by a request's thread are not linked to that request"),
+    },
+    Hook {
+        tracepoint: "sched_process_exit",
+        category: None,
+        variants: &["sched_process_exit"],
+        since: (5, 5),
+        need: Need::Optional("calls of a thread made by a request's thread are not linked to that request"),
+    },
 ];
 
 /// What became of one program of a hook.

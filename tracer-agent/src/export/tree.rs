@@ -56,15 +56,15 @@ impl Trees {
     }
 
     /// The traces quiet for at least `quiet` (all of them when `all`),
-    /// rendered, oldest first.
+    /// rendered in the order they began.
     pub fn take_quiet(&mut self, now: Instant, quiet: Duration, all: bool) -> Vec<String> {
-        let mut ready: Vec<([u8; 16], Instant)> = self
+        let mut ready: Vec<([u8; 16], u64)> = self
             .traces
             .iter()
             .filter(|(_, p)| all || now.saturating_duration_since(p.last) >= quiet)
-            .map(|(t, p)| (*t, p.last))
+            .map(|(t, p)| (*t, p.nodes.iter().map(|n| n.start).min().unwrap_or(0)))
             .collect();
-        ready.sort_by_key(|(_, last)| *last);
+        ready.sort_by_key(|(_, start)| *start);
         ready.into_iter().filter_map(|(t, _)| self.traces.remove(&t).map(|p| render(&t, p.nodes))).collect()
     }
 

@@ -41,6 +41,7 @@ pub enum Source {
     Header,
     Peer,
     Thread,
+    ThreadSpawn,
     Forwarded,
     Ambiguous,
 }
@@ -51,6 +52,7 @@ impl Source {
             Source::Header => "header",
             Source::Peer => "peer",
             Source::Thread => "thread",
+            Source::ThreadSpawn => "thread_spawn",
             Source::Forwarded => "forwarded",
             Source::Ambiguous => "ambiguous",
         }
@@ -76,6 +78,7 @@ pub struct LinkStats {
     pub by_header: u64,
     pub by_peer: u64,
     pub by_thread: u64,
+    pub by_thread_spawn: u64,
     pub by_forwarded: u64,
     /// Calls with more than one candidate parent: linked, not parented.
     pub ambiguous: u64,
@@ -99,6 +102,44 @@ const WINDOWS_PER_THREAD: usize = 64;
 const PEERS_PER_CONN: usize = 64;
 /// Most candidates a call is linked to when its parent is ambiguous.
 const MAX_LINKS: usize = 4;
+/// How long after its request ended a thread made during it may end and
+/// still count as made for that request (a runtime's join can return
+/// before the kernel thread is gone).
+pub const SPAWN_GRACE_NS: u64 = 1_000_000_000;
+/// Most calls of one such thread held for its verdict.
+const MAX_SPAWN_CALLS: usize = 64;
+/// Most threads followed from their creation at once.
+const MAX_SPAWNED: usize = 65_536;
+
+/// What became of the calls of a thread made during a request: they are
+/// held (their trace id is provisional) until this is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The thread ended while its request was in flight (or just after):
+    /// it was made for that request, and its calls are that request's.
+    Linked,
+    /// It outlived its request (a pool's worker, say, which may have run
+    /// other requests' work): its calls get no parent, only a link to the
+    /// request whose thread made it.
+    Unproven { link: ([u8; 16], [u8; 8]) },
+}
+
+/// A thread made by a request's thread while that request was in flight.
+#[derive(Clone, Debug)]
+struct Spawned {
+    /// The making request: its thread, connection and number.
+    parent_tid: u32,
+    ino: u64,
+    seq: u64,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    sampled: bool,
+    /// The provisional trace of each of the thread's calls (each its own,
+    /// so that calls of a thread found to serve several requests never
+    /// share a trace).
+    provisional: Vec<[u8; 16]>,
+    made: u64,
+}
 
 /// The context of a request whose head was seen.
 #[derive(Clone, Debug)]
@@ -170,6 +211,12 @@ pub struct Linker {
     /// seen) and the trace they turned out to belong to.
     aliases: HashMap<[u8; 16], ([u8; 16], u64)>,
     procs: HashMap<u32, Process>,
+    /// Threads made during a request, by (pid, tid).
+    spawned: HashMap<(u32, u32), Spawned>,
+    /// Provisional traces whose verdict is not known yet, and their thread.
+    pending: HashMap<[u8; 16], (u32, u32)>,
+    /// Verdicts reached and not yet taken by [`Linker::take_verdicts`].
+    verdicts: Vec<([u8; 16], Verdict)>,
     pub stats: LinkStats,
 }
 
@@ -198,9 +245,9 @@ impl Linker {
         if !self.thread_linking(pid) {
             return;
         }
-        let Some(ws) = self.threads.get(&(pid, tid)) else { return };
+        let Some(ws) = self.threads.get(&(pid, tid)) else { return self.spawn_parent(pid, tid, t, ctx) };
         let mut found = ws.iter().filter(|w| w.covers(t));
-        let Some(first) = found.next().copied() else { return };
+        let Some(first) = found.next().copied() else { return self.spawn_parent(pid, tid, t, ctx) };
         let others: Vec<Window> = found.copied().collect();
         if others.is_empty() {
             ctx.trace_id = self.resolve(first.trace_id);
@@ -227,6 +274,130 @@ impl Linker {
                 .collect();
             self.stats.ambiguous += 1;
         }
+    }
+
+    /// The window of request (`ino`, `seq`) on thread (`pid`, `tid`).
+    fn window(&self, pid: u32, tid: u32, ino: u64, seq: u64) -> Option<&Window> {
+        self.threads.get(&(pid, tid))?.iter().rev().find(|w| w.ino == ino && w.seq == seq)
+    }
+
+    /// A call at `t` on a thread that serves no request itself: if a
+    /// request's thread made it during that request, and the request is
+    /// still in flight, the call is that request's child, held under a
+    /// provisional trace until the thread's fate shows it was made for it.
+    fn spawn_parent(&mut self, pid: u32, tid: u32, t: u64, ctx: &mut Ctx) {
+        if self.spawned.is_empty() {
+            return;
+        }
+        let Some(sp) = self.spawned.get(&(pid, tid)) else { return };
+        if !self.window(pid, sp.parent_tid, sp.ino, sp.seq).is_some_and(|w| w.covers(t)) {
+            return;
+        }
+        let p = self.ids.trace_id();
+        let Some(sp) = self.spawned.get_mut(&(pid, tid)) else { return };
+        if sp.provisional.len() >= MAX_SPAWN_CALLS {
+            return;
+        }
+        sp.provisional.push(p);
+        ctx.trace_id = p;
+        ctx.parent = Some(sp.span_id);
+        ctx.sampled = sp.sampled;
+        ctx.source = Some(Source::ThreadSpawn);
+        self.pending.insert(p, (pid, tid));
+    }
+
+    /// Thread `tid` of `pid` made thread `child` at `t`. It is followed if
+    /// exactly one request was in flight on the making thread.
+    pub fn spawn(&mut self, pid: u32, tid: u32, child: u32, t: u64) {
+        if let Some(old) = self.spawned.remove(&(pid, child)) {
+            // A thread id reused before the end of its last owner was seen.
+            self.settle_spawned(pid, child, old, t, false);
+        }
+        if !self.thread_linking(pid) || self.spawned.len() >= MAX_SPAWNED {
+            return;
+        }
+        let Some(ws) = self.threads.get(&(pid, tid)) else { return };
+        let mut found = ws.iter().filter(|w| w.end == u64::MAX && w.covers(t));
+        let (Some(w), None) = (found.next().copied(), found.next()) else { return };
+        self.spawned.insert(
+            (pid, child),
+            Spawned {
+                parent_tid: tid,
+                ino: w.ino,
+                seq: w.seq,
+                trace_id: w.trace_id,
+                span_id: w.span_id,
+                sampled: w.sampled,
+                provisional: Vec::new(),
+                made: t,
+            },
+        );
+    }
+
+    /// Thread `tid` of `pid` ended at `t`; `whole_process`: because its
+    /// process did (no evidence about what the thread was for).
+    pub fn thread_exit(&mut self, pid: u32, tid: u32, t: u64, whole_process: bool) {
+        if let Some(sp) = self.spawned.remove(&(pid, tid)) {
+            self.settle_spawned(pid, tid, sp, t, !whole_process);
+        }
+    }
+
+    /// Decide what the calls of a thread made during a request were: its
+    /// end at `t` (when `ended`) within the request or just after it
+    /// proves the thread was made for that request.
+    fn settle_spawned(&mut self, pid: u32, tid: u32, sp: Spawned, t: u64, ended: bool) {
+        if sp.provisional.is_empty() {
+            return;
+        }
+        let end = self.window(pid, sp.parent_tid, sp.ino, sp.seq).map(|w| w.end);
+        let linked = ended
+            && match end {
+                Some(u64::MAX) => t.saturating_sub(sp.made) <= MAX_REQUEST_NS,
+                Some(e) => t <= e.saturating_add(SPAWN_GRACE_NS),
+                None => false,
+            };
+        let parent_trace = self.resolve(sp.trace_id);
+        for p in sp.provisional {
+            if self.pending.get(&p) != Some(&(pid, tid)) {
+                continue;
+            }
+            self.pending.remove(&p);
+            let v = if linked {
+                self.aliases.insert(p, (parent_trace, t));
+                Verdict::Linked
+            } else {
+                Verdict::Unproven { link: (parent_trace, sp.span_id) }
+            };
+            self.verdicts.push((p, v));
+        }
+    }
+
+    /// Whether spans of trace `t` wait for a verdict.
+    pub fn is_pending(&self, t: &[u8; 16]) -> bool {
+        !self.pending.is_empty() && self.pending.contains_key(t)
+    }
+
+    /// Decide now for provisional trace `p` (too much is held): unproven.
+    pub fn settle_now(&mut self, p: [u8; 16]) {
+        if self.pending.remove(&p).is_some() {
+            self.verdicts.push((p, Verdict::Unproven { link: ([0; 16], [0; 8]) }));
+        }
+    }
+
+    /// Decide for every thread still followed: unproven.
+    pub fn settle_all(&mut self) {
+        let all: Vec<_> = self.spawned.drain().collect();
+        for ((pid, tid), sp) in all {
+            self.settle_spawned(pid, tid, sp, 0, false);
+        }
+        for (p, _) in std::mem::take(&mut self.pending) {
+            self.verdicts.push((p, Verdict::Unproven { link: ([0; 16], [0; 8]) }));
+        }
+    }
+
+    /// Verdicts reached since the last call.
+    pub fn take_verdicts(&mut self) -> Option<std::vec::Drain<'_, ([u8; 16], Verdict)>> {
+        (!self.verdicts.is_empty()).then(|| self.verdicts.drain(..))
     }
 
     /// A request head was seen. `peer` is the kind of the traced connection
@@ -506,6 +677,28 @@ impl Linker {
             !q.is_empty()
         });
         self.aliases.retain(|_, (_, made)| now.saturating_sub(*made) < ALIAS_TTL_NS);
+        if !self.spawned.is_empty() {
+            // Threads still alive once their request ended (and the grace
+            // after it passed) were not made for it alone.
+            let over: Vec<(u32, u32)> = self
+                .spawned
+                .iter()
+                .filter(|(&(pid, _), sp)| {
+                    let end = self.window(pid, sp.parent_tid, sp.ino, sp.seq).map(|w| w.end);
+                    match end {
+                        Some(u64::MAX) => now.saturating_sub(sp.made) > MAX_REQUEST_NS,
+                        Some(e) => now > e.saturating_add(SPAWN_GRACE_NS),
+                        None => true,
+                    }
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for k in over {
+                if let Some(sp) = self.spawned.remove(&k) {
+                    self.settle_spawned(k.0, k.1, sp, now, false);
+                }
+            }
+        }
     }
 
     /// The trace a trace id handed out earlier turned out to belong to.
@@ -772,5 +965,118 @@ mod tests {
         l.expire(100 + 3 * MAX_REQUEST_NS);
         assert_eq!(l.in_flight(), 0);
         assert!(l.threads.is_empty());
+    }
+
+    /// A server request on thread 11 of pid 10 (connection 1, seq 0) from
+    /// 100 to `end`; thread 11 makes thread 21 at 110; 21 calls out at 150.
+    fn spawn_case(l: &mut Linker) -> (Arc<ConnMeta>, Arc<ConnMeta>) {
+        let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
+        let cli = meta(10, 2, SpanKind::Client, 6000, 9090);
+        l.start(&started(&srv, 0, 11, 100, "/a"), None);
+        l.spawn(10, 11, 21, 110);
+        l.start(&started(&cli, 0, 21, 150, "/b"), None);
+        (srv, cli)
+    }
+
+    #[test]
+    fn a_thread_made_for_a_request_and_ended_with_it_links_its_calls() {
+        let mut l = Linker::default();
+        let (srv, cli) = spawn_case(&mut l);
+        let c = l.finish(&cli, 0, 180, 21).unwrap();
+        let db = l.call(10, 21, 185).unwrap();
+        assert_eq!(c.source, Some(Source::ThreadSpawn));
+        assert_eq!(db.source, Some(Source::ThreadSpawn));
+        // Held: the trace is provisional until the thread's end is seen.
+        assert!(l.is_pending(&c.trace_id) && l.is_pending(&db.trace_id));
+        // Each call its own provisional trace.
+        assert_ne!(db.trace_id, c.trace_id);
+        assert!(l.take_verdicts().is_none());
+        let s = l.finish(&srv, 0, 200, 11).unwrap();
+        assert_eq!(c.parent, Some(s.span_id));
+        assert_eq!(db.parent, Some(s.span_id));
+        // A runtime's join may return before the kernel thread is gone.
+        l.thread_exit(10, 21, 200 + SPAWN_GRACE_NS / 2, false);
+        let v: Vec<_> = l.take_verdicts().unwrap().collect();
+        assert_eq!(v, vec![(c.trace_id, Verdict::Linked), (db.trace_id, Verdict::Linked)]);
+        assert!(!l.is_pending(&c.trace_id));
+        assert_eq!(l.trace_of(c.trace_id), s.trace_id);
+        assert_eq!(l.trace_of(db.trace_id), s.trace_id);
+    }
+
+    #[test]
+    fn a_thread_that_outlives_its_request_links_nothing() {
+        // A pool's worker made on demand by a request's thread may run
+        // other requests' work while that request is in flight.
+        let mut l = Linker::default();
+        let (srv, cli) = spawn_case(&mut l);
+        let c = l.finish(&cli, 0, 180, 21).unwrap();
+        let s = l.finish(&srv, 0, 200, 11).unwrap();
+        l.expire(200 + SPAWN_GRACE_NS / 2);
+        assert!(l.take_verdicts().is_none());
+        l.expire(201 + SPAWN_GRACE_NS);
+        let v: Vec<_> = l.take_verdicts().unwrap().collect();
+        assert_eq!(v, vec![(c.trace_id, Verdict::Unproven { link: (s.trace_id, s.span_id) })]);
+        assert_ne!(l.trace_of(c.trace_id), s.trace_id);
+        // Its later calls (within another request's time or not) are not followed.
+        l.start(&started(&cli, 1, 21, 300 + SPAWN_GRACE_NS, "/b"), None);
+        let later = l.finish(&cli, 1, 310 + SPAWN_GRACE_NS, 21).unwrap();
+        assert_eq!((later.parent, later.source), (None, None));
+        // Ending long after proves nothing either.
+        l.thread_exit(10, 21, 400 + SPAWN_GRACE_NS, false);
+        assert!(l.take_verdicts().is_none());
+    }
+
+    #[test]
+    fn an_end_of_the_whole_process_or_a_late_end_proves_nothing() {
+        for (t, whole) in [(190, true), (200 + 2 * SPAWN_GRACE_NS, false)] {
+            let mut l = Linker::default();
+            let (srv, cli) = spawn_case(&mut l);
+            let c = l.finish(&cli, 0, 180, 21).unwrap();
+            let s = l.finish(&srv, 0, 200, 11).unwrap();
+            l.thread_exit(10, 21, t, whole);
+            let v: Vec<_> = l.take_verdicts().unwrap().collect();
+            assert_eq!(v, vec![(c.trace_id, Verdict::Unproven { link: (s.trace_id, s.span_id) })]);
+        }
+    }
+
+    #[test]
+    fn threads_made_outside_one_request_in_flight_are_not_followed() {
+        let mut l = Linker::default();
+        let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
+        let srv2 = meta(10, 3, SpanKind::Server, 8080, 5001);
+        let cli = meta(10, 2, SpanKind::Client, 6000, 9090);
+        // Made by a thread serving nothing (an accept loop).
+        l.spawn(10, 11, 21, 50);
+        // Made by a thread with two requests in flight (an event loop).
+        l.start(&started(&srv, 0, 12, 100, "/a"), None);
+        l.start(&started(&srv2, 0, 12, 101, "/a"), None);
+        l.spawn(10, 12, 22, 110);
+        // Made during a request, calling after it ended.
+        l.start(&started(&srv, 1, 13, 100, "/a"), None);
+        l.spawn(10, 13, 23, 110);
+        l.finish(&srv, 1, 120, 13).unwrap();
+        for (seq, tid) in [(0, 21), (1, 22), (2, 23)] {
+            l.start(&started(&cli, seq, tid, 150, "/b"), None);
+            let c = l.finish(&cli, seq, 160, tid).unwrap();
+            assert_eq!((c.parent, c.source), (None, None), "thread {tid}");
+        }
+        assert!(l.pending.is_empty());
+        // Nor in a process whose threads do not stand for requests.
+        let mut l = Linker::default();
+        l.set_runtime(10, &Arc::from("p"), true);
+        let (_, cli) = spawn_case(&mut l);
+        assert_eq!(l.finish(&cli, 0, 160, 21).unwrap().source, None);
+    }
+
+    #[test]
+    fn a_thread_id_reused_without_a_seen_end_settles_the_old_thread() {
+        let mut l = Linker::default();
+        let (srv, cli) = spawn_case(&mut l);
+        let c = l.finish(&cli, 0, 180, 21).unwrap();
+        let s = l.finish(&srv, 0, 200, 11).unwrap();
+        l.spawn(10, 11, 21, 300);
+        let v: Vec<_> = l.take_verdicts().unwrap().collect();
+        assert_eq!(v, vec![(c.trace_id, Verdict::Unproven { link: (s.trace_id, s.span_id) })]);
+        assert!(l.spawned.is_empty());
     }
 }

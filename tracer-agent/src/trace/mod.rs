@@ -8,4 +8,4 @@
 
 pub mod context;
 
-pub use context::{Assigned, LinkStats, Linker, Source};
+pub use context::{Assigned, LinkStats, Linker, Source, Verdict};
