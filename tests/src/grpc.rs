@@ -22,6 +22,8 @@ use crate::{assert_attr_int, assert_attr_str, SpanKind, StatusCode};
 pub const GRPC_SERVICE: &str = "demo.Greeter";
 /// comm of the gRPC-Go server (its binary name, at most 15 bytes).
 pub const GO_SERVER_NAME: &str = "grpc-go-server";
+/// Directory of the gRPC-Go server's sources under `tests/programs`.
+const GO_SERVER_DIR: &str = "grpc_go_server";
 
 /// Directory with the test programs (`tests/programs`).
 pub fn programs_dir() -> PathBuf {
@@ -159,7 +161,7 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn spawn(mut cmd: Command, port: u16, what: &str) -> ServerProcess {
+    pub fn spawn(mut cmd: Command, port: u16, what: &str) -> ServerProcess {
         let dir = tempfile::Builder::new().prefix("tracer-grpc-server-").tempdir().unwrap();
         let log_path = dir.path().join("server.log");
         let log = fs::File::create(&log_path).unwrap();
@@ -489,37 +491,53 @@ fn target_dir() -> PathBuf {
 }
 
 /// Path of the gRPC-Go server binary, building it on first use.
-///
-/// The binary is built offline against Debian's Go sources
-/// (`GO111MODULE=off GOPATH=...:/usr/share/gocode`) and cached under
-/// `target/grpc-go-server/<hash of main.go>/grpc-go-server`, so it is built
-/// once per source version.
 pub fn go_server_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_go_server).clone()
+    go_program(GO_SERVER_DIR, GO_SERVER_NAME, &[])
 }
 
-fn build_go_server() -> PathBuf {
-    let src_dir = programs_dir().join("grpc_go_server");
+/// Path of the Go program in `tests/programs/<dir>` built as `name` with
+/// extra `go build` flags, building it on first use.
+///
+/// Programs are built offline against Debian's Go sources
+/// (`GO111MODULE=off GOPATH=...:/usr/share/gocode`) and cached under
+/// `target/<name>/<hash of main.go, go version and flags>/<name>`, so each
+/// is built once per source version.
+pub fn go_program(dir: &str, name: &str, flags: &[&str]) -> PathBuf {
+    static BINS: OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    let key = format!("{dir}/{name}/{}", flags.join(" "));
+    let bins = BINS.get_or_init(Default::default);
+    let mut bins = bins.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = bins.get(&key) {
+        return p.clone();
+    }
+    let p = build_go_program(dir, name, flags);
+    bins.insert(key, p.clone());
+    p
+}
+
+fn build_go_program(dir_name: &str, name: &str, flags: &[&str]) -> PathBuf {
+    let src_dir = programs_dir().join(dir_name);
     let main_go = src_dir.join("main.go");
     let src = fs::read(&main_go).unwrap_or_else(|e| panic!("reading {}: {e}", main_go.display()));
     let go = require_program("go");
     let version = Command::new(&go).arg("version").output().map(|o| o.stdout).unwrap_or_default();
-    let hash = fnv1a(&version, fnv1a(&src, 0xcbf2_9ce4_8422_2325));
-    let base = target_dir().join(GO_SERVER_NAME);
+    let hash = fnv1a(flags.join(" ").as_bytes(), fnv1a(&version, fnv1a(&src, 0xcbf2_9ce4_8422_2325)));
+    let base = target_dir().join(name);
     let dir = base.join(format!("{hash:016x}"));
-    let bin = dir.join(GO_SERVER_NAME);
+    let bin = dir.join(name);
     if bin.is_file() {
         return bin;
     }
     for needed in [
         "/usr/share/gocode/src/google.golang.org/grpc/server.go",
         "/usr/share/gocode/src/github.com/golang/protobuf/proto/proto.go",
+        "/usr/share/gocode/src/github.com/gin-gonic/gin/gin.go",
+        "/usr/share/gocode/src/github.com/go-sql-driver/mysql/driver.go",
     ] {
         assert!(
             Path::new(needed).is_file(),
-            "{needed} is missing: install golang-google-grpc-dev and \
-             golang-github-golang-protobuf-1-5-dev (cargo xtask test does)"
+            "{needed} is missing: install golang-google-grpc-dev, golang-github-golang-protobuf-1-5-dev, \
+             golang-github-gin-gonic-gin-dev and golang-github-go-sql-driver-mysql-dev (cargo xtask test does)"
         );
     }
     fs::create_dir_all(&dir).unwrap();
@@ -527,10 +545,12 @@ fn build_go_server() -> PathBuf {
     fs::create_dir_all(&gopath).unwrap();
     // Built under a temporary name and renamed, so concurrent test binaries
     // never run a half-written file.
-    let tmp = dir.join(format!("{GO_SERVER_NAME}.tmp{}", std::process::id()));
+    let tmp = dir.join(format!("{name}.tmp{}", std::process::id()));
     let gopath_env = format!("{}:/usr/share/gocode", gopath.display());
     let out = Command::new(&go)
-        .args(["build", "-o"])
+        .arg("build")
+        .args(flags)
+        .arg("-o")
         .arg(&tmp)
         .arg(".")
         .current_dir(&src_dir)

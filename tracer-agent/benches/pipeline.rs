@@ -72,6 +72,7 @@ fn records(requests: u64) -> Vec<Vec<u8>> {
                 ret: payload.len() as i64,
                 comm,
                 sock: sock(conn),
+                goroutine: 0,
             };
             let mut rec = Vec::new();
             encode(&h, payload, &mut rec);

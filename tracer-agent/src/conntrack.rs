@@ -44,8 +44,8 @@ struct Conn {
     /// Kernel hint (`role::*`), refined by detection.
     role: u8,
     last_seen: u64,
-    /// The thread that last sent in the client's direction (0: none yet).
-    req_tid: u32,
+    /// Who last sent in the client's direction (zero: none yet).
+    req_task: Task,
     proto: Proto,
 }
 
@@ -54,16 +54,35 @@ struct Conn {
 pub struct Finished {
     pub meta: Arc<ConnMeta>,
     pub ex: Exchange,
-    /// The thread that last sent in the client's direction on the
-    /// connection when the exchange finished (0: unknown): for a client
-    /// connection, the thread that made the call.
-    pub req_tid: u32,
+    /// Who last sent in the client's direction on the connection when the
+    /// exchange finished (zero: unknown): for a client connection, the
+    /// thread (and goroutine) that made the call.
+    pub req_task: Task,
 }
 
 impl Finished {
     pub fn new(meta: Arc<ConnMeta>, ex: Exchange) -> Self {
-        Self { meta, ex, req_tid: 0 }
+        Self { meta, ex, req_task: Task::default() }
     }
+}
+
+/// Who did an I/O: the thread, and what the Go runtime's goroutine
+/// register held (meaningful only in Go programs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Task {
+    pub tid: u32,
+    pub g: u64,
+}
+
+impl Task {
+    pub fn of(h: &tracer_common::EventHeader) -> Self {
+        Self { tid: h.tid, g: h.goroutine }
+    }
+}
+
+/// Whether request number `seq` is an HTTP/2 stream's ([`h2_seq`]).
+pub fn is_h2_seq(seq: u64) -> bool {
+    seq >> 32 == 1
 }
 
 /// The request number (`Started::seq`) of HTTP/2 stream `id`: apart from
@@ -79,8 +98,8 @@ pub struct Started {
     pub meta: Arc<ConnMeta>,
     /// The request's number on its connection (`http1::Exchange::seq`).
     pub seq: u64,
-    /// The thread that read (server) or sent (client) the head.
-    pub tid: u32,
+    /// The thread (and goroutine) that read (server) or sent (client) the head.
+    pub task: Task,
     /// When that thread did so (syscall entry), monotonic ns.
     pub ts: u64,
     pub target: compact_str::CompactString,
@@ -202,7 +221,7 @@ impl Tracker {
                         meta: Arc::new(meta_for(ev, kind)),
                         role: if kind == SpanKind::Server { role::SERVER } else { role::CLIENT },
                         last_seen: now,
-                        req_tid: 0,
+                        req_task: Task::default(),
                         proto: Proto::Detecting(0),
                     },
                 );
@@ -214,7 +233,7 @@ impl Tracker {
             }
             EventKind::Recv | EventKind::Send => self.on_data(ev, out),
             // Thread events are the trace linker's.
-            EventKind::Spawn | EventKind::ThreadExit => {}
+            EventKind::Spawn | EventKind::ThreadExit | EventKind::Runtime => {}
         }
     }
 
@@ -306,7 +325,10 @@ impl Tracker {
             }
             let kind = if r == role::CLIENT { SpanKind::Client } else { SpanKind::Server };
             let meta = Arc::new(meta_for(ev, kind));
-            self.insert(key, Conn { meta, role: r, last_seen: now, req_tid: 0, proto: Proto::Detecting(0) });
+            self.insert(
+                key,
+                Conn { meta, role: r, last_seen: now, req_task: Task::default(), proto: Proto::Detecting(0) },
+            );
         }
         let Some(c) = self.conns.get_mut(&key) else { return };
         c.last_seen = now;
@@ -368,7 +390,7 @@ impl Tracker {
         // Bytes travelling from the client to the server.
         let client_dir = (c.role == role::SERVER) == inbound;
         if client_dir {
-            c.req_tid = ev.header.tid;
+            c.req_task = Task::of(&ev.header);
         }
         let before = out.len();
         match &mut c.proto {
@@ -381,7 +403,7 @@ impl Tracker {
                             self.started.push(Started {
                                 meta: c.meta.clone(),
                                 seq,
-                                tid: ev.header.tid,
+                                task: Task::of(&ev.header),
                                 ts: ev.header.ts_enter,
                                 target: head.target.clone(),
                                 fingerprint: crate::trace::context::fingerprint(
@@ -445,7 +467,7 @@ impl Tracker {
                     started.push(Started {
                         meta: meta.clone(),
                         seq: h2_seq(ex.stream_id),
-                        tid: ev.header.tid,
+                        task: Task::of(&ev.header),
                         ts: ev.header.ts_enter,
                         target: target.into(),
                         fingerprint: crate::trace::context::fingerprint(
@@ -464,7 +486,7 @@ impl Tracker {
             Proto::Detecting(_) => {}
         }
         for f in &mut out[before..] {
-            f.req_tid = c.req_tid;
+            f.req_task = c.req_task;
         }
         self.stats.exchanges += (out.len() - before) as u64;
     }
@@ -602,10 +624,10 @@ fn close<P: StreamParser>(
 
 fn finish(c: Conn, now: u64, out: &mut Vec<Finished>) {
     let before = out.len();
-    let req_tid = c.req_tid;
+    let req_task = c.req_task;
     finish_proto(c, now, out);
     for f in &mut out[before..] {
-        f.req_tid = req_tid;
+        f.req_task = req_task;
     }
 }
 

@@ -97,9 +97,9 @@ fn stats_line(p: &PipelineStats, probes: &Probes, e: &ExportStats) -> String {
     let t = &p.tracker;
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     format!(
-        "tracer-agent: stats probe_fallbacks={} kernel_events={} kernel_lost={} kernel_truncated={} kernel_read_errors={} records={} decode_errors={} connections={} connections_evicted={} connections_expired={} opaque_connections={} db_server_connections={} spans={} spans_linked={} links_header={} links_peer={} links_thread={} links_thread_spawn={} links_forwarded={} links_ambiguous={} handoff_processes={} go_processes={} orphan_streams={} spans_exported={} spans_printed={} spans_dropped_queue_full={} spans_dropped_export_failed={} export_errors={}",
+        "tracer-agent: stats probe_fallbacks={} kernel_events={} kernel_lost={} kernel_truncated={} kernel_read_errors={} records={} decode_errors={} connections={} connections_evicted={} connections_expired={} opaque_connections={} db_server_connections={} spans={} spans_linked={} links_header={} links_peer={} links_thread={} links_thread_spawn={} links_goroutine={} links_forwarded={} links_ambiguous={} handoff_processes={} go_processes={} orphan_streams={} spans_exported={} spans_printed={} spans_dropped_queue_full={} spans_dropped_export_failed={} export_errors={}",
         probes.fallbacks(), k.sent, k.lost, k.truncated, k.read_errors, p.records, p.decode_errors, p.connections, t.connections_evicted,
-        t.connections_expired, t.opaque_connections, t.db_server_connections, p.spans, p.linked, p.links.by_header, p.links.by_peer, p.links.by_thread, p.links.by_thread_spawn, p.links.by_forwarded, p.links.ambiguous, p.links.handoff_processes, p.links.go_processes, p.orphan_streams, r(&e.exported), r(&e.printed), r(&e.dropped_queue_full),
+        t.connections_expired, t.opaque_connections, t.db_server_connections, p.spans, p.linked, p.links.by_header, p.links.by_peer, p.links.by_thread, p.links.by_thread_spawn, p.links.by_goroutine, p.links.by_forwarded, p.links.ambiguous, p.links.handoff_processes, p.links.go_processes, p.orphan_streams, r(&e.exported), r(&e.printed), r(&e.dropped_queue_full),
         r(&e.dropped_export_failed), r(&e.export_errors)
     )
 }

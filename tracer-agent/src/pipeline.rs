@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::capture::event::decode;
-use crate::conntrack::{Finished, Tracker, TrackerStats};
+use crate::conntrack::{Finished, Task, Tracker, TrackerStats};
 use crate::export::{EncodedSpans, ExportStats, SpanBatch};
 use crate::protocol::Exchange;
 use crate::route::RouteMatcher;
@@ -141,9 +141,36 @@ fn assign(span: &mut Span, a: Assigned) {
     span.sampled = a.sampled;
     span.links = a.links;
     if let Some(src) = a.source {
-        span.parent_remote = !matches!(src, crate::trace::Source::Thread | crate::trace::Source::ThreadSpawn);
+        span.parent_remote = !matches!(
+            src,
+            crate::trace::Source::Thread | crate::trace::Source::ThreadSpawn | crate::trace::Source::Goroutine
+        );
         span.attributes.push(("tracer.parent.source", Value::from(src.as_str())));
     }
+}
+
+/// The record that tells a replay what the runtime of `pid` is.
+fn runtime_record(pid: u32, comm: &str, go: bool) -> Vec<u8> {
+    let mut h = tracer_common::EventHeader {
+        kind: tracer_common::EventKind::Runtime as u32,
+        syscall: 0,
+        _pad0: 0,
+        ts_enter: 0,
+        ts_exit: 0,
+        pid,
+        tid: pid,
+        fd: -1,
+        captured: 0,
+        ret: i64::from(go),
+        comm: [0; 16],
+        sock: tracer_common::SockInfo::zeroed(),
+        goroutine: 0,
+    };
+    let n = comm.len().min(15);
+    h.comm[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    let mut out = Vec::with_capacity(tracer_common::HEADER_SIZE);
+    crate::capture::event::encode(&h, &[], &mut out);
+    out
 }
 
 /// Most spans held for a verdict on their trace at once.
@@ -164,12 +191,14 @@ pub struct Pipeline {
     pub inspect_runtimes: bool,
     /// The connection and thread of the send being handled, if it is one:
     /// the thread that writes a response.
-    sending: Option<(u64, u32)>,
+    sending: Option<(u64, Task)>,
     routes: RouteMatcher,
     span_state: SpanState,
     clock: Clock,
     exchanges: Vec<Finished>,
     spans: Vec<Span>,
+    /// Runtimes learnt while handling the current record, for the recording.
+    learnt: Vec<(u32, Arc<str>, bool)>,
     /// Spans of provisional traces (calls of threads made during a
     /// request), held until the linker's verdict on them.
     held: Vec<Span>,
@@ -217,6 +246,7 @@ impl Pipeline {
             exchanges: Vec::new(),
             spans: Vec::new(),
             held: Vec::new(),
+            learnt: Vec::new(),
             encoded: None,
             stats: PipelineStats::default(),
         }
@@ -225,13 +255,17 @@ impl Pipeline {
     /// Handle one raw record.
     pub fn on_record(&mut self, rec: &[u8]) {
         self.stats.records += 1;
-        if let Some(r) = self.recorder.as_mut() {
-            r.write(rec);
-        }
         if self.discard {
+            if let Some(r) = self.recorder.as_mut() {
+                r.write(rec);
+            }
             return;
         }
         match decode(rec) {
+            Ok(ev) if ev.kind == tracer_common::EventKind::Runtime => {
+                let comm: std::sync::Arc<str> = crate::capture::event::comm(&ev.header.comm).into();
+                self.linker.set_runtime(ev.header.pid, &comm, ev.header.ret == 1);
+            }
             Ok(ev) if ev.kind == tracer_common::EventKind::Spawn => {
                 let h = &ev.header;
                 self.linker.spawn(h.pid, h.tid, h.ret as u32, h.ts_exit);
@@ -254,9 +288,17 @@ impl Pipeline {
                     self.tracker.evicted.clear();
                 }
                 self.sending =
-                    (ev.kind == tracer_common::EventKind::Send).then_some((ev.header.sock.ino, ev.header.tid));
+                    (ev.kind == tracer_common::EventKind::Send).then_some((ev.header.sock.ino, Task::of(&ev.header)));
             }
             Err(_) => self.stats.decode_errors += 1,
+        }
+        // What was learnt of a process's runtime while handling the record
+        // goes first, so that a replay knows it as early as this run did.
+        if let Some(r) = self.recorder.as_mut() {
+            for (pid, comm, go) in self.learnt.drain(..) {
+                r.write(&runtime_record(pid, &comm, go));
+            }
+            r.write(rec);
         }
         self.make_spans();
         self.sending = None;
@@ -264,10 +306,10 @@ impl Pipeline {
 
     /// The thread writing on connection `ino` in the event being handled
     /// (0: the event is not a send on it).
-    fn responder(&self, ino: u64) -> u32 {
+    fn responder(&self, ino: u64) -> Task {
         match self.sending {
-            Some((i, tid)) if i == ino => tid,
-            _ => 0,
+            Some((i, task)) if i == ino => task,
+            _ => Task::default(),
         }
     }
 
@@ -276,7 +318,11 @@ impl Pipeline {
         let mut started = std::mem::take(&mut self.tracker.started);
         for s in started.drain(..) {
             if self.inspect_runtimes && self.linker.runtime_unknown(s.meta.pid, &s.meta.comm) {
-                self.linker.set_runtime(s.meta.pid, &s.meta.comm, crate::runtimes::is_go_process(s.meta.pid));
+                let go = crate::runtimes::is_go_process(s.meta.pid);
+                self.linker.set_runtime(s.meta.pid, &s.meta.comm, go);
+                if self.recorder.is_some() {
+                    self.learnt.push((s.meta.pid, s.meta.comm.clone(), go));
+                }
             }
             let peer = self.tracker.kind_of(&s.meta.peer_tuple());
             self.linker.start(&s, peer);
@@ -316,8 +362,8 @@ impl Pipeline {
                 }
                 Exchange::Db(ex) => {
                     let mut span = db_span(ex, meta, &self.clock, &mut self.span_state, self.db_full_text);
-                    if f.req_tid != 0 {
-                        if let Some(a) = self.linker.call(meta.pid, f.req_tid, ex.req_first_enter) {
+                    if f.req_task.tid != 0 {
+                        if let Some(a) = self.linker.call(meta.pid, f.req_task, ex.req_first_enter) {
                             assign(&mut span, a);
                         }
                     }
@@ -447,7 +493,8 @@ impl Pipeline {
         s.tracker = self.tracker.stats;
         s.connections = self.tracker.len();
         s.links = self.linker.stats;
-        s.linked = s.links.by_peer + s.links.by_thread + s.links.by_thread_spawn + s.links.by_forwarded;
+        s.linked =
+            s.links.by_peer + s.links.by_thread + s.links.by_thread_spawn + s.links.by_goroutine + s.links.by_forwarded;
         s
     }
 }

@@ -12,6 +12,7 @@ use tracer_common::{role, EventHeader, EventKind, SockInfo, AF_INET};
 struct Conn {
     pid: u32,
     tid: u32,
+    g: u64,
     comm: &'static str,
     sock: SockInfo,
     ts: u64,
@@ -35,7 +36,7 @@ impl Conn {
             laddr: v4(Ipv4Addr::new(127, 0, 0, 1)),
             raddr: v4(Ipv4Addr::new(127, 0, 0, 1)),
         };
-        Self { pid, tid: pid, comm, sock, ts: 1_000_000 }
+        Self { pid, tid: pid, g: 0, comm, sock, ts: 1_000_000 }
     }
 
     fn event(&mut self, kind: EventKind, payload: &[u8], ret: i64) -> Vec<u8> {
@@ -55,6 +56,7 @@ impl Conn {
             ret,
             comm,
             sock: self.sock,
+            goroutine: self.g,
         };
         let mut out = Vec::new();
         encode(&h, payload, &mut out);

@@ -32,6 +32,9 @@ pub enum EventKind {
     /// A thread reported by a `Spawn` event ended: `tid` is that thread;
     /// `ret` is 1 when it ended because its whole process did.
     ThreadExit = 7,
+    /// Written by the agent into recordings, not by the probes: what the
+    /// runtime of process `pid` (named `comm`) is; `ret` is 1 for Go.
+    Runtime = 8,
 }
 
 impl EventKind {
@@ -44,6 +47,7 @@ impl EventKind {
             5 => Self::Close,
             6 => Self::Spawn,
             7 => Self::ThreadExit,
+            8 => Self::Runtime,
             _ => return None,
         })
     }
@@ -127,6 +131,10 @@ pub struct EventHeader {
     pub ret: i64,
     pub comm: [u8; 16],
     pub sock: SockInfo,
+    /// For data events: the register in which the Go runtime keeps the
+    /// current goroutine (r14 on x86-64, x28 on arm64), as saved at the
+    /// syscall's entry. Meaningless (any value) outside Go programs.
+    pub goroutine: u64,
 }
 
 pub const HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();
@@ -173,6 +181,8 @@ pub struct KernelOffsets {
     pub regs_arg: [u32; 3],
     /// `struct pt_regs` offset of the syscall number.
     pub regs_nr: u32,
+    /// `struct pt_regs` offset of the register holding Go's current goroutine.
+    pub regs_goroutine: u32,
 }
 
 /// Filter modes for the pid/comm/port allow lists.
@@ -240,5 +250,5 @@ mod user {
 }
 
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 40 + 8 + 16 + 48);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 40 + 8 + 16 + 48 + 8);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());

@@ -243,10 +243,11 @@ const SK_FAMILY: usize = 0;
 const SK_TYPE: usize = 1;
 const SK_PROTOCOL: usize = 2;
 
-/// Offsets in `struct pt_regs` of a syscall's first three arguments and of
-/// its number (`KernelOffsets::regs_arg`, `regs_nr`).
+/// Offsets in `struct pt_regs` of a syscall's first three arguments, of
+/// its number and of Go's goroutine register (`KernelOffsets::regs_arg`,
+/// `regs_nr`, `regs_goroutine`).
 #[unsafe(no_mangle)]
-static SYSCALL_REGS: [u32; 4] = [0; 4];
+static SYSCALL_REGS: [u32; 5] = [0; 5];
 
 /// This architecture's syscall numbers mapped to `tracer_common::syscall`
 /// ids (0: a syscall whose buffer is not read here).
@@ -266,10 +267,10 @@ fn regs() -> *const u8 {
     unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as *const u8 }
 }
 
-/// Argument `i` (< 3) of the current syscall, from the task's saved user
-/// registers.
+/// The saved user register at `SYSCALL_REGS[i]`: a syscall argument
+/// (`i` < 3) or Go's goroutine register (`i` = 4).
 #[inline(always)]
-fn saved_arg(regs: *const u8, i: usize) -> u64 {
+fn saved_reg(regs: *const u8, i: usize) -> u64 {
     unsafe {
         let off = core::ptr::read_volatile(&SYSCALL_REGS[i]) as usize;
         *(regs.add(off) as *const u64)
@@ -498,6 +499,7 @@ fn fill_header(h: &mut EventHeader, kind: EventKind, sc: u16, fd: i32, comm: &[u
     h.fd = fd;
     h.captured = 0;
     h.ret = 0;
+    h.goroutine = 0;
     const { assert!(core::mem::size_of::<SockInfo>() == 48) };
     unsafe {
         copy_words::<2>(h.comm.as_mut_ptr().cast(), comm.as_ptr().cast());
@@ -713,13 +715,13 @@ fn on_transfer<const WALK: bool>(ctx: &BtfTracePointContext, kind: EventKind) ->
     }
     let regs = regs();
     let sc = current_syscall(regs);
-    let arg1 = saved_arg(regs, 1);
+    let arg1 = saved_reg(regs, 1);
     let (mut src, buf, iov_len) = match (kind, sc) {
         (EventKind::Recv, syscall::READ | syscall::RECVFROM) | (EventKind::Send, syscall::WRITE | syscall::SENDTO) => {
             (Source::Plain, arg1, 0)
         }
         (EventKind::Recv, syscall::READV) | (EventKind::Send, syscall::WRITEV) => {
-            (Source::Vectored, arg1, saved_arg(regs, 2))
+            (Source::Vectored, arg1, saved_reg(regs, 2))
         }
         (EventKind::Recv, syscall::RECVMSG) | (EventKind::Send, syscall::SENDMSG) => {
             let (iov, n) = msg_iov(arg1);
@@ -756,7 +758,8 @@ fn on_transfer<const WALK: bool>(ctx: &BtfTracePointContext, kind: EventKind) ->
     }
     let Some(e) = SCRATCH.get_ptr_mut(0) else { return 0 };
     let e = unsafe { &mut *e };
-    fill_header(&mut e.header, kind, sc, saved_arg(regs, 0) as i32, &task.comm, &s.sock);
+    fill_header(&mut e.header, kind, sc, saved_reg(regs, 0) as i32, &task.comm, &s.sock);
+    e.header.goroutine = saved_reg(regs, 4);
     emit_data::<WALK>(cfg, e, src, buf, iov_len, ret as i64, ts_enter);
     0
 }
@@ -911,6 +914,7 @@ fn thread_event(cfg: &Config, kind: EventKind, comm: &[u8; 16], ret: i64) {
     h.fd = -1;
     h.captured = 0;
     h.ret = ret;
+    h.goroutine = 0;
     unsafe {
         copy_words::<2>(h.comm.as_mut_ptr().cast(), comm.as_ptr().cast());
         zero_words::<6>((&mut h.sock as *mut SockInfo).cast());

@@ -24,6 +24,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("javac", "openjdk-17-jdk-headless"),
     ("/usr/share/gocode/src/google.golang.org/grpc/server.go", "golang-google-grpc-dev"),
     ("/usr/share/gocode/src/github.com/golang/protobuf/proto/proto.go", "golang-github-golang-protobuf-1-5-dev"),
+    ("/usr/share/gocode/src/github.com/gin-gonic/gin/gin.go", "golang-github-gin-gonic-gin-dev"),
+    ("/usr/share/gocode/src/github.com/go-sql-driver/mysql/driver.go", "golang-github-go-sql-driver-mysql-dev"),
 ];
 
 /// Python modules the integration tests use, with the pip requirement for each.

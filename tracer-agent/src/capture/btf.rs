@@ -211,6 +211,10 @@ impl Btf {
             signal_flags: self.offset("signal_struct", "flags")?,
             regs_arg: self.syscall_arg_offsets()?,
             regs_nr: self.offset("pt_regs", "orig_ax").or_else(|_| self.offset("pt_regs", "syscallno"))?,
+            // Go keeps the current goroutine in r14 (x86-64) or x28 (arm64).
+            regs_goroutine: self
+                .offset("pt_regs", "r14")
+                .or_else(|_| self.offset("pt_regs", "regs").map(|r| r + 28 * 8))?,
         })
     }
 
@@ -256,6 +260,7 @@ mod tests {
         {
             assert_eq!(o.regs_arg, [112, 104, 96]);
             assert_eq!(o.regs_nr, 120);
+            assert_eq!(o.regs_goroutine, 8);
         }
     }
 }

@@ -90,6 +90,7 @@ mod tests {
             ret: 6,
             comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
             sock: SockInfo::zeroed(),
+            goroutine: 7,
         }
     }
 

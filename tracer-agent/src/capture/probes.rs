@@ -471,7 +471,7 @@ impl Probes {
         // lets them follow typed kernel pointers with plain loads.
         let sk_fields = [offsets.sk_family, offsets.sk_type, offsets.sk_protocol];
         let [a0, a1, a2] = offsets.regs_arg;
-        let regs = [a0, a1, a2, offsets.regs_nr];
+        let regs = [a0, a1, a2, offsets.regs_nr, offsets.regs_goroutine];
         let ids = syscall_ids();
         loader.override_global("SK_FIELDS", &sk_fields, true);
         loader.override_global("SYSCALL_REGS", &regs, true);

@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use ahash::AHashMap as HashMap;
 use compact_str::CompactString;
 
-use crate::conntrack::{Started, Tuple};
+use crate::conntrack::{Started, Task, Tuple};
 use crate::span::{ConnMeta, IdGenerator, ParentContext, SpanKind};
 
 /// How a span's parent (or its links) was found.
@@ -42,6 +42,7 @@ pub enum Source {
     Peer,
     Thread,
     ThreadSpawn,
+    Goroutine,
     Forwarded,
     Ambiguous,
 }
@@ -53,6 +54,7 @@ impl Source {
             Source::Peer => "peer",
             Source::Thread => "thread",
             Source::ThreadSpawn => "thread_spawn",
+            Source::Goroutine => "goroutine",
             Source::Forwarded => "forwarded",
             Source::Ambiguous => "ambiguous",
         }
@@ -79,6 +81,7 @@ pub struct LinkStats {
     pub by_peer: u64,
     pub by_thread: u64,
     pub by_thread_spawn: u64,
+    pub by_goroutine: u64,
     pub by_forwarded: u64,
     /// Calls with more than one candidate parent: linked, not parented.
     pub ambiguous: u64,
@@ -87,6 +90,9 @@ pub struct LinkStats {
     /// Go processes (goroutines move between threads): thread linking off.
     pub go_processes: u64,
 }
+
+/// Tag of goroutine keys (`Linker::key`): user-space addresses never have it.
+const GO_KEY: u64 = 1 << 63;
 
 /// Longest a request is taken to be in flight.
 pub const MAX_REQUEST_NS: u64 = 60_000_000_000;
@@ -128,7 +134,7 @@ pub enum Verdict {
 #[derive(Clone, Debug)]
 struct Spawned {
     /// The making request: its thread, connection and number.
-    parent_tid: u32,
+    parent_tid: u64,
     ino: u64,
     seq: u64,
     trace_id: [u8; 16],
@@ -150,7 +156,8 @@ struct Ctx {
     sampled: bool,
     source: Option<Source>,
     links: Vec<([u8; 16], [u8; 8])>,
-    tid: u32,
+    /// The thread (or goroutine) key of the request: see [`Linker::key`].
+    tid: u64,
     made: u64,
     /// A server request whose client end has not been seen yet: its parent
     /// holds only once that end shows up.
@@ -196,6 +203,8 @@ struct Process {
     /// A response was written by another thread than the one that read its
     /// request: threads do not stand for requests here.
     handoff: bool,
+    /// A Go program: its requests and calls are matched by goroutine.
+    go: bool,
     /// The process name its runtime was looked at under; another name under
     /// the same pid is another program (a pid reused, or an exec).
     comm: Option<std::sync::Arc<str>>,
@@ -205,16 +214,16 @@ struct Process {
 pub struct Linker {
     pub ids: IdGenerator,
     started: HashMap<(u64, u64), Ctx>,
-    threads: HashMap<(u32, u32), VecDeque<Window>>,
+    threads: HashMap<(u32, u64), VecDeque<Window>>,
     peers: HashMap<Tuple, VecDeque<PeerEnd>>,
     /// Provisional trace ids (chosen by a server before its client was
     /// seen) and the trace they turned out to belong to.
     aliases: HashMap<[u8; 16], ([u8; 16], u64)>,
     procs: HashMap<u32, Process>,
     /// Threads made during a request, by (pid, tid).
-    spawned: HashMap<(u32, u32), Spawned>,
+    spawned: HashMap<(u32, u64), Spawned>,
     /// Provisional traces whose verdict is not known yet, and their thread.
-    pending: HashMap<[u8; 16], (u32, u32)>,
+    pending: HashMap<[u8; 16], (u32, u64)>,
     /// Verdicts reached and not yet taken by [`Linker::take_verdicts`].
     verdicts: Vec<([u8; 16], Verdict)>,
     pub stats: LinkStats,
@@ -235,13 +244,28 @@ impl Linker {
         t
     }
 
+    /// The key under which the requests and calls of `task` (in `pid`) are
+    /// matched: its goroutine in a Go program (tagged apart from thread
+    /// ids), else its thread.
+    fn key(&self, pid: u32, task: Task) -> u64 {
+        if task.g != 0 && self.is_go(pid) {
+            task.g | GO_KEY
+        } else {
+            u64::from(task.tid)
+        }
+    }
+
+    fn is_go(&self, pid: u32) -> bool {
+        self.procs.get(&pid).is_some_and(|p| p.go)
+    }
+
     fn thread_linking(&self, pid: u32) -> bool {
         !self.procs.get(&pid).is_some_and(|p| p.handoff)
     }
 
     /// The parent of a call made by thread (`pid`, `tid`) at `t`; `forward`
     /// is the fingerprint of an HTTP call.
-    fn thread_parent(&mut self, pid: u32, tid: u32, t: u64, forward: Option<u64>, ctx: &mut Ctx) {
+    fn thread_parent(&mut self, pid: u32, tid: u64, t: u64, forward: Option<u64>, ctx: &mut Ctx) {
         if !self.thread_linking(pid) {
             return;
         }
@@ -253,8 +277,13 @@ impl Linker {
             ctx.trace_id = self.resolve(first.trace_id);
             ctx.parent = Some(first.span_id);
             ctx.sampled = first.sampled;
-            ctx.source = Some(Source::Thread);
-            self.stats.by_thread += 1;
+            if tid & GO_KEY != 0 {
+                ctx.source = Some(Source::Goroutine);
+                self.stats.by_goroutine += 1;
+            } else {
+                ctx.source = Some(Source::Thread);
+                self.stats.by_thread += 1;
+            }
         } else if let Some(w) = forward.and_then(|fp| {
             let mut same = std::iter::once(&first).chain(&others).filter(|w| w.fingerprint == fp);
             let one = same.next().copied();
@@ -277,7 +306,7 @@ impl Linker {
     }
 
     /// The window of request (`ino`, `seq`) on thread (`pid`, `tid`).
-    fn window(&self, pid: u32, tid: u32, ino: u64, seq: u64) -> Option<&Window> {
+    fn window(&self, pid: u32, tid: u64, ino: u64, seq: u64) -> Option<&Window> {
         self.threads.get(&(pid, tid))?.iter().rev().find(|w| w.ino == ino && w.seq == seq)
     }
 
@@ -285,7 +314,7 @@ impl Linker {
     /// request's thread made it during that request, and the request is
     /// still in flight, the call is that request's child, held under a
     /// provisional trace until the thread's fate shows it was made for it.
-    fn spawn_parent(&mut self, pid: u32, tid: u32, t: u64, ctx: &mut Ctx) {
+    fn spawn_parent(&mut self, pid: u32, tid: u64, t: u64, ctx: &mut Ctx) {
         if self.spawned.is_empty() {
             return;
         }
@@ -309,11 +338,12 @@ impl Linker {
     /// Thread `tid` of `pid` made thread `child` at `t`. It is followed if
     /// exactly one request was in flight on the making thread.
     pub fn spawn(&mut self, pid: u32, tid: u32, child: u32, t: u64) {
+        let (tid, child) = (u64::from(tid), u64::from(child));
         if let Some(old) = self.spawned.remove(&(pid, child)) {
             // A thread id reused before the end of its last owner was seen.
             self.settle_spawned(pid, child, old, t, false);
         }
-        if !self.thread_linking(pid) || self.spawned.len() >= MAX_SPAWNED {
+        if !self.thread_linking(pid) || self.spawned.len() >= MAX_SPAWNED || self.is_go(pid) {
             return;
         }
         let Some(ws) = self.threads.get(&(pid, tid)) else { return };
@@ -337,6 +367,7 @@ impl Linker {
     /// Thread `tid` of `pid` ended at `t`; `whole_process`: because its
     /// process did (no evidence about what the thread was for).
     pub fn thread_exit(&mut self, pid: u32, tid: u32, t: u64, whole_process: bool) {
+        let tid = u64::from(tid);
         if let Some(sp) = self.spawned.remove(&(pid, tid)) {
             self.settle_spawned(pid, tid, sp, t, !whole_process);
         }
@@ -345,7 +376,7 @@ impl Linker {
     /// Decide what the calls of a thread made during a request were: its
     /// end at `t` (when `ended`) within the request or just after it
     /// proves the thread was made for that request.
-    fn settle_spawned(&mut self, pid: u32, tid: u32, sp: Spawned, t: u64, ended: bool) {
+    fn settle_spawned(&mut self, pid: u32, tid: u64, sp: Spawned, t: u64, ended: bool) {
         if sp.provisional.is_empty() {
             return;
         }
@@ -411,7 +442,7 @@ impl Linker {
             sampled: true,
             source: None,
             links: Vec::new(),
-            tid: s.tid,
+            tid: self.key(meta.pid, s.task),
             made: s.ts,
             tentative: false,
         };
@@ -427,7 +458,14 @@ impl Linker {
                 if ctx.source.is_none() {
                     ctx.trace_id = self.ids.trace_id();
                 }
-                let ws = self.threads.entry((meta.pid, s.tid)).or_default();
+                // A Go HTTP/2 server (net/http's, gRPC-Go's) reads every
+                // stream on one goroutine and runs each handler on another:
+                // the reader stands for no request.
+                if self.is_go(meta.pid) && crate::conntrack::is_h2_seq(s.seq) {
+                    self.started.insert((meta.ino, s.seq), ctx);
+                    return;
+                }
+                let ws = self.threads.entry((meta.pid, ctx.tid)).or_default();
                 while ws.front().is_some_and(|w| w.end != u64::MAX && s.ts.saturating_sub(w.end) > WINDOW_KEEP_NS)
                     || ws.len() >= WINDOWS_PER_THREAD
                 {
@@ -446,7 +484,7 @@ impl Linker {
             }
             SpanKind::Client => {
                 if ctx.source.is_none() {
-                    self.thread_parent(meta.pid, s.tid, s.ts, Some(s.fingerprint), &mut ctx);
+                    self.thread_parent(meta.pid, ctx.tid, s.ts, Some(s.fingerprint), &mut ctx);
                 }
                 if ctx.parent.is_none() && ctx.source != Some(Source::Header) {
                     ctx.trace_id = self.ids.trace_id();
@@ -562,7 +600,7 @@ impl Linker {
     /// The ids of a finished HTTP/1 exchange whose head was seen, if it was.
     /// For a server exchange this ends its request's window; `responder` is
     /// the thread that wrote the end of the response (0: not known).
-    pub fn finish(&mut self, meta: &ConnMeta, seq: u64, end: u64, responder: u32) -> Option<Assigned> {
+    pub fn finish(&mut self, meta: &ConnMeta, seq: u64, end: u64, responder: Task) -> Option<Assigned> {
         let mut ctx = self.started.remove(&(meta.ino, seq))?;
         if ctx.tentative {
             // The client end never showed: no parent rather than one no span has.
@@ -578,7 +616,8 @@ impl Linker {
                     w.end = end.max(w.start);
                 }
             }
-            if responder != 0 && responder != ctx.tid {
+            let go_h2 = self.is_go(meta.pid) && crate::conntrack::is_h2_seq(seq);
+            if responder.tid != 0 && !go_h2 && self.key(meta.pid, responder) != ctx.tid {
                 let p = self.procs.entry(meta.pid).or_default();
                 if !p.handoff {
                     p.handoff = true;
@@ -599,7 +638,8 @@ impl Linker {
     /// The ids of a call whose request was not followed from its start (a
     /// database or cache command): its parent is the request its thread was
     /// serving when it sent the call, at `t`.
-    pub fn call(&mut self, pid: u32, tid: u32, t: u64) -> Option<Assigned> {
+    pub fn call(&mut self, pid: u32, task: Task, t: u64) -> Option<Assigned> {
+        let tid = self.key(pid, task);
         let mut ctx = Ctx {
             trace_id: [0; 16],
             span_id: [0; 8],
@@ -656,8 +696,8 @@ impl Linker {
             *p = Process::default();
         }
         p.comm = Some(comm.clone());
-        if go && !p.handoff {
-            p.handoff = true;
+        if go && !p.go {
+            p.go = true;
             self.stats.go_processes += 1;
         }
     }
@@ -680,7 +720,7 @@ impl Linker {
         if !self.spawned.is_empty() {
             // Threads still alive once their request ended (and the grace
             // after it passed) were not made for it alone.
-            let over: Vec<(u32, u32)> = self
+            let over: Vec<(u32, u64)> = self
                 .spawned
                 .iter()
                 .filter(|(&(pid, _), sp)| {
@@ -746,6 +786,10 @@ mod tests {
 
     use super::*;
 
+    fn task(tid: u32) -> Task {
+        Task { tid, g: 0 }
+    }
+
     fn meta(pid: u32, ino: u64, kind: SpanKind, local_port: u16, remote_port: u16) -> Arc<ConnMeta> {
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         Arc::new(ConnMeta {
@@ -766,7 +810,7 @@ mod tests {
         Started {
             meta: meta.clone(),
             seq,
-            tid,
+            task: task(tid),
             ts,
             target: target.into(),
             fingerprint: fingerprint("GET", target, None),
@@ -782,8 +826,8 @@ mod tests {
         let cli = meta(10, 2, SpanKind::Client, 6000, 9090);
         l.start(&started(&srv, 0, 11, 100, "/a"), None);
         l.start(&started(&cli, 0, 11, 150, "/b"), None);
-        let c = l.finish(&cli, 0, 180, 11).unwrap();
-        let s = l.finish(&srv, 0, 200, 11).unwrap();
+        let c = l.finish(&cli, 0, 180, task(11)).unwrap();
+        let s = l.finish(&srv, 0, 200, task(11)).unwrap();
         assert_eq!(c.parent, Some(s.span_id));
         assert_eq!(c.trace_id, s.trace_id);
         assert_eq!(c.source, Some(Source::Thread));
@@ -791,13 +835,13 @@ mod tests {
         // The next request on the same keep-alive connection and thread is its own trace.
         l.start(&started(&srv, 1, 11, 300, "/a"), None);
         l.start(&started(&cli, 1, 11, 350, "/b"), None);
-        let c2 = l.finish(&cli, 1, 380, 11).unwrap();
-        let s2 = l.finish(&srv, 1, 400, 11).unwrap();
+        let c2 = l.finish(&cli, 1, 380, task(11)).unwrap();
+        let s2 = l.finish(&srv, 1, 400, task(11)).unwrap();
         assert_eq!(c2.parent, Some(s2.span_id));
         assert_ne!(s2.trace_id, s.trace_id);
         // A call after the response was sent has no parent.
         l.start(&started(&cli, 2, 11, 450, "/late"), None);
-        let late = l.finish(&cli, 2, 460, 11).unwrap();
+        let late = l.finish(&cli, 2, 460, task(11)).unwrap();
         assert_eq!((late.parent, late.source), (None, None));
         assert_eq!(l.stats.by_thread, 2);
     }
@@ -809,12 +853,12 @@ mod tests {
         l.start(&started(&srv, 0, 11, 100, "/a"), None);
         let other_thread = meta(10, 2, SpanKind::Client, 6000, 9090);
         l.start(&started(&other_thread, 0, 12, 150, "/b"), None);
-        assert_eq!(l.finish(&other_thread, 0, 160, 12).unwrap().parent, None);
+        assert_eq!(l.finish(&other_thread, 0, 160, task(12)).unwrap().parent, None);
         let other_proc = meta(20, 3, SpanKind::Client, 6001, 9090);
         l.start(&started(&other_proc, 0, 11, 150, "/b"), None);
-        assert_eq!(l.finish(&other_proc, 0, 160, 11).unwrap().parent, None);
-        assert_eq!(l.call(20, 11, 150), None);
-        assert!(l.call(10, 11, 150).is_some_and(|a| a.source == Some(Source::Thread)));
+        assert_eq!(l.finish(&other_proc, 0, 160, task(11)).unwrap().parent, None);
+        assert_eq!(l.call(20, task(11), 150), None);
+        assert!(l.call(10, task(11), 150).is_some_and(|a| a.source == Some(Source::Thread)));
     }
 
     #[test]
@@ -826,9 +870,9 @@ mod tests {
         l.start(&started(&b, 0, 11, 110, "/b"), None);
         let cli = meta(10, 3, SpanKind::Client, 6000, 9090);
         l.start(&started(&cli, 0, 11, 150, "/c"), None);
-        let c = l.finish(&cli, 0, 160, 11).unwrap();
-        let sa = l.finish(&a, 0, 200, 11).unwrap();
-        let sb = l.finish(&b, 0, 210, 11).unwrap();
+        let c = l.finish(&cli, 0, 160, task(11)).unwrap();
+        let sa = l.finish(&a, 0, 200, task(11)).unwrap();
+        let sb = l.finish(&b, 0, 210, task(11)).unwrap();
         assert_eq!(c.parent, None);
         assert_eq!(c.source, Some(Source::Ambiguous));
         assert_eq!(c.links, vec![(sa.trace_id, sa.span_id), (sb.trace_id, sb.span_id)]);
@@ -852,9 +896,9 @@ mod tests {
         let c = meta(10, 4, SpanKind::Server, 8080, 5002);
         l.start(&started(&c, 0, 11, 160, "/b"), None);
         l.start(&started(&up, 1, 11, 170, "/b"), None);
-        let first = l.finish(&up, 0, 180, 11).unwrap();
-        let second = l.finish(&up, 1, 190, 11).unwrap();
-        let sb = l.finish(&b, 0, 200, 11).unwrap();
+        let first = l.finish(&up, 0, 180, task(11)).unwrap();
+        let second = l.finish(&up, 1, 190, task(11)).unwrap();
+        let sb = l.finish(&b, 0, 200, task(11)).unwrap();
         assert_eq!((first.parent, first.source), (Some(sb.span_id), Some(Source::Forwarded)));
         assert_eq!(first.trace_id, sb.trace_id);
         assert_eq!((second.parent, second.source), (None, Some(Source::Ambiguous)));
@@ -867,12 +911,12 @@ mod tests {
         let mut l = Linker::default();
         let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
         l.start(&started(&srv, 0, 11, 100, "/a"), None);
-        l.finish(&srv, 0, 200, 12).unwrap();
+        l.finish(&srv, 0, 200, task(12)).unwrap();
         assert_eq!(l.stats.handoff_processes, 1);
         l.start(&started(&srv, 1, 11, 300, "/a"), None);
         let cli = meta(10, 3, SpanKind::Client, 6000, 9090);
         l.start(&started(&cli, 0, 11, 350, "/c"), None);
-        assert_eq!(l.finish(&cli, 0, 360, 11).unwrap().parent, None);
+        assert_eq!(l.finish(&cli, 0, 360, task(11)).unwrap().parent, None);
     }
 
     #[test]
@@ -885,12 +929,12 @@ mod tests {
         // The client end is traced too, but the header decides.
         l.start(&s, Some(SpanKind::Client));
         l.start(&started(&meta(10, 2, SpanKind::Client, 6000, 9090), 0, 11, 150, "/b"), None);
-        let c = l.finish(&meta(10, 2, SpanKind::Client, 6000, 9090), 0, 160, 11).unwrap();
-        let sv = l.finish(&srv, 0, 200, 11).unwrap();
+        let c = l.finish(&meta(10, 2, SpanKind::Client, 6000, 9090), 0, 160, task(11)).unwrap();
+        let sv = l.finish(&srv, 0, 200, task(11)).unwrap();
         assert_eq!((sv.trace_id, sv.parent, sv.source), ([7; 16], Some([8; 8]), Some(Source::Header)));
         assert_eq!((c.trace_id, c.parent), ([7; 16], Some(sv.span_id)));
-        assert_eq!(l.call(10, 11, 190).map(|a| a.parent), Some(Some(sv.span_id)));
-        assert_eq!(l.call(10, 11, 250), None, "the window ended with the response");
+        assert_eq!(l.call(10, task(11), 190).map(|a| a.parent), Some(Some(sv.span_id)));
+        assert_eq!(l.call(10, task(11), 250), None, "the window ended with the response");
     }
 
     /// Process A serves /front on thread 11 and calls /back on process B,
@@ -911,10 +955,10 @@ mod tests {
                 l.start(&started(&a_cli, 0, 11, 140, "/back"), Some(SpanKind::Server));
                 l.start(&started(&b_srv, 0, 21, 150, "/back"), Some(SpanKind::Client));
             }
-            let db = l.call(20, 21, 160).unwrap();
-            let bs = l.finish(&b_srv, 0, 170, 21).unwrap();
-            let ac = l.finish(&a_cli, 0, 180, 11).unwrap();
-            let as_ = l.finish(&a_srv, 0, 200, 11).unwrap();
+            let db = l.call(20, task(21), 160).unwrap();
+            let bs = l.finish(&b_srv, 0, 170, task(21)).unwrap();
+            let ac = l.finish(&a_cli, 0, 180, task(11)).unwrap();
+            let as_ = l.finish(&a_srv, 0, 200, task(11)).unwrap();
             assert_eq!(as_.parent, None);
             assert_eq!((ac.parent, ac.source), (Some(as_.span_id), Some(Source::Thread)));
             assert_eq!((bs.parent, bs.source), (Some(ac.span_id), Some(Source::Peer)));
@@ -936,8 +980,8 @@ mod tests {
         let mut l = Linker::default();
         let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
         l.start(&started(&srv, 0, 11, 100, "/a"), None);
-        let db = l.call(10, 11, 120).unwrap();
-        let s = l.finish(&srv, 0, 200, 11).unwrap();
+        let db = l.call(10, task(11), 120).unwrap();
+        let s = l.finish(&srv, 0, 200, task(11)).unwrap();
         assert_eq!((s.parent, s.source), (None, None));
         assert_eq!(db.parent, Some(s.span_id));
         assert_eq!(db.trace_id, s.trace_id);
@@ -952,8 +996,8 @@ mod tests {
         l.start(&started(&srv, 0, 11, 100, "/a"), None);
         l.forget_connections(&[1], 150);
         assert_eq!(l.in_flight(), 0);
-        assert!(l.call(10, 11, 200).is_none());
-        assert!(l.call(10, 11, 120).is_some(), "a call made before the end still belongs to it");
+        assert!(l.call(10, task(11), 200).is_none());
+        assert!(l.call(10, task(11), 120).is_some(), "a call made before the end still belongs to it");
     }
 
     #[test]
@@ -961,7 +1005,7 @@ mod tests {
         let mut l = Linker::default();
         let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
         l.start(&started(&srv, 0, 11, 100, "/a"), None);
-        assert!(l.call(10, 11, 100 + MAX_REQUEST_NS + 1).is_none(), "a request is in flight for a bounded time");
+        assert!(l.call(10, task(11), 100 + MAX_REQUEST_NS + 1).is_none(), "a request is in flight for a bounded time");
         l.expire(100 + 3 * MAX_REQUEST_NS);
         assert_eq!(l.in_flight(), 0);
         assert!(l.threads.is_empty());
@@ -982,8 +1026,8 @@ mod tests {
     fn a_thread_made_for_a_request_and_ended_with_it_links_its_calls() {
         let mut l = Linker::default();
         let (srv, cli) = spawn_case(&mut l);
-        let c = l.finish(&cli, 0, 180, 21).unwrap();
-        let db = l.call(10, 21, 185).unwrap();
+        let c = l.finish(&cli, 0, 180, task(21)).unwrap();
+        let db = l.call(10, task(21), 185).unwrap();
         assert_eq!(c.source, Some(Source::ThreadSpawn));
         assert_eq!(db.source, Some(Source::ThreadSpawn));
         // Held: the trace is provisional until the thread's end is seen.
@@ -991,7 +1035,7 @@ mod tests {
         // Each call its own provisional trace.
         assert_ne!(db.trace_id, c.trace_id);
         assert!(l.take_verdicts().is_none());
-        let s = l.finish(&srv, 0, 200, 11).unwrap();
+        let s = l.finish(&srv, 0, 200, task(11)).unwrap();
         assert_eq!(c.parent, Some(s.span_id));
         assert_eq!(db.parent, Some(s.span_id));
         // A runtime's join may return before the kernel thread is gone.
@@ -1009,8 +1053,8 @@ mod tests {
         // other requests' work while that request is in flight.
         let mut l = Linker::default();
         let (srv, cli) = spawn_case(&mut l);
-        let c = l.finish(&cli, 0, 180, 21).unwrap();
-        let s = l.finish(&srv, 0, 200, 11).unwrap();
+        let c = l.finish(&cli, 0, 180, task(21)).unwrap();
+        let s = l.finish(&srv, 0, 200, task(11)).unwrap();
         l.expire(200 + SPAWN_GRACE_NS / 2);
         assert!(l.take_verdicts().is_none());
         l.expire(201 + SPAWN_GRACE_NS);
@@ -1019,7 +1063,7 @@ mod tests {
         assert_ne!(l.trace_of(c.trace_id), s.trace_id);
         // Its later calls (within another request's time or not) are not followed.
         l.start(&started(&cli, 1, 21, 300 + SPAWN_GRACE_NS, "/b"), None);
-        let later = l.finish(&cli, 1, 310 + SPAWN_GRACE_NS, 21).unwrap();
+        let later = l.finish(&cli, 1, 310 + SPAWN_GRACE_NS, task(21)).unwrap();
         assert_eq!((later.parent, later.source), (None, None));
         // Ending long after proves nothing either.
         l.thread_exit(10, 21, 400 + SPAWN_GRACE_NS, false);
@@ -1031,8 +1075,8 @@ mod tests {
         for (t, whole) in [(190, true), (200 + 2 * SPAWN_GRACE_NS, false)] {
             let mut l = Linker::default();
             let (srv, cli) = spawn_case(&mut l);
-            let c = l.finish(&cli, 0, 180, 21).unwrap();
-            let s = l.finish(&srv, 0, 200, 11).unwrap();
+            let c = l.finish(&cli, 0, 180, task(21)).unwrap();
+            let s = l.finish(&srv, 0, 200, task(11)).unwrap();
             l.thread_exit(10, 21, t, whole);
             let v: Vec<_> = l.take_verdicts().unwrap().collect();
             assert_eq!(v, vec![(c.trace_id, Verdict::Unproven { link: (s.trace_id, s.span_id) })]);
@@ -1054,10 +1098,10 @@ mod tests {
         // Made during a request, calling after it ended.
         l.start(&started(&srv, 1, 13, 100, "/a"), None);
         l.spawn(10, 13, 23, 110);
-        l.finish(&srv, 1, 120, 13).unwrap();
+        l.finish(&srv, 1, 120, task(13)).unwrap();
         for (seq, tid) in [(0, 21), (1, 22), (2, 23)] {
             l.start(&started(&cli, seq, tid, 150, "/b"), None);
-            let c = l.finish(&cli, seq, 160, tid).unwrap();
+            let c = l.finish(&cli, seq, 160, task(tid)).unwrap();
             assert_eq!((c.parent, c.source), (None, None), "thread {tid}");
         }
         assert!(l.pending.is_empty());
@@ -1065,18 +1109,52 @@ mod tests {
         let mut l = Linker::default();
         l.set_runtime(10, &Arc::from("p"), true);
         let (_, cli) = spawn_case(&mut l);
-        assert_eq!(l.finish(&cli, 0, 160, 21).unwrap().source, None);
+        assert_eq!(l.finish(&cli, 0, 160, task(21)).unwrap().source, None);
     }
 
     #[test]
     fn a_thread_id_reused_without_a_seen_end_settles_the_old_thread() {
         let mut l = Linker::default();
         let (srv, cli) = spawn_case(&mut l);
-        let c = l.finish(&cli, 0, 180, 21).unwrap();
-        let s = l.finish(&srv, 0, 200, 11).unwrap();
+        let c = l.finish(&cli, 0, 180, task(21)).unwrap();
+        let s = l.finish(&srv, 0, 200, task(11)).unwrap();
         l.spawn(10, 11, 21, 300);
         let v: Vec<_> = l.take_verdicts().unwrap().collect();
         assert_eq!(v, vec![(c.trace_id, Verdict::Unproven { link: (s.trace_id, s.span_id) })]);
         assert!(l.spawned.is_empty());
+    }
+
+    #[test]
+    fn in_a_go_program_goroutines_stand_for_requests_not_threads() {
+        let mut l = Linker::default();
+        l.set_runtime(10, &Arc::from("p"), true);
+        let g = |tid: u32, g: u64| Task { tid, g };
+        let a = meta(10, 1, SpanKind::Server, 8080, 5000);
+        let b = meta(10, 2, SpanKind::Server, 8080, 5001);
+        // Two requests served by two goroutines, both on thread 11.
+        let mut sa = started(&a, 0, 11, 100, "/a");
+        sa.task = g(11, 0xc000_1000);
+        let mut sb = started(&b, 0, 11, 110, "/b");
+        sb.task = g(11, 0xc000_2000);
+        l.start(&sa, None);
+        l.start(&sb, None);
+        // Goroutine A's query runs on thread 12 now: still A's.
+        let qa = l.call(10, g(12, 0xc000_1000), 150).unwrap();
+        let qb = l.call(10, g(11, 0xc000_2000), 160).unwrap();
+        // Another goroutine on thread 11 serves neither.
+        assert_eq!(l.call(10, g(11, 0xc000_3000), 165), None);
+        let ra = l.finish(&a, 0, 200, g(12, 0xc000_1000)).unwrap();
+        let rb = l.finish(&b, 0, 210, g(11, 0xc000_2000)).unwrap();
+        assert_eq!((qa.parent, qa.source), (Some(ra.span_id), Some(Source::Goroutine)));
+        assert_eq!((qb.parent, qb.source), (Some(rb.span_id), Some(Source::Goroutine)));
+        assert_eq!(qa.trace_id, ra.trace_id);
+        assert_eq!((l.stats.by_goroutine, l.stats.handoff_processes), (2, 0));
+        // A response written by another goroutine hands work over.
+        let c = meta(10, 3, SpanKind::Server, 8080, 5002);
+        let mut sc = started(&c, 0, 11, 300, "/c");
+        sc.task = g(11, 0xc000_4000);
+        l.start(&sc, None);
+        l.finish(&c, 0, 310, g(11, 0xc000_5000)).unwrap();
+        assert_eq!(l.stats.handoff_processes, 1);
     }
 }

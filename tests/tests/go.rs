@@ -1,0 +1,210 @@
+//! Go services, zero code: a Gin front service that queries MariaDB
+//! through database/sql (go-sql-driver/mysql) and calls a Gin price
+//! service with net/http, all built offline from Debian's Go sources.
+//! Goroutines move between threads, so a Go service's requests and calls
+//! are matched by the goroutine that made them.
+//!
+//! Run as root with `TRACER_AGENT_BIN` pointing at the agent binary.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+
+use tracer_tests::db::MariaDb;
+use tracer_tests::grpc::{go_program, ServerProcess};
+use tracer_tests::*;
+
+struct Shop {
+    front: ServerProcess,
+    price: ServerProcess,
+    db: MariaDb,
+}
+
+impl Shop {
+    fn start() -> Shop {
+        let bin = go_program("go_shop", "go_shop", &[]);
+        let db = MariaDb::start();
+        let price_port = free_port();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["price", &price_port.to_string()]);
+        let price = ServerProcess::spawn(cmd, price_port, "go_shop price");
+        let front_port = free_port();
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "front".to_string(),
+            front_port.to_string(),
+            format!("http://127.0.0.1:{price_port}"),
+            format!("root@tcp(127.0.0.1:{})/?interpolateParams=true", db.port()),
+        ]);
+        let front = ServerProcess::spawn(cmd, front_port, "go_shop front");
+        Shop { front, price, db }
+    }
+
+    fn ports(&self) -> [u16; 3] {
+        [self.front.port(), self.price.port(), self.db.port()]
+    }
+}
+
+fn number(path: &str) -> Option<usize> {
+    path.rsplit('/').next()?.parse().ok()
+}
+
+/// Spans per `/front/N` request: curl, the front's server span, its query,
+/// its call to the price service, and the price service's server span.
+const HOPS: usize = 5;
+
+/// Runs `n` requests to `/front/N`, `concurrency` at a time, with the agent
+/// attached; returns the spans and the agent's stats line.
+fn run(shop: &Shop, concurrency: usize, n: usize) -> (Vec<ReceivedSpan>, String) {
+    let receiver = Receiver::start();
+    let mut b = AgentBuilder::new(&receiver);
+    for p in shop.ports() {
+        b = b.port(p);
+    }
+    let agent = b.start();
+    let mut args: Vec<String> = Vec::new();
+    if concurrency > 1 {
+        args = vec!["--parallel".into(), "--parallel-max".into(), concurrency.to_string()];
+    }
+    for i in 0..n {
+        args.extend(["-o", "/dev/null", "-w", "%{http_code}\n"].map(String::from));
+        args.push(format!("http://127.0.0.1:{}/front/{i}", shop.front.port()));
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = curl(&refs);
+    assert_eq!(out.stdout().lines().filter(|l| *l == "200").count(), n, "{}\n{}", out.stdout(), shop.front.log());
+    receiver.wait_for_count(HOPS * n, SPAN_WAIT, |_| true);
+    let exit = agent.stop();
+    receiver.assert_no_errors();
+    (receiver.spans(), exit.stats_line().unwrap_or("").to_string())
+}
+
+/// Checks the spans of `/front/0..n`: exact counts, no wrong parent, no
+/// trace holding two requests; returns how many requests have the
+/// expected chain (curl → front → query, by `peer` and `goroutine`).
+fn check(spans: &[ReceivedSpan], shop: &Shop, n: usize) -> usize {
+    assert_unique_span_ids(spans);
+    assert_eq!(spans.len(), HOPS * n, "{}", dump(spans));
+    let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(0) as u32;
+    let by_id: HashMap<String, &ReceivedSpan> = spans.iter().map(|s| (s.span_id_hex(), s)).collect();
+    let request_of = |s: &ReceivedSpan| s.url_path().as_deref().and_then(number);
+    let mut traces: BTreeMap<String, Vec<&ReceivedSpan>> = BTreeMap::new();
+    for s in spans {
+        traces.entry(s.trace_id_hex()).or_default().push(s);
+        if let Some(p) = by_id.get(&s.parent_span_id_hex()) {
+            assert_eq!(p.trace_id_hex(), s.trace_id_hex(), "{}", dump(spans));
+            if let (Some(a), Some(b)) = (request_of(s), request_of(p)) {
+                assert_eq!(a, b, "wrong parent:\n{}", dump(spans));
+            }
+        }
+    }
+    let mut complete = 0;
+    for spans in traces.values() {
+        let mut reqs: Vec<usize> = spans.iter().filter_map(|s| request_of(s)).collect();
+        reqs.sort();
+        reqs.dedup();
+        assert!(reqs.len() <= 1, "a trace holds requests {reqs:?}");
+        let find = |kind: SpanKind, p: u32, db: bool| -> Vec<&ReceivedSpan> {
+            spans
+                .iter()
+                .copied()
+                .filter(|s| s.kind() == kind && (p == 0 || pid(s) == p) && s.has_attr("db.system.name") == db)
+                .collect()
+        };
+        let curl = find(SpanKind::Client, 0, false)
+            .into_iter()
+            .filter(|s| s.service_name().as_deref() == Some("curl"))
+            .collect::<Vec<_>>();
+        let front = find(SpanKind::Server, shop.front.pid(), false);
+        let query = find(SpanKind::Client, shop.front.pid(), true);
+        let child_of = |c: &ReceivedSpan, p: &ReceivedSpan, source: &str| {
+            c.parent_span_id_hex() == p.span_id_hex() && c.attr_str("tracer.parent.source").as_deref() == Some(source)
+        };
+        if curl.len() == 1
+            && front.len() == 1
+            && query.len() == 1
+            && child_of(front[0], curl[0], "peer")
+            && child_of(query[0], front[0], "goroutine")
+        {
+            complete += 1;
+        }
+    }
+    // The price service's spans are the children of the front's calls.
+    for s in spans.iter().filter(|s| s.kind() == SpanKind::Server && pid(s) == shop.price.pid()) {
+        let p = by_id.get(&s.parent_span_id_hex()).expect("the price span's parent is the front's call");
+        assert_eq!(pid(p), shop.front.pid());
+        assert_eq!(s.attr_str("tracer.parent.source").as_deref(), Some("peer"));
+    }
+    complete
+}
+
+/// A Gin handler's query runs on the handler's goroutine: the query's span
+/// is the child of the server span, at concurrency 1 and 8.
+#[test]
+fn a_go_handlers_queries_are_its_children() {
+    let _serial = serial();
+    agent_bin();
+    let shop = Shop::start();
+    for (concurrency, n) in [(1, 40), (8, 200)] {
+        let (spans, stats) = run(&shop, concurrency, n);
+        let complete = check(&spans, &shop, n);
+        println!("go, concurrency {concurrency}: {complete} of {n} complete; {stats}");
+        assert!(stats.contains("go_processes=2 "), "{stats}");
+        if concurrency == 1 {
+            assert_eq!(complete, n, "{stats}\n{}", dump(&spans));
+        } else {
+            assert!(complete * 100 >= n * 99, "{complete} of {n}; {stats}");
+        }
+    }
+}
+
+/// Each span with its parent's facts, for comparing runs.
+fn facts(spans: &[ReceivedSpan]) -> Vec<String> {
+    let by_id: HashMap<Vec<u8>, &ReceivedSpan> = spans.iter().map(|s| (s.span.span_id.clone(), s)).collect();
+    let me = |s: &ReceivedSpan| format!("{:?} {:?} {} {}", s.service_name(), s.kind(), s.name(), s.start_ns());
+    let mut out: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            let parent = by_id.get(&s.span.parent_span_id).map(|p| me(p)).unwrap_or_default();
+            format!("{} <- [{parent}] {:?}", me(s), s.attr_str("tracer.parent.source"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A recording knows which processes were Go programs: its replay links
+/// the same spans the same way, with the programs gone.
+#[test]
+fn a_recorded_go_run_replays_to_the_same_links() {
+    let _serial = serial();
+    agent_bin();
+    let shop = Shop::start();
+    let record = std::env::temp_dir().join(format!("tracer-go-{}.rec", std::process::id()));
+    let _ = std::fs::remove_file(&record);
+    let live = Receiver::start();
+    let mut b = AgentBuilder::new(&live).arg("--record").arg(record.display().to_string());
+    for p in shop.ports() {
+        b = b.port(p);
+    }
+    let agent = b.start();
+    let n = 40;
+    let mut args: Vec<String> = vec!["--parallel".into(), "--parallel-max".into(), "8".into()];
+    for i in 0..n {
+        args.extend(["-o", "/dev/null", "-w", "%{http_code}\n"].map(String::from));
+        args.push(format!("http://127.0.0.1:{}/front/{i}", shop.front.port()));
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(&refs);
+    live.wait_for_count(HOPS * n, SPAN_WAIT, |_| true);
+    agent.stop();
+    drop(shop);
+    let live_spans = live.spans();
+    assert_eq!(live_spans.len(), HOPS * n, "{}", dump(&live_spans));
+    let replayed = Receiver::start();
+    let out = AgentBuilder::new(&replayed).arg("--replay").arg(record.display().to_string()).run_to_end();
+    assert!(out.status.success(), "replay failed: {}", String::from_utf8_lossy(&out.stderr));
+    let linked = live_spans.iter().filter(|s| s.attr_str("tracer.parent.source").as_deref() == Some("goroutine"));
+    assert_eq!(linked.count(), n, "{}", dump(&live_spans));
+    assert_eq!(facts(&replayed.spans()), facts(&live_spans));
+    let _ = std::fs::remove_file(&record);
+}
