@@ -80,7 +80,8 @@ fn run(shop: &Shop, concurrency: usize, n: usize) -> (Vec<ReceivedSpan>, String)
 
 /// Checks the spans of `/front/0..n`: exact counts, no wrong parent, no
 /// trace holding two requests; returns how many requests have the
-/// expected chain (curl → front → query, by `peer` and `goroutine`).
+/// expected chain: curl → front → its query and its call → price, by
+/// `peer` and `goroutine`.
 fn check(spans: &[ReceivedSpan], shop: &Shop, n: usize) -> usize {
     assert_unique_span_ids(spans);
     assert_eq!(spans.len(), HOPS * n, "{}", dump(spans));
@@ -116,6 +117,8 @@ fn check(spans: &[ReceivedSpan], shop: &Shop, n: usize) -> usize {
             .collect::<Vec<_>>();
         let front = find(SpanKind::Server, shop.front.pid(), false);
         let query = find(SpanKind::Client, shop.front.pid(), true);
+        let call = find(SpanKind::Client, shop.front.pid(), false);
+        let price = find(SpanKind::Server, shop.price.pid(), false);
         let child_of = |c: &ReceivedSpan, p: &ReceivedSpan, source: &str| {
             c.parent_span_id_hex() == p.span_id_hex() && c.attr_str("tracer.parent.source").as_deref() == Some(source)
         };
@@ -124,6 +127,10 @@ fn check(spans: &[ReceivedSpan], shop: &Shop, n: usize) -> usize {
             && query.len() == 1
             && child_of(front[0], curl[0], "peer")
             && child_of(query[0], front[0], "goroutine")
+            && call.len() == 1
+            && price.len() == 1
+            && child_of(call[0], front[0], "goroutine")
+            && child_of(price[0], call[0], "peer")
         {
             complete += 1;
         }
@@ -204,7 +211,78 @@ fn a_recorded_go_run_replays_to_the_same_links() {
     let out = AgentBuilder::new(&replayed).arg("--replay").arg(record.display().to_string()).run_to_end();
     assert!(out.status.success(), "replay failed: {}", String::from_utf8_lossy(&out.stderr));
     let linked = live_spans.iter().filter(|s| s.attr_str("tracer.parent.source").as_deref() == Some("goroutine"));
-    assert_eq!(linked.count(), n, "{}", dump(&live_spans));
+    assert_eq!(linked.count(), 2 * n, "{}", dump(&live_spans));
     assert_eq!(facts(&replayed.spans()), facts(&live_spans));
     let _ = std::fs::remove_file(&record);
+}
+
+/// A handler that fans out to three goroutines, each calling the price
+/// service: all three calls are children of the handler's server span
+/// (the goroutines were made during its request), at concurrency 1 and 8.
+#[test]
+fn a_handlers_goroutines_call_on_its_behalf() {
+    let _serial = serial();
+    agent_bin();
+    let shop = Shop::start();
+    for (concurrency, n) in [(1, 40), (8, 200)] {
+        let receiver = Receiver::start();
+        let mut b = AgentBuilder::new(&receiver);
+        for p in shop.ports() {
+            b = b.port(p);
+        }
+        let agent = b.start();
+        let mut args: Vec<String> = Vec::new();
+        if concurrency > 1 {
+            args = vec!["--parallel".into(), "--parallel-max".into(), concurrency.to_string()];
+        }
+        for i in 0..n {
+            args.extend(["-o", "/dev/null", "-w", "%{http_code}\n"].map(String::from));
+            args.push(format!("http://127.0.0.1:{}/fanout/{i}", shop.front.port()));
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = curl(&refs);
+        assert_eq!(out.stdout().lines().filter(|l| *l == "200").count(), n);
+        // curl, the front's server span, three calls and three price spans.
+        receiver.wait_for_count(8 * n, SPAN_WAIT, |_| true);
+        let exit = agent.stop();
+        let spans = receiver.spans();
+        let stats = exit.stats_line().unwrap_or("").to_string();
+        assert_unique_span_ids(&spans);
+        assert_eq!(spans.len(), 8 * n, "{}", dump(&spans));
+        let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(0) as u32;
+        let by_id: HashMap<String, &ReceivedSpan> = spans.iter().map(|s| (s.span_id_hex(), s)).collect();
+        let mut complete = 0;
+        for srv in spans.iter().filter(|s| s.kind() == SpanKind::Server && pid(s) == shop.front.pid()) {
+            let k = srv.url_path().as_deref().and_then(number).unwrap();
+            let calls: Vec<&ReceivedSpan> = spans
+                .iter()
+                .filter(|c| c.parent_span_id_hex() == srv.span_id_hex() && c.kind() == SpanKind::Client)
+                .collect();
+            let mut targets: Vec<usize> =
+                calls.iter().filter_map(|c| c.url_path().as_deref().and_then(number)).collect();
+            targets.sort();
+            // A wrong parent shows as a call for another request's numbers.
+            for t in &targets {
+                assert_eq!(t / 10, k, "call {t} under request {k}:\n{}", dump(&spans));
+            }
+            let linked = calls.iter().all(|c| {
+                c.attr_str("tracer.parent.source").as_deref() == Some("goroutine")
+                    && c.trace_id_hex() == srv.trace_id_hex()
+            });
+            if targets == vec![k * 10, k * 10 + 1, k * 10 + 2] && linked {
+                complete += 1;
+            }
+        }
+        // Every price span is the child of the call that reached it.
+        for s in spans.iter().filter(|s| s.kind() == SpanKind::Server && pid(s) == shop.price.pid()) {
+            let p = by_id.get(&s.parent_span_id_hex()).expect("price span's parent");
+            assert_eq!(p.url_path(), s.url_path());
+        }
+        println!("go fan-out, concurrency {concurrency}: {complete} of {n} complete; {stats}");
+        if concurrency == 1 {
+            assert_eq!(complete, n, "{stats}\n{}", dump(&spans));
+        } else {
+            assert!(complete * 100 >= n * 99, "{complete} of {n}; {stats}");
+        }
+    }
 }

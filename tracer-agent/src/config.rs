@@ -57,6 +57,12 @@ pub struct Args {
     /// How printed spans look: one line per span, or each trace as a tree.
     #[arg(long, value_enum, env = "TRACER_PRINT_FORMAT", default_value = "lines")]
     pub print_format: crate::export::PrintFormat,
+    /// Attach the Go function probes (uprobes on net/http and the Go
+    /// runtime) to Go programs, so that their calls are linked to the
+    /// requests they serve; without them a Go handler's own queries are
+    /// still linked.
+    #[arg(long, env = "TRACER_GO_PROBES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub go_probes: bool,
     /// Trace only these process ids (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,

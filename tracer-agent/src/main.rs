@@ -141,12 +141,25 @@ async fn run(args: Args) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
 
-    let (probes, rings) = Probes::load(&load_options(&args))?;
+    let (mut probes, rings) = Probes::load(&load_options(&args))?;
+    // Go programs already running get the Go function probes before the
+    // first event is read; those found later, as soon as they are seen.
+    if args.go_probes {
+        for pid in
+            tracer_agent::runtimes::go_processes(&args.pids, &args.exclude_pids, &args.comms, &args.exclude_comms)
+        {
+            probes.attach_go(pid);
+        }
+    }
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<u32>();
     let clock = Clock::now();
     let mut pipe = Pipeline::from_args(&args, routes, clock, &exporter);
     pipe.discard = args.discard;
     pipe.tracker.listeners = Some(tracer_agent::listeners::Listeners::default());
     pipe.inspect_runtimes = true;
+    if args.go_probes {
+        pipe.go_found = Some(go_tx);
+    }
     if let Some(path) = &args.record {
         pipe.recorder = Some(tracer_agent::capture::record::Recorder::create(path, clock.offset)?);
     }
@@ -166,18 +179,26 @@ async fn run(args: Args) -> Result<()> {
     eprintln!("tracer-agent: ready (probes attached, capturing up to {} bytes per call)", args.capture_bytes);
 
     let interval = args.stats_interval_secs;
+    let mut next_stats = tokio::time::Instant::now() + Duration::from_secs(interval.max(1));
+    let mut go_tick = tokio::time::interval(Duration::from_millis(100));
     loop {
-        let tick = async {
+        let stats_due = async {
             if interval == 0 {
                 std::future::pending::<()>().await
             } else {
-                tokio::time::sleep(Duration::from_secs(interval)).await
+                tokio::time::sleep_until(next_stats).await
             }
         };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
-            _ = tick => {
+            _ = go_tick.tick() => {
+                while let Ok(pid) = go_rx.try_recv() {
+                    probes.attach_go(pid);
+                }
+            }
+            _ = stats_due => {
+                next_stats += Duration::from_secs(interval);
                 let p = shared.lock().map(|s| *s).unwrap_or_default();
                 eprintln!("{}", stats_line(&p, &probes, &export_stats));
             }

@@ -197,6 +197,9 @@ pub struct Pipeline {
     clock: Clock,
     exchanges: Vec<Finished>,
     spans: Vec<Span>,
+    /// Where Go processes found while tracing are reported (to attach the
+    /// Go function probes to their executables).
+    pub go_found: Option<std::sync::mpsc::Sender<u32>>,
     /// Runtimes learnt while handling the current record, for the recording.
     learnt: Vec<(u32, Arc<str>, bool)>,
     /// Spans of provisional traces (calls of threads made during a
@@ -247,6 +250,7 @@ impl Pipeline {
             spans: Vec::new(),
             held: Vec::new(),
             learnt: Vec::new(),
+            go_found: None,
             encoded: None,
             stats: PipelineStats::default(),
         }
@@ -262,6 +266,21 @@ impl Pipeline {
             return;
         }
         match decode(rec) {
+            Ok(ev) if ev.kind == tracer_common::EventKind::GoProbe => {
+                let h = &ev.header;
+                // Only Go programs have the probed functions.
+                let comm: Arc<str> = crate::capture::event::comm(&h.comm).into();
+                if self.linker.runtime_unknown(h.pid, &comm) {
+                    self.linker.set_runtime(h.pid, &comm, true);
+                    if self.recorder.is_some() {
+                        self.learnt.push((h.pid, comm, true));
+                    }
+                }
+                let arg = |i: usize| {
+                    ev.payload.get(i * 8..i * 8 + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+                };
+                self.linker.go_probe(h.pid, h.tid, h.goroutine, h.fd as u32, [arg(0), arg(1)], h.ts_exit);
+            }
             Ok(ev) if ev.kind == tracer_common::EventKind::Runtime => {
                 let comm: std::sync::Arc<str> = crate::capture::event::comm(&ev.header.comm).into();
                 self.linker.set_runtime(ev.header.pid, &comm, ev.header.ret == 1);
@@ -320,6 +339,11 @@ impl Pipeline {
             if self.inspect_runtimes && self.linker.runtime_unknown(s.meta.pid, &s.meta.comm) {
                 let go = crate::runtimes::is_go_process(s.meta.pid);
                 self.linker.set_runtime(s.meta.pid, &s.meta.comm, go);
+                if go {
+                    if let Some(tx) = &self.go_found {
+                        let _ = tx.send(s.meta.pid);
+                    }
+                }
                 if self.recorder.is_some() {
                     self.learnt.push((s.meta.pid, s.meta.comm.clone(), go));
                 }

@@ -35,6 +35,9 @@ pub enum EventKind {
     /// Written by the agent into recordings, not by the probes: what the
     /// runtime of process `pid` (named `comm`) is; `ret` is 1 for Go.
     Runtime = 8,
+    /// A Go function probe fired (`fd` holds which: `go_probe::*`); the
+    /// payload holds the function's first two register arguments.
+    GoProbe = 9,
 }
 
 impl EventKind {
@@ -48,6 +51,7 @@ impl EventKind {
             6 => Self::Spawn,
             7 => Self::ThreadExit,
             8 => Self::Runtime,
+            9 => Self::GoProbe,
             _ => return None,
         })
     }
@@ -183,6 +187,20 @@ pub struct KernelOffsets {
     pub regs_nr: u32,
     /// `struct pt_regs` offset of the register holding Go's current goroutine.
     pub regs_goroutine: u32,
+}
+
+/// Which Go function a `GoProbe` event comes from (the uprobe's cookie).
+pub mod go_probe {
+    /// Entry of `net/http.(*persistConn).roundTrip`: the calling goroutine
+    /// hands a request to connection `arg0` (the `*persistConn`).
+    pub const ROUND_TRIP: u32 = 1;
+    /// Entry of `net/http.persistConnWriter.Write`: the writing goroutine
+    /// writes on connection `arg0`.
+    pub const CONN_WRITE: u32 = 2;
+    /// Entry of `runtime.newproc1`: goroutine `arg1` (`callergp`) starts one.
+    pub const NEWPROC: u32 = 3;
+    /// A return of `runtime.newproc1`: `arg0` is the new goroutine.
+    pub const NEWPROC_RET: u32 = 4;
 }
 
 /// Filter modes for the pid/comm/port allow lists.

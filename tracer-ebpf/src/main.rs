@@ -25,9 +25,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id,
         bpf_ktime_get_ns, generated,
     },
-    macros::{btf_map, btf_tracepoint, map, tracepoint},
+    macros::{btf_map, btf_tracepoint, map, tracepoint, uprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use tracer_common::{
     counter, filter, mode, role, syscall, Config, EventHeader, EventKind, SockInfo, AF_INET, AF_INET6, HEADER_SIZE,
@@ -67,6 +67,9 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// event being assembled on the same CPU; thread events use slot 1.
 #[map]
 static HEADERS: PerCpuArray<EventHeader> = PerCpuArray::with_max_entries(2, 0);
+/// Per-CPU scratch of Go probe events (uprobes run in process context).
+#[map]
+static GO_EVENTS: PerCpuArray<GoEvent> = PerCpuArray::with_max_entries(1, 0);
 /// Threads created by threads of traced processes, until they end: only
 /// their ends are reported.
 #[map]
@@ -248,6 +251,12 @@ const SK_PROTOCOL: usize = 2;
 /// `regs_nr`, `regs_goroutine`).
 #[unsafe(no_mangle)]
 static SYSCALL_REGS: [u32; 5] = [0; 5];
+
+/// Offsets in `struct pt_regs` of the Go runtime's goroutine register and
+/// of the first two integer argument registers of Go's internal ABI
+/// (r14, rax, rbx on x86-64; x28, x0, x1 on arm64).
+#[unsafe(no_mangle)]
+static GO_REGS: [u32; 3] = [0; 3];
 
 /// This architecture's syscall numbers mapped to `tracer_common::syscall`
 /// ids (0: a syscall whose buffer is not read here).
@@ -891,6 +900,54 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
         let bytes = unsafe { core::slice::from_raw_parts(h as *const EventHeader as *const u8, HEADER_SIZE) };
         output(cfg, bytes);
     }
+    0
+}
+
+// ------------------------------------------------------------ Go functions
+
+#[repr(C)]
+struct GoEvent {
+    header: EventHeader,
+    args: [u64; 2],
+}
+
+/// One program for every Go function probe: the attach cookie says which
+/// (`tracer_common::go_probe`). Reports the goroutine and the first two
+/// register arguments; the agent makes sense of them.
+#[uprobe]
+pub fn go_probe(ctx: ProbeContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(t) = traced_task(cfg, tgid) else { return 0 };
+    let Some(e) = GO_EVENTS.get_ptr_mut(0) else { return 0 };
+    let e = unsafe { &mut *e };
+    let regs = ctx.regs as u64;
+    let reg = |i: usize| -> u64 {
+        let off = unsafe { core::ptr::read_volatile(&GO_REGS[i]) } as u64;
+        unsafe { rk::<u64>(regs + off) }.unwrap_or(0)
+    };
+    let cookie = unsafe { generated::bpf_get_attach_cookie(ctx.regs.cast()) };
+    let h = &mut e.header;
+    let id = bpf_get_current_pid_tgid();
+    h.kind = EventKind::GoProbe as u32;
+    h.syscall = 0;
+    h._pad0 = 0;
+    h.pid = (id >> 32) as u32;
+    h.tid = id as u32;
+    h.fd = cookie as i32;
+    h.captured = 16;
+    h.ret = 0;
+    h.goroutine = reg(0);
+    unsafe {
+        copy_words::<2>(h.comm.as_mut_ptr().cast(), t.comm.as_ptr().cast());
+        zero_words::<6>((&mut h.sock as *mut SockInfo).cast());
+    }
+    e.args = [reg(1), reg(2)];
+    stamp(&mut e.header, 0);
+    // SAFETY: GoEvent is plain old data.
+    let bytes =
+        unsafe { core::slice::from_raw_parts(e as *const GoEvent as *const u8, core::mem::size_of::<GoEvent>()) };
+    output(cfg, bytes);
     0
 }
 

@@ -218,6 +218,19 @@ impl Btf {
         })
     }
 
+    /// Where Go's goroutine register and its first two integer argument
+    /// registers sit in `struct pt_regs` (r14, rax, rbx on x86-64; x28, x0,
+    /// x1 on arm64).
+    pub fn go_regs(&self) -> Result<[u32; 3], BtfError> {
+        if let (Ok(g), Ok(a), Ok(b)) =
+            (self.offset("pt_regs", "r14"), self.offset("pt_regs", "ax"), self.offset("pt_regs", "bx"))
+        {
+            return Ok([g, a, b]);
+        }
+        let regs = self.offset("pt_regs", "regs")?;
+        Ok([regs + 28 * 8, regs, regs + 8])
+    }
+
     /// Where a syscall's first three arguments sit in the saved user
     /// registers. x86-64 passes them in di/si/dx; arm64 passes them in
     /// x0..x2 but overwrites x0 with the return value, keeping the first

@@ -149,6 +149,14 @@ pub const HOOKS: &[Hook] = &[
     },
 ];
 
+/// Loads the Go function probe (a uprobe, attached later per executable).
+fn load_go_probe(ebpf: &mut Ebpf) -> Result<()> {
+    let prog: &mut aya::programs::UProbe =
+        ebpf.program_mut("go_probe").context("program go_probe")?.try_into().context("go_probe is a uprobe")?;
+    prog.load().context("loading go_probe")?;
+    Ok(())
+}
+
 /// What became of one program of a hook.
 #[derive(Clone, Debug)]
 pub struct Attempt {
@@ -194,6 +202,11 @@ impl LoadOptions {
 
 pub struct Probes {
     _ebpf: Ebpf,
+    /// The Go function probe is loaded (attached per executable).
+    go_ready: bool,
+    /// Executables (device, inode) the Go probe was attached to, and what
+    /// they are.
+    go_files: std::collections::HashMap<(u64, u64), crate::runtimes::go::GoBinary>,
     counters: PerCpuArray<MapData, u64>,
     /// What was tried for each hook.
     pub hooks: Vec<HookReport>,
@@ -455,6 +468,7 @@ impl Probes {
         let tracefs = ensure_tracefs();
         let btf = Btf::from_sys()?;
         let offsets = btf.kernel_offsets().context("reading kernel struct layout from BTF")?;
+        let go_regs = btf.go_regs().unwrap_or([0; 3]);
         // The parsed BTF is large; it is not kept while aya parses its own copy.
         drop(btf);
 
@@ -476,6 +490,7 @@ impl Probes {
         loader.override_global("SK_FIELDS", &sk_fields, true);
         loader.override_global("SYSCALL_REGS", &regs, true);
         loader.override_global("SYSCALL_IDS", &ids, true);
+        loader.override_global("GO_REGS", &go_regs, true);
         // Per-thread and per-socket state live in local storage, map kinds
         // the loader creates but has no user-space type for (none is needed).
         loader.allow_unsupported_maps();
@@ -610,7 +625,51 @@ impl Probes {
             rings.push(RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?);
         }
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS")?)?;
-        Ok((Self { _ebpf: ebpf, counters, hooks, stats }, rings, fatal))
+        // The Go function probe is loaded now and attached per executable.
+        let go = if go_regs == [0; 3] {
+            Err("the kernel's pt_regs has no Go registers".to_string())
+        } else {
+            load_go_probe(&mut ebpf).map_err(|e| format!("{e:#}"))
+        };
+        if let Err(e) = &go {
+            eprintln!("tracer-agent: warning: Go programs get no function probes (their calls stay unlinked): {e}");
+        }
+        let go_ready = go.is_ok();
+        Ok((Self { _ebpf: ebpf, counters, hooks, stats, go_ready, go_files: Default::default() }, rings, fatal))
+    }
+
+    /// Attaches the Go function probes to the executable of process `pid`
+    /// if it is a Go program not attached yet (every process running that
+    /// file is covered). Returns what the executable is, when it is Go.
+    pub fn attach_go(&mut self, pid: u32) -> Option<crate::runtimes::go::GoBinary> {
+        use std::os::unix::fs::MetadataExt;
+        if !self.go_ready {
+            return None;
+        }
+        let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+        let meta = std::fs::metadata(&exe).ok()?;
+        let key = (meta.dev(), meta.ino());
+        if let Some(b) = self.go_files.get(&key) {
+            return Some(b.clone());
+        }
+        let bin = crate::runtimes::go::inspect(&exe)?;
+        let prog: &mut aya::programs::UProbe = self._ebpf.program_mut("go_probe")?.try_into().ok()?;
+        for p in &bin.points {
+            let point = aya::programs::uprobe::UProbeAttachPoint {
+                location: aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(p.offset),
+                cookie: Some(u64::from(p.kind)),
+            };
+            if let Err(e) = prog.attach(point, &exe, aya::programs::uprobe::UProbeScope::AllProcesses) {
+                eprintln!("tracer-agent: warning: attaching a Go probe to {} failed: {e}", exe.display());
+            }
+        }
+        self.go_files.insert(key, bin.clone());
+        Some(bin)
+    }
+
+    /// Go executables the function probes were attached to.
+    pub fn go_binaries(&self) -> usize {
+        self.go_files.len()
     }
 
     /// Programs that failed to load or attach on this host (each one a step

@@ -5,6 +5,8 @@
 //! Read from the executable's ELF section names (`.go.buildinfo`, present
 //! in every Go binary since Go 1.13, stripped or not), once per process.
 
+pub mod go;
+
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -13,6 +15,26 @@ use std::path::Path;
 /// not a 64-bit little-endian ELF file is not.
 pub fn is_go_binary(path: &Path) -> bool {
     read_section_names(path).is_some_and(|names| names.iter().any(|n| n == ".go.buildinfo" || n == ".note.go.buildid"))
+}
+
+/// Running processes whose executable is a Go program and that pass the
+/// process filters (allow and deny lists of pids and names).
+pub fn go_processes(allow_pids: &[u32], deny_pids: &[u32], allow_comms: &[String], deny_comms: &[String]) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let me = std::process::id();
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| (allow_pids.is_empty() || allow_pids.contains(pid)) && !deny_pids.contains(pid))
+        .filter(|pid| {
+            if allow_comms.is_empty() && deny_comms.is_empty() {
+                return true;
+            }
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let comm = comm.trim_end();
+            (allow_comms.is_empty() || allow_comms.iter().any(|c| c == comm)) && !deny_comms.iter().any(|c| c == comm)
+        })
+        .filter(|&pid| is_go_process(pid))
+        .collect()
 }
 
 /// Whether process `pid` runs a Go program (false when it cannot be told).

@@ -91,6 +91,17 @@ pub struct LinkStats {
     pub go_processes: u64,
 }
 
+/// The request a goroutine was made for: its window on goroutine `by`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GoMade {
+    by: u64,
+    ino: u64,
+    seq: u64,
+}
+
+/// Most entries of each kind of Go probe state.
+const MAX_GO_STATE: usize = 65_536;
+
 /// Tag of goroutine keys (`Linker::key`): user-space addresses never have it.
 const GO_KEY: u64 = 1 << 63;
 
@@ -224,6 +235,14 @@ pub struct Linker {
     spawned: HashMap<(u32, u64), Spawned>,
     /// Provisional traces whose verdict is not known yet, and their thread.
     pending: HashMap<[u8; 16], (u32, u64)>,
+    /// Goroutines made during a request (directly or not), and that request.
+    go_made: HashMap<(u32, u64), GoMade>,
+    /// `runtime.newproc1` entered on a thread, by the goroutine it names.
+    go_newproc: HashMap<(u32, u32), u64>,
+    /// net/http connections (`*persistConn`) handed a request, and by whom.
+    go_calls: HashMap<(u32, u64), u64>,
+    /// Goroutines that write net/http connections, and which.
+    go_writers: HashMap<(u32, u64), u64>,
     /// Verdicts reached and not yet taken by [`Linker::take_verdicts`].
     verdicts: Vec<([u8; 16], Verdict)>,
     pub stats: LinkStats,
@@ -265,13 +284,15 @@ impl Linker {
 
     /// The parent of a call made by thread (`pid`, `tid`) at `t`; `forward`
     /// is the fingerprint of an HTTP call.
-    fn thread_parent(&mut self, pid: u32, tid: u64, t: u64, forward: Option<u64>, ctx: &mut Ctx) {
+    /// `inherit`: a thread (goroutine) serving no request may take the
+    /// request of the one that made it.
+    fn thread_parent(&mut self, pid: u32, tid: u64, t: u64, forward: Option<u64>, inherit: bool, ctx: &mut Ctx) {
         if !self.thread_linking(pid) {
             return;
         }
-        let Some(ws) = self.threads.get(&(pid, tid)) else { return self.spawn_parent(pid, tid, t, ctx) };
+        let Some(ws) = self.threads.get(&(pid, tid)) else { return self.made_parent(pid, tid, t, inherit, ctx) };
         let mut found = ws.iter().filter(|w| w.covers(t));
-        let Some(first) = found.next().copied() else { return self.spawn_parent(pid, tid, t, ctx) };
+        let Some(first) = found.next().copied() else { return self.made_parent(pid, tid, t, inherit, ctx) };
         let others: Vec<Window> = found.copied().collect();
         if others.is_empty() {
             ctx.trace_id = self.resolve(first.trace_id);
@@ -303,6 +324,84 @@ impl Linker {
                 .collect();
             self.stats.ambiguous += 1;
         }
+    }
+
+    /// A call at `t` by a thread or goroutine serving no request itself.
+    fn made_parent(&mut self, pid: u32, key: u64, t: u64, inherit: bool, ctx: &mut Ctx) {
+        if !inherit {
+            return;
+        }
+        if key & GO_KEY == 0 {
+            return self.spawn_parent(pid, key, t, ctx);
+        }
+        // A goroutine made (directly or not) by a request's goroutine
+        // while that request is in flight.
+        let Some(made) = self.go_made.get(&(pid, key)).copied() else { return };
+        let Some(w) = self.window(pid, made.by, made.ino, made.seq).filter(|w| w.covers(t)).copied() else { return };
+        ctx.trace_id = self.resolve(w.trace_id);
+        ctx.parent = Some(w.span_id);
+        ctx.sampled = w.sampled;
+        ctx.source = Some(Source::Goroutine);
+        self.stats.by_goroutine += 1;
+    }
+
+    /// A Go function probe fired in `pid` on thread `tid`, goroutine
+    /// register `g`, at `t` (`tracer_common::go_probe` kinds).
+    pub fn go_probe(&mut self, pid: u32, tid: u32, g: u64, kind: u32, args: [u64; 2], t: u64) {
+        use tracer_common::go_probe;
+        if !self.is_go(pid) {
+            return;
+        }
+        match kind {
+            go_probe::ROUND_TRIP if g != 0 => {
+                if self.go_calls.len() >= MAX_GO_STATE {
+                    self.go_calls.clear();
+                }
+                self.go_calls.insert((pid, args[0]), g | GO_KEY);
+            }
+            go_probe::CONN_WRITE if g != 0 => {
+                if self.go_writers.len() >= MAX_GO_STATE {
+                    self.go_writers.clear();
+                }
+                self.go_writers.insert((pid, g | GO_KEY), args[0]);
+            }
+            go_probe::NEWPROC if args[1] != 0 => {
+                self.go_newproc.insert((pid, tid), args[1] | GO_KEY);
+            }
+            go_probe::NEWPROC_RET if args[0] != 0 => {
+                let Some(by) = self.go_newproc.remove(&(pid, tid)) else { return };
+                let child = args[0] | GO_KEY;
+                // A reused goroutine starts afresh.
+                self.go_made.remove(&(pid, child));
+                let made = self.request_of(pid, by, t);
+                if let Some(m) = made {
+                    if self.go_made.len() < MAX_GO_STATE {
+                        self.go_made.insert((pid, child), m);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The request goroutine `key` stands for at `t`: its own (exactly one
+    /// in flight), or the one it was made for.
+    fn request_of(&self, pid: u32, key: u64, t: u64) -> Option<GoMade> {
+        if let Some(ws) = self.threads.get(&(pid, key)) {
+            let mut found = ws.iter().filter(|w| w.covers(t));
+            if let (Some(w), None) = (found.next(), found.next()) {
+                return Some(GoMade { by: key, ino: w.ino, seq: w.seq });
+            }
+        }
+        let m = *self.go_made.get(&(pid, key))?;
+        self.window(pid, m.by, m.ino, m.seq).filter(|w| w.covers(t)).map(|_| m)
+    }
+
+    /// The goroutine that called the net/http transport for the request
+    /// goroutine `writer` is writing now, if the probes saw it.
+    fn go_caller(&mut self, pid: u32, writer: u64) -> Option<u64> {
+        let conn = *self.go_writers.get(&(pid, writer))?;
+        self.go_calls.remove(&(pid, conn))
     }
 
     /// The window of request (`ino`, `seq`) on thread (`pid`, `tid`).
@@ -484,7 +583,18 @@ impl Linker {
             }
             SpanKind::Client => {
                 if ctx.source.is_none() {
-                    self.thread_parent(meta.pid, ctx.tid, s.ts, Some(s.fingerprint), &mut ctx);
+                    // In Go, net/http writes a call on its connection's own
+                    // goroutine: the caller is the goroutine that handed it
+                    // to that connection, when the probes saw it; without
+                    // them only a goroutine writing for itself is followed.
+                    let caller = if self.is_go(meta.pid) && !crate::conntrack::is_h2_seq(s.seq) {
+                        self.go_caller(meta.pid, ctx.tid)
+                    } else {
+                        None
+                    };
+                    let inherit = caller.is_some() || !self.is_go(meta.pid);
+                    let key = caller.unwrap_or(ctx.tid);
+                    self.thread_parent(meta.pid, key, s.ts, Some(s.fingerprint), inherit, &mut ctx);
                 }
                 if ctx.parent.is_none() && ctx.source != Some(Source::Header) {
                     ctx.trace_id = self.ids.trace_id();
@@ -651,7 +761,7 @@ impl Linker {
             made: t,
             tentative: false,
         };
-        self.thread_parent(pid, tid, t, None, &mut ctx);
+        self.thread_parent(pid, tid, t, None, true, &mut ctx);
         ctx.source?;
         if ctx.parent.is_none() {
             ctx.trace_id = self.ids.trace_id();
@@ -717,6 +827,19 @@ impl Linker {
             !q.is_empty()
         });
         self.aliases.retain(|_, (_, made)| now.saturating_sub(*made) < ALIAS_TTL_NS);
+        if !self.go_made.is_empty() {
+            // A goroutine made for a request stands for it until it ends.
+            let threads = &self.threads;
+            self.go_made.retain(|&(pid, _), m| {
+                threads
+                    .get(&(pid, m.by))
+                    .and_then(|ws| ws.iter().rev().find(|w| w.ino == m.ino && w.seq == m.seq))
+                    .is_some_and(|w| w.end == u64::MAX && now.saturating_sub(w.start) <= MAX_REQUEST_NS)
+            });
+        }
+        if self.go_newproc.len() > 4096 {
+            self.go_newproc.clear();
+        }
         if !self.spawned.is_empty() {
             // Threads still alive once their request ended (and the grace
             // after it passed) were not made for it alone.

@@ -1,0 +1,212 @@
+//! Go executables: which Go built them, and where in the file the
+//! functions the Go probes attach to start (and, for `runtime.newproc1`,
+//! return: Go code gets no return probes, since goroutine stacks move, so
+//! its RET instructions are found by decoding the function).
+//!
+//! In: an executable's path. Out: its Go version and the file offsets of
+//! the probe points (`tracer_common::go_probe`), from the ELF symbol table.
+//! A binary without one (`-ldflags=-s`) gets no probes: its spans still
+//! come from the socket path, without the links the probes give.
+
+use std::path::Path;
+
+use object::{Object, ObjectSection, ObjectSymbol};
+use tracer_common::go_probe;
+
+/// Go releases whose internal ABI (arguments and the current goroutine in
+/// registers) the probes read: 1.17 introduced it on amd64.
+pub const MIN_VERSION: (u32, u32) = (1, 17);
+
+/// Where to attach one probe: the `go_probe` kind and the file offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbePoint {
+    pub kind: u32,
+    pub offset: u64,
+}
+
+/// What the agent knows of a Go executable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GoBinary {
+    /// As the build info says it, e.g. `go1.19.8`.
+    pub version: Option<String>,
+    pub points: Vec<ProbePoint>,
+    /// Why probes are missing, if some are.
+    pub missing: Vec<&'static str>,
+}
+
+/// The functions probed at their entry.
+const ENTRIES: &[(&str, u32)] = &[
+    ("net/http.(*persistConn).roundTrip", go_probe::ROUND_TRIP),
+    ("net/http.persistConnWriter.Write", go_probe::CONN_WRITE),
+    ("runtime.newproc1", go_probe::NEWPROC),
+];
+
+/// `(major, minor)` of a version string such as `go1.21.3` or `go1.22rc1`.
+pub fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let rest = v.strip_prefix("go")?;
+    let mut parts = rest.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor: String = parts.next()?.chars().take_while(char::is_ascii_digit).collect();
+    Some((major, minor.parse().ok()?))
+}
+
+/// The Go version recorded in a `.go.buildinfo` section (Go 1.18 and
+/// later write it inline after the 32-byte header, length-prefixed).
+pub fn buildinfo_version(section: &[u8]) -> Option<String> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    if section.len() < 33 || !section.starts_with(MAGIC) {
+        return None;
+    }
+    let flags = section[15];
+    if flags & 2 == 0 {
+        // Before Go 1.18: pointers to the strings, not the strings.
+        return None;
+    }
+    let (len, n) = uvarint(&section[32..])?;
+    let start = 32 + n;
+    let bytes = section.get(start..start.checked_add(usize::try_from(len).ok()?)?)?;
+    let v = std::str::from_utf8(bytes).ok()?;
+    v.starts_with("go").then(|| v.to_string())
+}
+
+fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// File offset of virtual address `addr` in `file`'s sections.
+fn file_offset(file: &object::File, addr: u64) -> Option<u64> {
+    file.sections().find_map(|s| {
+        let (off, size) = s.file_range()?;
+        (s.address() <= addr && addr < s.address() + size).then(|| off + (addr - s.address()))
+    })
+}
+
+/// Addresses of the RET instructions of the function at `addr` whose code
+/// is `code` (x86-64).
+pub fn returns_x86_64(code: &[u8], addr: u64) -> Vec<u64> {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    let mut d = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while d.can_decode() {
+        let i = d.decode();
+        if i.is_invalid() {
+            // Not code we understand: no return probe rather than a wrong one.
+            return Vec::new();
+        }
+        if i.mnemonic() == Mnemonic::Ret {
+            out.push(i.ip());
+        }
+    }
+    out
+}
+
+/// Inspects the executable at `path`. `None` when it is not a Go program
+/// (or not readable).
+pub fn inspect(path: &Path) -> Option<GoBinary> {
+    let data = std::fs::read(path).ok()?;
+    inspect_bytes(&data)
+}
+
+/// [`inspect`] over the file's bytes.
+pub fn inspect_bytes(data: &[u8]) -> Option<GoBinary> {
+    let file = object::File::parse(data).ok()?;
+    let buildinfo = file.section_by_name(".go.buildinfo")?;
+    let mut bin = GoBinary { version: buildinfo.data().ok().and_then(buildinfo_version), ..GoBinary::default() };
+    match bin.version.as_deref().and_then(parse_version) {
+        Some(v) if v >= MIN_VERSION => {}
+        Some(_) => {
+            bin.missing.push("Go older than 1.17 (arguments on the stack)");
+            return Some(bin);
+        }
+        None => {
+            bin.missing.push("no Go version in the build info");
+            return Some(bin);
+        }
+    }
+    if file.architecture() != object::Architecture::X86_64 {
+        bin.missing.push("Go probes are only built for x86-64");
+        return Some(bin);
+    }
+    let mut found = 0;
+    for sym in file.symbols() {
+        let Ok(name) = sym.name() else { continue };
+        let Some(&(_, kind)) = ENTRIES.iter().find(|(n, _)| *n == name) else { continue };
+        let Some(offset) = file_offset(&file, sym.address()) else { continue };
+        found += 1;
+        bin.points.push(ProbePoint { kind, offset });
+        if kind == go_probe::NEWPROC {
+            let code = file_offset(&file, sym.address())
+                .and_then(|off| data.get(off as usize..(off + sym.size()) as usize))
+                .unwrap_or(&[]);
+            for ret in returns_x86_64(code, sym.address()) {
+                if let Some(offset) = file_offset(&file, ret) {
+                    bin.points.push(ProbePoint { kind: go_probe::NEWPROC_RET, offset });
+                }
+            }
+        }
+    }
+    if found == 0 {
+        bin.missing.push("no symbol table (built with -ldflags=-s?)");
+    }
+    bin.points.sort_by_key(|p| (p.kind, p.offset));
+    Some(bin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("go1.19.8"), Some((1, 19)));
+        assert_eq!(parse_version("go1.22rc1"), Some((1, 22)));
+        assert_eq!(parse_version("go1.21"), Some((1, 21)));
+        assert_eq!(parse_version("devel +abc"), None);
+        assert_eq!(parse_version("go"), None);
+    }
+
+    #[test]
+    fn buildinfo_gives_the_inline_version() {
+        let mut s = b"\xff Go buildinf:".to_vec();
+        s.push(8);
+        s.push(2);
+        s.resize(32, 0);
+        s.push(8);
+        s.extend_from_slice(b"go1.21.3");
+        s.extend_from_slice(b"\x00rest");
+        assert_eq!(buildinfo_version(&s).as_deref(), Some("go1.21.3"));
+        // Old layout, truncated, or garbage: no version, no panic.
+        let mut old = s.clone();
+        old[15] = 0;
+        assert_eq!(buildinfo_version(&old), None);
+        assert_eq!(buildinfo_version(&s[..34]), None);
+        assert_eq!(buildinfo_version(&[0xff; 40]), None);
+        let mut huge = s[..32].to_vec();
+        huge.extend_from_slice(&[0xff; 12]);
+        assert_eq!(buildinfo_version(&huge), None);
+    }
+
+    #[test]
+    fn returns_are_found_at_instruction_boundaries() {
+        // mov eax, 0xc3c3c3c3; ret; nop; ret
+        let code = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3, 0x90, 0xc3];
+        assert_eq!(returns_x86_64(&code, 0x1000), vec![0x1005, 0x1007]);
+        assert_eq!(returns_x86_64(&[], 0x1000), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn garbage_is_not_a_go_binary() {
+        assert_eq!(inspect_bytes(b"not an elf file"), None);
+        assert_eq!(inspect_bytes(&[]), None);
+        // A real ELF file that is not Go: this test binary.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(inspect_bytes(&me), None);
+    }
+}
