@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
+use std::time::Duration;
 
 use tracer_tests::db::MariaDb;
 use tracer_tests::grpc::{go_program, ServerProcess};
@@ -219,6 +220,8 @@ fn a_recorded_go_run_replays_to_the_same_links() {
 /// A handler that fans out to three goroutines, each calling the price
 /// service: all three calls are children of the handler's server span
 /// (the goroutines were made during its request), at concurrency 1 and 8.
+/// The probes on goroutine creation are attached once the agent sees calls
+/// from goroutines it cannot place: a few first requests warm that up.
 #[test]
 fn a_handlers_goroutines_call_on_its_behalf() {
     let _serial = serial();
@@ -231,30 +234,65 @@ fn a_handlers_goroutines_call_on_its_behalf() {
             b = b.port(p);
         }
         let agent = b.start();
+        let fanout = |i: usize| format!("http://127.0.0.1:{}/fanout/{i}", shop.front.port());
+        // Warm-up requests (numbered from 1000) until one is linked.
+        let mut warmups = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let i = 1000 + warmups;
+            warmups += 1;
+            assert_eq!(curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", &fanout(i)]).stdout(), "200");
+            let linked = receiver.wait_until(Duration::from_secs(2), |spans| {
+                spans.iter().any(|s| {
+                    s.url_path().as_deref() == Some(&format!("/price/{}", i * 10))
+                        && s.kind() == SpanKind::Client
+                        && s.attr_str("tracer.parent.source").as_deref() == Some("goroutine")
+                })
+            });
+            if linked {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fan-out calls never got linked\n{}",
+                dump(&receiver.spans())
+            );
+        }
         let mut args: Vec<String> = Vec::new();
         if concurrency > 1 {
             args = vec!["--parallel".into(), "--parallel-max".into(), concurrency.to_string()];
         }
         for i in 0..n {
             args.extend(["-o", "/dev/null", "-w", "%{http_code}\n"].map(String::from));
-            args.push(format!("http://127.0.0.1:{}/fanout/{i}", shop.front.port()));
+            args.push(fanout(i));
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = curl(&refs);
         assert_eq!(out.stdout().lines().filter(|l| *l == "200").count(), n);
         // curl, the front's server span, three calls and three price spans.
-        receiver.wait_for_count(8 * n, SPAN_WAIT, |_| true);
+        receiver.wait_for_count(8 * (n + warmups), SPAN_WAIT, |_| true);
         let exit = agent.stop();
-        let spans = receiver.spans();
+        let all = receiver.spans();
         let stats = exit.stats_line().unwrap_or("").to_string();
-        assert_unique_span_ids(&spans);
+        assert_unique_span_ids(&all);
+        assert_eq!(all.len(), 8 * (n + warmups), "{}", dump(&all));
+        // The measured requests' spans: paths /fanout/K and /price/K*10+j, K < n.
+        let measured = |s: &ReceivedSpan| {
+            let k = s.url_path().as_deref().and_then(number).unwrap_or(usize::MAX);
+            if s.url_path().is_some_and(|p| p.starts_with("/price/")) {
+                k / 10 < n
+            } else {
+                k < n
+            }
+        };
+        let spans: Vec<ReceivedSpan> = all.iter().filter(|s| measured(s)).cloned().collect();
         assert_eq!(spans.len(), 8 * n, "{}", dump(&spans));
         let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(0) as u32;
-        let by_id: HashMap<String, &ReceivedSpan> = spans.iter().map(|s| (s.span_id_hex(), s)).collect();
+        let by_id: HashMap<String, &ReceivedSpan> = all.iter().map(|s| (s.span_id_hex(), s)).collect();
         let mut complete = 0;
         for srv in spans.iter().filter(|s| s.kind() == SpanKind::Server && pid(s) == shop.front.pid()) {
             let k = srv.url_path().as_deref().and_then(number).unwrap();
-            let calls: Vec<&ReceivedSpan> = spans
+            let calls: Vec<&ReceivedSpan> = all
                 .iter()
                 .filter(|c| c.parent_span_id_hex() == srv.span_id_hex() && c.kind() == SpanKind::Client)
                 .collect();
@@ -274,11 +312,11 @@ fn a_handlers_goroutines_call_on_its_behalf() {
             }
         }
         // Every price span is the child of the call that reached it.
-        for s in spans.iter().filter(|s| s.kind() == SpanKind::Server && pid(s) == shop.price.pid()) {
+        for s in all.iter().filter(|s| s.kind() == SpanKind::Server && pid(s) == shop.price.pid()) {
             let p = by_id.get(&s.parent_span_id_hex()).expect("price span's parent");
             assert_eq!(p.url_path(), s.url_path());
         }
-        println!("go fan-out, concurrency {concurrency}: {complete} of {n} complete; {stats}");
+        println!("go fan-out, concurrency {concurrency}: {complete} of {n} complete after {warmups} warm-up requests; {stats}");
         if concurrency == 1 {
             assert_eq!(complete, n, "{stats}\n{}", dump(&spans));
         } else {

@@ -148,10 +148,10 @@ async fn run(args: Args) -> Result<()> {
         for pid in
             tracer_agent::runtimes::go_processes(&args.pids, &args.exclude_pids, &args.comms, &args.exclude_comms)
         {
-            probes.attach_go(pid);
+            probes.attach_go(pid, false);
         }
     }
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<u32>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<(u32, bool)>();
     let clock = Clock::now();
     let mut pipe = Pipeline::from_args(&args, routes, clock, &exporter);
     pipe.discard = args.discard;
@@ -193,8 +193,8 @@ async fn run(args: Args) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             _ = go_tick.tick() => {
-                while let Ok(pid) = go_rx.try_recv() {
-                    probes.attach_go(pid);
+                while let Ok((pid, goroutines)) = go_rx.try_recv() {
+                    probes.attach_go(pid, goroutines);
                 }
             }
             _ = stats_due => {

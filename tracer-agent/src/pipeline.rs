@@ -199,7 +199,7 @@ pub struct Pipeline {
     spans: Vec<Span>,
     /// Where Go processes found while tracing are reported (to attach the
     /// Go function probes to their executables).
-    pub go_found: Option<std::sync::mpsc::Sender<u32>>,
+    pub go_found: Option<std::sync::mpsc::Sender<(u32, bool)>>,
     /// Runtimes learnt while handling the current record, for the recording.
     learnt: Vec<(u32, Arc<str>, bool)>,
     /// Spans of provisional traces (calls of threads made during a
@@ -311,6 +311,13 @@ impl Pipeline {
             }
             Err(_) => self.stats.decode_errors += 1,
         }
+        if !self.linker.go_wanted.is_empty() {
+            for pid in self.linker.go_wanted.drain(..) {
+                if let Some(tx) = &self.go_found {
+                    let _ = tx.send((pid, true));
+                }
+            }
+        }
         // What was learnt of a process's runtime while handling the record
         // goes first, so that a replay knows it as early as this run did.
         if let Some(r) = self.recorder.as_mut() {
@@ -341,7 +348,7 @@ impl Pipeline {
                 self.linker.set_runtime(s.meta.pid, &s.meta.comm, go);
                 if go {
                     if let Some(tx) = &self.go_found {
-                        let _ = tx.send(s.meta.pid);
+                        let _ = tx.send((s.meta.pid, false));
                     }
                 }
                 if self.recorder.is_some() {

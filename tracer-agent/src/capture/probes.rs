@@ -149,6 +149,13 @@ pub const HOOKS: &[Hook] = &[
     },
 ];
 
+/// A Go executable the function probes were attached to.
+struct GoFile {
+    bin: crate::runtimes::go::GoBinary,
+    /// The goroutine-creation probes are attached too.
+    goroutines: bool,
+}
+
 /// Loads the Go function probe (a uprobe, attached later per executable).
 fn load_go_probe(ebpf: &mut Ebpf) -> Result<()> {
     let prog: &mut aya::programs::UProbe =
@@ -206,7 +213,7 @@ pub struct Probes {
     go_ready: bool,
     /// Executables (device, inode) the Go probe was attached to, and what
     /// they are.
-    go_files: std::collections::HashMap<(u64, u64), crate::runtimes::go::GoBinary>,
+    go_files: std::collections::HashMap<(u64, u64), GoFile>,
     counters: PerCpuArray<MapData, u64>,
     /// What was tried for each hook.
     pub hooks: Vec<HookReport>,
@@ -640,21 +647,47 @@ impl Probes {
 
     /// Attaches the Go function probes to the executable of process `pid`
     /// if it is a Go program not attached yet (every process running that
-    /// file is covered). Returns what the executable is, when it is Go.
-    pub fn attach_go(&mut self, pid: u32) -> Option<crate::runtimes::go::GoBinary> {
+    /// file is covered): the net/http probes always, the probes on
+    /// goroutine creation when `goroutines` (they cost two probe hits per
+    /// goroutine made, so they are attached only where calls were seen from
+    /// goroutines the agent could not place). Returns what the executable
+    /// is, when it is Go.
+    pub fn attach_go(&mut self, pid: u32, goroutines: bool) -> Option<crate::runtimes::go::GoBinary> {
         use std::os::unix::fs::MetadataExt;
+        use tracer_common::go_probe;
         if !self.go_ready {
             return None;
         }
         let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
         let meta = std::fs::metadata(&exe).ok()?;
         let key = (meta.dev(), meta.ino());
-        if let Some(b) = self.go_files.get(&key) {
-            return Some(b.clone());
-        }
-        let bin = crate::runtimes::go::inspect(&exe)?;
+        let (points, bin) = match self.go_files.get_mut(&key) {
+            Some(f) if f.goroutines || !goroutines => return Some(f.bin.clone()),
+            Some(f) => {
+                f.goroutines = true;
+                let points: Vec<_> = f
+                    .bin
+                    .points
+                    .iter()
+                    .filter(|p| matches!(p.kind, go_probe::NEWPROC | go_probe::NEWPROC_RET))
+                    .copied()
+                    .collect();
+                (points, f.bin.clone())
+            }
+            None => {
+                let bin = crate::runtimes::go::inspect(&exe)?;
+                let points: Vec<_> = bin
+                    .points
+                    .iter()
+                    .filter(|p| goroutines || !matches!(p.kind, go_probe::NEWPROC | go_probe::NEWPROC_RET))
+                    .copied()
+                    .collect();
+                self.go_files.insert(key, GoFile { bin: bin.clone(), goroutines });
+                (points, bin)
+            }
+        };
         let prog: &mut aya::programs::UProbe = self._ebpf.program_mut("go_probe")?.try_into().ok()?;
-        for p in &bin.points {
+        for p in &points {
             let point = aya::programs::uprobe::UProbeAttachPoint {
                 location: aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(p.offset),
                 cookie: Some(u64::from(p.kind)),
@@ -663,7 +696,6 @@ impl Probes {
                 eprintln!("tracer-agent: warning: attaching a Go probe to {} failed: {e}", exe.display());
             }
         }
-        self.go_files.insert(key, bin.clone());
         Some(bin)
     }
 

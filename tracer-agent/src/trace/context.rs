@@ -216,6 +216,8 @@ struct Process {
     handoff: bool,
     /// A Go program: its requests and calls are matched by goroutine.
     go: bool,
+    /// The goroutine-creation probes were asked for (see `go_wanted`).
+    goroutines_asked: bool,
     /// The process name its runtime was looked at under; another name under
     /// the same pid is another program (a pid reused, or an exec).
     comm: Option<std::sync::Arc<str>>,
@@ -243,6 +245,11 @@ pub struct Linker {
     go_calls: HashMap<(u32, u64), u64>,
     /// Goroutines that write net/http connections, and which.
     go_writers: HashMap<(u32, u64), u64>,
+    /// Go processes where a call was made by a goroutine that stands for
+    /// no request it is known to have been made for: the probes on
+    /// goroutine creation are wanted there (they cost two probe hits per
+    /// goroutine made, so they are attached only where they are needed).
+    pub go_wanted: Vec<u32>,
     /// Verdicts reached and not yet taken by [`Linker::take_verdicts`].
     verdicts: Vec<([u8; 16], Verdict)>,
     pub stats: LinkStats,
@@ -357,7 +364,11 @@ impl Linker {
                 if self.go_calls.len() >= MAX_GO_STATE {
                     self.go_calls.clear();
                 }
-                self.go_calls.insert((pid, args[0]), g | GO_KEY);
+                let caller = g | GO_KEY;
+                self.go_calls.insert((pid, args[0]), caller);
+                if self.request_of(pid, caller, t).is_none() {
+                    self.want_goroutines(pid);
+                }
             }
             go_probe::CONN_WRITE if g != 0 => {
                 if self.go_writers.len() >= MAX_GO_STATE {
@@ -381,6 +392,15 @@ impl Linker {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn want_goroutines(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            if p.go && !p.goroutines_asked {
+                p.goroutines_asked = true;
+                self.go_wanted.push(pid);
+            }
         }
     }
 
@@ -762,6 +782,9 @@ impl Linker {
             tentative: false,
         };
         self.thread_parent(pid, tid, t, None, true, &mut ctx);
+        if ctx.source.is_none() && tid & GO_KEY != 0 {
+            self.want_goroutines(pid);
+        }
         ctx.source?;
         if ctx.parent.is_none() {
             ctx.trace_id = self.ids.trace_id();
