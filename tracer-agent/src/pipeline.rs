@@ -200,6 +200,8 @@ pub struct Pipeline {
     /// Where Go processes found while tracing are reported (to attach the
     /// Go function probes to their executables).
     pub go_found: Option<std::sync::mpsc::Sender<(u32, bool)>>,
+    /// The connection the event being handled closed, if it did.
+    closed: Option<(u64, u64)>,
     /// Runtimes learnt while handling the current record, for the recording.
     learnt: Vec<(u32, Arc<str>, bool)>,
     /// Spans of provisional traces (calls of threads made during a
@@ -250,6 +252,7 @@ impl Pipeline {
             spans: Vec::new(),
             held: Vec::new(),
             learnt: Vec::new(),
+            closed: None,
             go_found: None,
             encoded: None,
             stats: PipelineStats::default(),
@@ -306,6 +309,9 @@ impl Pipeline {
                     self.linker.forget_connections(&self.tracker.evicted, ev.header.ts_exit);
                     self.tracker.evicted.clear();
                 }
+                if ev.kind == tracer_common::EventKind::Close {
+                    self.closed = Some((ev.header.sock.ino, ev.header.ts_exit));
+                }
                 self.sending =
                     (ev.kind == tracer_common::EventKind::Send).then_some((ev.header.sock.ino, Task::of(&ev.header)));
             }
@@ -328,6 +334,9 @@ impl Pipeline {
         }
         self.make_spans();
         self.sending = None;
+        if let Some((ino, ts)) = self.closed.take() {
+            self.linker.connection_closed(ino, ts);
+        }
     }
 
     /// The thread writing on connection `ino` in the event being handled
@@ -456,6 +465,14 @@ impl Pipeline {
                         self.linker.stats.ambiguous += 1;
                     }
                     Verdict::Unproven { .. } => {}
+                    Verdict::NoPeer { parent } => {
+                        let by_peer = span.attr("tracer.parent.source").and_then(Value::as_str) == Some("peer");
+                        if by_peer && span.parent_span_id == Some(parent) {
+                            span.parent_span_id = None;
+                            span.parent_remote = false;
+                            span.attributes.retain(|(k, _)| *k != "tracer.parent.source");
+                        }
+                    }
                 }
                 self.emit_now(span);
             }
@@ -468,7 +485,9 @@ impl Pipeline {
         self.encoded.get_or_insert_with(EncodedSpans::default);
     }
 
-    fn emit(&mut self, span: Span) {
+    fn emit(&mut self, mut span: Span) {
+        // Made under a provisional trace that has turned out to be another.
+        span.trace_id = self.linker.trace_of(span.trace_id);
         if self.linker.is_pending(&span.trace_id) {
             self.held.push(span);
             if self.held.len() > MAX_HELD {

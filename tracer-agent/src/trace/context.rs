@@ -123,6 +123,12 @@ const MAX_LINKS: usize = 4;
 /// still count as made for that request (a runtime's join can return
 /// before the kernel thread is gone).
 pub const SPAWN_GRACE_NS: u64 = 1_000_000_000;
+/// How long a server span made before its client end was seen waits for
+/// it; the `pending` mark of such a wait.
+const PEER_WAIT_NS: u64 = 2_000_000_000;
+const PEER_WAIT: (u32, u64) = (0, u64::MAX);
+const MAX_WAITING_PEERS: usize = 4096;
+
 /// Most calls of one such thread held for its verdict.
 const MAX_SPAWN_CALLS: usize = 64;
 /// Most threads followed from their creation at once.
@@ -139,6 +145,9 @@ pub enum Verdict {
     /// other requests' work): its calls get no parent, only a link to the
     /// request whose thread made it.
     Unproven { link: ([u8; 16], [u8; 8]) },
+    /// A server span's client end never showed: the spans whose parent is
+    /// `parent` (by `peer`) get none.
+    NoPeer { parent: [u8; 8] },
 }
 
 /// A thread made by a request's thread while that request was in flight.
@@ -237,6 +246,12 @@ pub struct Linker {
     spawned: HashMap<(u32, u64), Spawned>,
     /// Provisional traces whose verdict is not known yet, and their thread.
     pending: HashMap<[u8; 16], (u32, u64)>,
+    /// Requests whose head was seen and whose exchange has not finished,
+    /// by connection: (pid, thread or goroutine key, request number).
+    open: HashMap<u64, Vec<(u32, u64, u64)>>,
+    /// Server spans made before their client end was seen, waiting for it
+    /// under their provisional trace: (when made, the client span id).
+    waiting_peers: HashMap<[u8; 16], (u64, [u8; 8])>,
     /// Goroutines made during a request (directly or not), and that request.
     go_made: HashMap<(u32, u64), GoMade>,
     /// `runtime.newproc1` entered on a thread, by the goroutine it names.
@@ -529,6 +544,11 @@ impl Linker {
 
     /// Decide now for provisional trace `p` (too much is held): unproven.
     pub fn settle_now(&mut self, p: [u8; 16]) {
+        if let Some((_, parent)) = self.waiting_peers.remove(&p) {
+            self.pending.remove(&p);
+            self.verdicts.push((p, Verdict::NoPeer { parent }));
+            return;
+        }
         if self.pending.remove(&p).is_some() {
             self.verdicts.push((p, Verdict::Unproven { link: ([0; 16], [0; 8]) }));
         }
@@ -536,6 +556,10 @@ impl Linker {
 
     /// Decide for every thread still followed: unproven.
     pub fn settle_all(&mut self) {
+        for (t, (_, parent)) in std::mem::take(&mut self.waiting_peers) {
+            self.pending.remove(&t);
+            self.verdicts.push((t, Verdict::NoPeer { parent }));
+        }
         let all: Vec<_> = self.spawned.drain().collect();
         for ((pid, tid), sp) in all {
             self.settle_spawned(pid, tid, sp, 0, false);
@@ -585,6 +609,20 @@ impl Linker {
                     return;
                 }
                 let ws = self.threads.entry((meta.pid, ctx.tid)).or_default();
+                // HTTP/1 answers a connection's requests in order: a new one
+                // means those before it were answered, even where the agent
+                // missed the answer (it joined mid-way, or bytes were lost).
+                // A goroutine serves one HTTP/1 connection at a time: a new
+                // request on it ends whatever it still stood for (a request
+                // whose answer the agent missed, on a connection since gone
+                // and whose goroutine was reused).
+                if !crate::conntrack::is_h2_seq(s.seq) {
+                    let go = ctx.tid & GO_KEY != 0;
+                    for w in ws.iter_mut().filter(|w| w.end == u64::MAX && (go || (w.ino == meta.ino && w.seq < s.seq)))
+                    {
+                        w.end = s.ts.max(w.start);
+                    }
+                }
                 while ws.front().is_some_and(|w| w.end != u64::MAX && s.ts.saturating_sub(w.end) > WINDOW_KEEP_NS)
                     || ws.len() >= WINDOWS_PER_THREAD
                 {
@@ -622,7 +660,29 @@ impl Linker {
                 self.client_peer(meta, s, peer, &mut ctx);
             }
         }
+        let open = self.open.entry(meta.ino).or_default();
+        if open.len() < WINDOWS_PER_THREAD {
+            open.push((meta.pid, ctx.tid, s.seq));
+        }
         self.started.insert((meta.ino, s.seq), ctx);
+    }
+
+    /// Connection `ino` ended at `now`: what is still open on it ends too
+    /// (a request without an answer must not keep its thread or goroutine,
+    /// which may serve another connection next, in its request).
+    pub fn connection_closed(&mut self, ino: u64, now: u64) {
+        if self.open.is_empty() {
+            return;
+        }
+        let Some(open) = self.open.remove(&ino) else { return };
+        for (pid, key, seq) in open {
+            self.started.remove(&(ino, seq));
+            if let Some(ws) = self.threads.get_mut(&(pid, key)) {
+                for w in ws.iter_mut().filter(|w| w.ino == ino && w.seq == seq && w.end == u64::MAX) {
+                    w.end = now.max(w.start);
+                }
+            }
+        }
     }
 
     /// A server request without trace headers: its parent is the client
@@ -659,6 +719,11 @@ impl Linker {
         ctx.parent = Some(client_span_id);
         ctx.source = Some(Source::Peer);
         ctx.tentative = true;
+        // What this request causes is held under the provisional trace
+        // until the client end shows (or surely will not).
+        if self.waiting_peers.len() < MAX_WAITING_PEERS {
+            self.pending.insert(ctx.trace_id, PEER_WAIT);
+        }
         push_peer(
             self.peers.entry(client).or_default(),
             PeerEnd {
@@ -693,6 +758,15 @@ impl Linker {
                     if let Some(server) = p.server.and_then(|k| self.started.get_mut(&k)) {
                         server.tentative = false;
                         self.stats.by_peer += 1;
+                        if self.pending.get(&p.trace_id) == Some(&PEER_WAIT) {
+                            self.pending.remove(&p.trace_id);
+                            self.verdicts.push((p.trace_id, Verdict::Linked));
+                        }
+                    } else if self.waiting_peers.remove(&p.trace_id).is_some() {
+                        // The server's span was made already and waits.
+                        self.pending.remove(&p.trace_id);
+                        self.verdicts.push((p.trace_id, Verdict::Linked));
+                        self.stats.by_peer += 1;
                     }
                     return;
                 }
@@ -719,6 +793,9 @@ impl Linker {
     /// HTTP/1 request upgraded to HTTP/2 stream 1).
     pub fn rekey(&mut self, pid: u32, ino: u64, from: u64, to: u64) {
         let Some(ctx) = self.started.remove(&(ino, from)) else { return };
+        for o in self.open.get_mut(&ino).into_iter().flatten().filter(|o| o.2 == from) {
+            o.2 = to;
+        }
         if let Some(ws) = self.threads.get_mut(&(pid, ctx.tid)) {
             for w in ws.iter_mut().filter(|w| w.ino == ino && w.seq == from) {
                 w.seq = to;
@@ -732,12 +809,33 @@ impl Linker {
     /// the thread that wrote the end of the response (0: not known).
     pub fn finish(&mut self, meta: &ConnMeta, seq: u64, end: u64, responder: Task) -> Option<Assigned> {
         let mut ctx = self.started.remove(&(meta.ino, seq))?;
+        if let Some(open) = self.open.get_mut(&meta.ino) {
+            open.retain(|o| o.2 != seq);
+            if open.is_empty() {
+                self.open.remove(&meta.ino);
+            }
+        }
         if ctx.tentative {
-            // The client end never showed: no parent rather than one no span has.
-            ctx.parent = None;
-            ctx.source = None;
-            if let Some(q) = self.peers.get_mut(&meta.peer_tuple()) {
-                q.retain(|p| p.server != Some((meta.ino, seq)));
+            // The client end has not shown yet (its send may return after
+            // this answer was written): this span and what it caused wait
+            // under the provisional trace for it, a short while.
+            if self.pending.get(&ctx.trace_id) == Some(&PEER_WAIT) {
+                self.waiting_peers.insert(ctx.trace_id, (end, ctx.parent.unwrap_or_default()));
+                if let Some(q) = self.peers.get_mut(&meta.peer_tuple()) {
+                    for p in q.iter_mut().filter(|p| p.server == Some((meta.ino, seq))) {
+                        p.server = None;
+                    }
+                }
+            } else {
+                // No parent rather than one no span has.
+                if let Some(parent) = ctx.parent {
+                    self.verdicts.push((ctx.trace_id, Verdict::NoPeer { parent }));
+                }
+                ctx.parent = None;
+                ctx.source = None;
+                if let Some(q) = self.peers.get_mut(&meta.peer_tuple()) {
+                    q.retain(|p| p.server != Some((meta.ino, seq)));
+                }
             }
         }
         if meta.kind == SpanKind::Server {
@@ -808,6 +906,7 @@ impl Linker {
         }
         let gone: ahash::AHashSet<u64> = inos.iter().copied().collect();
         self.started.retain(|(i, _), _| !gone.contains(i));
+        self.open.retain(|i, _| !gone.contains(i));
         for ws in self.threads.values_mut() {
             for w in ws.iter_mut().filter(|w| w.end == u64::MAX && gone.contains(&w.ino)) {
                 w.end = now.max(w.start);
@@ -838,6 +937,11 @@ impl Linker {
     /// Forget what has outlived its use.
     pub fn expire(&mut self, now: u64) {
         self.started.retain(|_, c| now.saturating_sub(c.made) < 2 * MAX_REQUEST_NS);
+        let started = &self.started;
+        self.open.retain(|ino, v| {
+            v.retain(|o| started.contains_key(&(*ino, o.2)));
+            !v.is_empty()
+        });
         self.threads.retain(|_, ws| {
             ws.retain(|w| {
                 let open = w.end == u64::MAX && now.saturating_sub(w.start) <= MAX_REQUEST_NS;
@@ -850,6 +954,19 @@ impl Linker {
             !q.is_empty()
         });
         self.aliases.retain(|_, (_, made)| now.saturating_sub(*made) < ALIAS_TTL_NS);
+        if !self.waiting_peers.is_empty() {
+            let late: Vec<([u8; 16], [u8; 8])> = self
+                .waiting_peers
+                .iter()
+                .filter(|(_, (made, _))| now.saturating_sub(*made) > PEER_WAIT_NS)
+                .map(|(t, (_, parent))| (*t, *parent))
+                .collect();
+            for (t, parent) in late {
+                self.waiting_peers.remove(&t);
+                self.pending.remove(&t);
+                self.verdicts.push((t, Verdict::NoPeer { parent }));
+            }
+        }
         if !self.go_made.is_empty() {
             // A goroutine made for a request stands for it until it ends.
             let threads = &self.threads;
@@ -1302,5 +1419,63 @@ mod tests {
         l.start(&sc, None);
         l.finish(&c, 0, 310, g(11, 0xc000_5000)).unwrap();
         assert_eq!(l.stats.handoff_processes, 1);
+    }
+
+    #[test]
+    fn a_request_left_unanswered_ends_with_its_connection_or_its_goroutines_next_request() {
+        // A thread: its connection closes with the request unanswered.
+        let mut l = Linker::default();
+        let srv = meta(10, 1, SpanKind::Server, 8080, 5000);
+        l.start(&started(&srv, 0, 11, 100, "/a"), None);
+        l.connection_closed(1, 150);
+        assert_eq!(l.call(10, task(11), 160), None);
+        assert_eq!(l.in_flight(), 0);
+        // A goroutine: its connection went silent, and the goroutine (its
+        // g reused) serves another connection.
+        l.set_runtime(20, &Arc::from("g"), true);
+        let g = |gp: u64| Task { tid: 21, g: gp };
+        let a = meta(20, 2, SpanKind::Server, 8080, 5001);
+        let b = meta(20, 3, SpanKind::Server, 8080, 5002);
+        let mut sa = started(&a, 0, 21, 200, "/a");
+        sa.task = g(0xc000_1000);
+        l.start(&sa, None);
+        let mut sb = started(&b, 0, 21, 300, "/b");
+        sb.task = g(0xc000_1000);
+        l.start(&sb, None);
+        let q = l.call(20, g(0xc000_1000), 350).unwrap();
+        let rb = l.finish(&b, 0, 400, g(0xc000_1000)).unwrap();
+        assert_eq!((q.parent, q.source), (Some(rb.span_id), Some(Source::Goroutine)));
+    }
+
+    #[test]
+    fn a_server_span_made_before_its_client_end_waits_for_it() {
+        for client_shows in [true, false] {
+            let mut l = Linker::default();
+            let a_cli = meta(10, 2, SpanKind::Client, 6000, 9090);
+            let b_srv = meta(20, 3, SpanKind::Server, 9090, 6000);
+            // B reads, answers and is done before A's send is seen.
+            l.start(&started(&b_srv, 0, 21, 150, "/back"), Some(SpanKind::Client));
+            let db = l.call(20, task(21), 160).unwrap();
+            let bs = l.finish(&b_srv, 0, 170, task(21)).unwrap();
+            assert!(l.is_pending(&bs.trace_id));
+            assert_eq!(db.trace_id, bs.trace_id);
+            if client_shows {
+                l.start(&started(&a_cli, 0, 11, 140, "/back"), Some(SpanKind::Server));
+                let ac = l.finish(&a_cli, 0, 180, task(11)).unwrap();
+                let v: Vec<_> = l.take_verdicts().unwrap().collect();
+                assert_eq!(v, vec![(bs.trace_id, Verdict::Linked)]);
+                assert_eq!(bs.parent, Some(ac.span_id));
+                assert_eq!(l.trace_of(bs.trace_id), ac.trace_id);
+                assert_eq!(l.stats.by_peer, 1);
+            } else {
+                l.expire(170 + PEER_WAIT_NS / 2);
+                assert!(l.take_verdicts().is_none());
+                l.expire(171 + PEER_WAIT_NS);
+                let v: Vec<_> = l.take_verdicts().unwrap().collect();
+                assert_eq!(v, vec![(bs.trace_id, Verdict::NoPeer { parent: bs.parent.unwrap() })]);
+                assert_eq!(l.stats.by_peer, 0);
+            }
+            assert!(!l.is_pending(&bs.trace_id));
+        }
     }
 }
