@@ -246,9 +246,6 @@ pub struct Linker {
     spawned: HashMap<(u32, u64), Spawned>,
     /// Provisional traces whose verdict is not known yet, and their thread.
     pending: HashMap<[u8; 16], (u32, u64)>,
-    /// Requests whose head was seen and whose exchange has not finished,
-    /// by connection: (pid, thread or goroutine key, request number).
-    open: HashMap<u64, Vec<(u32, u64, u64)>>,
     /// Server spans made before their client end was seen, waiting for it
     /// under their provisional trace: (when made, the client span id).
     waiting_peers: HashMap<[u8; 16], (u64, [u8; 8])>,
@@ -616,10 +613,8 @@ impl Linker {
                 // request on it ends whatever it still stood for (a request
                 // whose answer the agent missed, on a connection since gone
                 // and whose goroutine was reused).
-                if !crate::conntrack::is_h2_seq(s.seq) {
-                    let go = ctx.tid & GO_KEY != 0;
-                    for w in ws.iter_mut().filter(|w| w.end == u64::MAX && (go || (w.ino == meta.ino && w.seq < s.seq)))
-                    {
+                if ctx.tid & GO_KEY != 0 && !crate::conntrack::is_h2_seq(s.seq) {
+                    for w in ws.iter_mut().filter(|w| w.end == u64::MAX) {
                         w.end = s.ts.max(w.start);
                     }
                 }
@@ -660,10 +655,6 @@ impl Linker {
                 self.client_peer(meta, s, peer, &mut ctx);
             }
         }
-        let open = self.open.entry(meta.ino).or_default();
-        if open.len() < WINDOWS_PER_THREAD {
-            open.push((meta.pid, ctx.tid, s.seq));
-        }
         self.started.insert((meta.ino, s.seq), ctx);
     }
 
@@ -671,13 +662,16 @@ impl Linker {
     /// (a request without an answer must not keep its thread or goroutine,
     /// which may serve another connection next, in its request).
     pub fn connection_closed(&mut self, ino: u64, now: u64) {
-        if self.open.is_empty() {
+        if self.started.is_empty() {
             return;
         }
-        let Some(open) = self.open.remove(&ino) else { return };
-        for (pid, key, seq) in open {
+        // Requests in flight are few: a scan costs less than an index kept
+        // up to date on every request.
+        let open: Vec<(u64, u64)> =
+            self.started.iter().filter(|((i, _), _)| *i == ino).map(|((_, seq), c)| (*seq, c.tid)).collect();
+        for (seq, key) in open {
             self.started.remove(&(ino, seq));
-            if let Some(ws) = self.threads.get_mut(&(pid, key)) {
+            for ws in self.threads.iter_mut().filter(|((_, k), _)| *k == key).map(|(_, ws)| ws) {
                 for w in ws.iter_mut().filter(|w| w.ino == ino && w.seq == seq && w.end == u64::MAX) {
                     w.end = now.max(w.start);
                 }
@@ -793,9 +787,6 @@ impl Linker {
     /// HTTP/1 request upgraded to HTTP/2 stream 1).
     pub fn rekey(&mut self, pid: u32, ino: u64, from: u64, to: u64) {
         let Some(ctx) = self.started.remove(&(ino, from)) else { return };
-        for o in self.open.get_mut(&ino).into_iter().flatten().filter(|o| o.2 == from) {
-            o.2 = to;
-        }
         if let Some(ws) = self.threads.get_mut(&(pid, ctx.tid)) {
             for w in ws.iter_mut().filter(|w| w.ino == ino && w.seq == from) {
                 w.seq = to;
@@ -809,12 +800,6 @@ impl Linker {
     /// the thread that wrote the end of the response (0: not known).
     pub fn finish(&mut self, meta: &ConnMeta, seq: u64, end: u64, responder: Task) -> Option<Assigned> {
         let mut ctx = self.started.remove(&(meta.ino, seq))?;
-        if let Some(open) = self.open.get_mut(&meta.ino) {
-            open.retain(|o| o.2 != seq);
-            if open.is_empty() {
-                self.open.remove(&meta.ino);
-            }
-        }
         if ctx.tentative {
             // The client end has not shown yet (its send may return after
             // this answer was written): this span and what it caused wait
@@ -906,7 +891,6 @@ impl Linker {
         }
         let gone: ahash::AHashSet<u64> = inos.iter().copied().collect();
         self.started.retain(|(i, _), _| !gone.contains(i));
-        self.open.retain(|i, _| !gone.contains(i));
         for ws in self.threads.values_mut() {
             for w in ws.iter_mut().filter(|w| w.end == u64::MAX && gone.contains(&w.ino)) {
                 w.end = now.max(w.start);
@@ -937,11 +921,6 @@ impl Linker {
     /// Forget what has outlived its use.
     pub fn expire(&mut self, now: u64) {
         self.started.retain(|_, c| now.saturating_sub(c.made) < 2 * MAX_REQUEST_NS);
-        let started = &self.started;
-        self.open.retain(|ino, v| {
-            v.retain(|o| started.contains_key(&(*ino, o.2)));
-            !v.is_empty()
-        });
         self.threads.retain(|_, ws| {
             ws.retain(|w| {
                 let open = w.end == u64::MAX && now.saturating_sub(w.start) <= MAX_REQUEST_NS;
