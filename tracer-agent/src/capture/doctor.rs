@@ -173,6 +173,13 @@ pub fn run(opts: &LoadOptions) -> u8 {
         RingMode::PerCpu => format!("per-cpu, {} MiB per CPU", PER_CPU_RING_BYTES >> 20),
     };
     let _ = writeln!(out, "\nring buffer     {ring} (per-cpu covers CPU ids below {MAX_CPUS})");
+    if let Ok((p, _, _)) = &loaded {
+        let go = match &p.go_error {
+            None => "loaded (go_probe, attached to each Go executable; see Go services in README)".to_string(),
+            Some(e) => format!("not available, Go calls stay unlinked: {e}"),
+        };
+        let _ = writeln!(out, "go probes       {go}");
+    }
     let verdict = match (&loaded, over_budget) {
         (Ok((_, Some(why), _)), _) => format!("the agent cannot run here: {why}"),
         (Ok((p, None, _)), false) if p.fallbacks() == 0 => "the agent can run here, with every probe".to_string(),

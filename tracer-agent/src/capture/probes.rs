@@ -211,6 +211,8 @@ pub struct Probes {
     _ebpf: Ebpf,
     /// The Go function probe is loaded (attached per executable).
     go_ready: bool,
+    /// Why it is not, when it is not.
+    pub go_error: Option<String>,
     /// Executables (device, inode) the Go probe was attached to, and what
     /// they are.
     go_files: std::collections::HashMap<(u64, u64), GoFile>,
@@ -615,6 +617,10 @@ impl Probes {
                             ));
                         }
                     }
+                    stats.push((
+                        "go_probe".to_string(),
+                        l.measure("go_probe", Attach::UProbe, &aya_btf).map_err(|e| format!("{e:#}")),
+                    ));
                 }
                 Err(e) => stats.push(("*".to_string(), Err(format!("{e:#}")))),
             }
@@ -642,7 +648,12 @@ impl Probes {
             eprintln!("tracer-agent: warning: Go programs get no function probes (their calls stay unlinked): {e}");
         }
         let go_ready = go.is_ok();
-        Ok((Self { _ebpf: ebpf, counters, hooks, stats, go_ready, go_files: Default::default() }, rings, fatal))
+        let go_error = go.err();
+        Ok((
+            Self { _ebpf: ebpf, counters, hooks, stats, go_ready, go_error, go_files: Default::default() },
+            rings,
+            fatal,
+        ))
     }
 
     /// Attaches the Go function probes to the executable of process `pid`

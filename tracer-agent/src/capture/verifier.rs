@@ -175,10 +175,13 @@ pub enum Attach<'a> {
     BtfTracePoint(&'a str),
     /// A classic tracepoint.
     TracePoint,
+    /// A uprobe (a kprobe-type program).
+    UProbe,
 }
 
 const BPF_PROG_LOAD: i64 = 5;
 const BPF_BTF_LOAD: i64 = 18;
+const BPF_PROG_TYPE_KPROBE: u32 = 2;
 const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
 const BPF_TRACE_RAW_TP: u32 = 23;
@@ -320,6 +323,7 @@ impl StatsLoader {
                     .map_err(|_| anyhow!("this kernel has no tracepoint {tp}"))?;
             }
             Attach::TracePoint => attr.prog_type = BPF_PROG_TYPE_TRACEPOINT,
+            Attach::UProbe => attr.prog_type = BPF_PROG_TYPE_KPROBE,
         }
         for (d, s) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
             *d = s;
