@@ -419,3 +419,77 @@ fn a_handlers_goroutines_call_on_its_behalf() {
         }
     }
 }
+
+/// A gRPC-Go service (Debian's grpc-go 1.33) whose handler queries
+/// MariaDB, called by a python grpcio client that names each call's trace
+/// in `traceparent`: the handler's goroutine is told apart from the
+/// transport's reading goroutine by a probe on `handleStream`, so each
+/// query is the child of its call's server span, at concurrency 1 and 8.
+#[test]
+fn a_grpc_go_handlers_query_is_its_child() {
+    let _serial = serial();
+    agent_bin();
+    let bin = debian_shop();
+    let db = MariaDb::start();
+    let port = free_port();
+    let mut cmd = Command::new(&bin);
+    cmd.args([
+        "inventory".to_string(),
+        port.to_string(),
+        format!("root@tcp(127.0.0.1:{})/?interpolateParams=true", db.port()),
+    ]);
+    let inventory = ServerProcess::spawn(cmd, port, "go_shop inventory");
+    const CLIENT: &str = r#"
+import sys, grpc
+from concurrent.futures import ThreadPoolExecutor
+port, n, conc = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+ch = grpc.insecure_channel("127.0.0.1:%d" % port)
+grpc.channel_ready_future(ch).result(timeout=10)
+check = ch.unary_unary("/shop.Inventory/Check")
+def call(i):
+    tp = "00-%032x-%016x-01" % (0xabc000 + i, 0x1000 + i)
+    assert check(str(i).encode(), metadata=[("traceparent", tp)], timeout=10) == b"in stock %d" % i
+with ThreadPoolExecutor(conc) as ex:
+    list(ex.map(call, range(n)))
+print("ok")
+"#;
+    for (concurrency, n) in [(1, 40), (8, 200)] {
+        let receiver = Receiver::start();
+        let agent = AgentBuilder::new(&receiver).port(port).port(db.port()).arg("--db-full-query-text").start();
+        let out = Command::new(require_program("python3"))
+            .args(["-c", CLIENT, &port.to_string(), &n.to_string(), &concurrency.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "client: {}\n{}", String::from_utf8_lossy(&out.stderr), inventory.log());
+        // The client's span, the server's and its query.
+        receiver.wait_for_count(3 * n, SPAN_WAIT, |_| true);
+        let exit = agent.stop();
+        let spans = receiver.spans();
+        let stats = exit.stats_line().unwrap_or("").to_string();
+        assert_unique_span_ids(&spans);
+        let mut complete = 0;
+        for i in 0..n {
+            let trace = format!("{:032x}", 0xabc000 + i);
+            let mine: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id_hex() == trace).collect();
+            let srv: Vec<_> = mine.iter().filter(|s| s.kind() == SpanKind::Server).collect();
+            let queries: Vec<_> = mine.iter().filter(|s| s.has_attr("db.system.name")).collect();
+            for q in &queries {
+                // A wrong parent shows as another call's number in this trace.
+                assert_eq!(q.attr_str("db.query.text"), Some(format!("SELECT {i}")), "{}", dump(&spans));
+            }
+            if srv.len() == 1
+                && queries.len() == 1
+                && queries[0].parent_span_id_hex() == srv[0].span_id_hex()
+                && queries[0].attr_str("tracer.parent.source").as_deref() == Some("goroutine")
+            {
+                complete += 1;
+            }
+        }
+        println!("grpc-go, concurrency {concurrency}: {complete} of {n} complete; {stats}");
+        if concurrency == 1 {
+            assert_eq!(complete, n, "{stats}\n{}", dump(&spans));
+        } else {
+            assert!(complete * 100 >= n * 99, "{complete} of {n}; {stats}");
+        }
+    }
+}

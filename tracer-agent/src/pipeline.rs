@@ -282,7 +282,14 @@ impl Pipeline {
                 let arg = |i: usize| {
                     ev.payload.get(i * 8..i * 8 + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
                 };
-                self.linker.go_probe(h.pid, h.tid, h.goroutine, h.fd as u32, [arg(0), arg(1)], h.ts_exit);
+                self.linker.go_probe(
+                    h.pid,
+                    h.tid,
+                    h.goroutine,
+                    h.fd as u32,
+                    [arg(0), arg(1), arg(2), arg(3)],
+                    h.ts_exit,
+                );
             }
             Ok(ev) if ev.kind == tracer_common::EventKind::Runtime => {
                 let comm: std::sync::Arc<str> = crate::capture::event::comm(&ev.header.comm).into();

@@ -36,7 +36,8 @@ pub enum EventKind {
     /// runtime of process `pid` (named `comm`) is; `ret` is 1 for Go.
     Runtime = 8,
     /// A Go function probe fired (`fd` holds which: `go_probe::*`); the
-    /// payload holds the function's first two register arguments.
+    /// payload holds the function's first four integer register arguments
+    /// (`go_probe` says where one is read through instead).
     GoProbe = 9,
 }
 
@@ -201,6 +202,11 @@ pub mod go_probe {
     pub const NEWPROC: u32 = 3;
     /// A return of `runtime.newproc1`: `arg0` is the new goroutine.
     pub const NEWPROC_RET: u32 = 4;
+    /// Entry of `google.golang.org/grpc.(*Server).handleStream`: the
+    /// goroutine runs the handler of stream `arg3` (its id, read from the
+    /// `*transport.Stream`'s first field) of server transport `arg2` (the
+    /// interface's data pointer).
+    pub const HANDLE_STREAM: u32 = 5;
 }
 
 /// Filter modes for the pid/comm/port allow lists.

@@ -253,10 +253,10 @@ const SK_PROTOCOL: usize = 2;
 static SYSCALL_REGS: [u32; 5] = [0; 5];
 
 /// Offsets in `struct pt_regs` of the Go runtime's goroutine register and
-/// of the first two integer argument registers of Go's internal ABI
-/// (r14, rax, rbx on x86-64; x28, x0, x1 on arm64).
+/// of the first four integer argument registers of Go's internal ABI
+/// (r14, rax, rbx, rcx, rdi on x86-64; x28, x0..x3 on arm64).
 #[unsafe(no_mangle)]
-static GO_REGS: [u32; 3] = [0; 3];
+static GO_REGS: [u32; 5] = [0; 5];
 
 /// This architecture's syscall numbers mapped to `tracer_common::syscall`
 /// ids (0: a syscall whose buffer is not read here).
@@ -908,7 +908,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
 #[repr(C)]
 struct GoEvent {
     header: EventHeader,
-    args: [u64; 2],
+    args: [u64; 4],
 }
 
 /// One program for every Go function probe: the attach cookie says which
@@ -935,14 +935,19 @@ pub fn go_probe(ctx: ProbeContext) -> u32 {
     h.pid = (id >> 32) as u32;
     h.tid = id as u32;
     h.fd = cookie as i32;
-    h.captured = 16;
+    h.captured = 32;
     h.ret = 0;
     h.goroutine = reg(0);
     unsafe {
         copy_words::<2>(h.comm.as_mut_ptr().cast(), t.comm.as_ptr().cast());
         zero_words::<6>((&mut h.sock as *mut SockInfo).cast());
     }
-    e.args = [reg(1), reg(2)];
+    let mut a3 = reg(4);
+    if cookie == tracer_common::go_probe::HANDLE_STREAM as u64 {
+        // The stream's id is the first field of the *transport.Stream.
+        a3 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(a3 as *const u32) }.map_or(0, u64::from);
+    }
+    e.args = [reg(1), reg(2), reg(3), a3];
     stamp(&mut e.header, 0);
     // SAFETY: GoEvent is plain old data.
     let bytes =

@@ -4,13 +4,16 @@
 //
 //	go_shop price PORT
 //	go_shop front PORT PRICE_URL MYSQL_DSN
+//	go_shop inventory PORT MYSQL_DSN   (gRPC: /shop.Inventory/Check)
 package main
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -18,13 +21,86 @@ import (
 
 	"github.com/gin-gonic/gin"
 	_ "github.com/go-sql-driver/mysql"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
 )
+
+// rawCodec passes message bytes through unchanged, registered under the
+// name of the default codec: services without generated code.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v interface{}) ([]byte, error) {
+	switch m := v.(type) {
+	case []byte:
+		return m, nil
+	case *[]byte:
+		return *m, nil
+	default:
+		return nil, fmt.Errorf("raw codec cannot marshal %T", v)
+	}
+}
+
+func (rawCodec) Unmarshal(data []byte, v interface{}) error {
+	m, ok := v.(*[]byte)
+	if !ok {
+		return fmt.Errorf("raw codec cannot unmarshal into %T", v)
+	}
+	*m = append((*m)[:0], data...)
+	return nil
+}
+
+func (rawCodec) Name() string { return "proto" }
+
+type inventory interface{}
+
+// serveInventory answers /shop.Inventory/Check with the item number it is
+// sent, after one query on the handler's goroutine.
+func serveInventory(port, dsn string) {
+	db, err := sql.Open("mysql", dsn)
+	if err != nil {
+		log.Fatal(err)
+	}
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(16)
+	check := func(srv interface{}, ctx context.Context, dec func(interface{}) error, _ grpc.UnaryServerInterceptor) (interface{}, error) {
+		var in []byte
+		if err := dec(&in); err != nil {
+			return nil, err
+		}
+		n, _ := strconv.Atoi(string(in))
+		var v int
+		if err := db.QueryRow("SELECT ?", n).Scan(&v); err != nil || v != n {
+			return nil, fmt.Errorf("query: %v", err)
+		}
+		return []byte(fmt.Sprintf("in stock %d", v)), nil
+	}
+	desc := grpc.ServiceDesc{
+		ServiceName: "shop.Inventory",
+		HandlerType: (*inventory)(nil),
+		Methods:     []grpc.MethodDesc{{MethodName: "Check", Handler: check}},
+		Streams:     []grpc.StreamDesc{},
+		Metadata:    "shop.proto",
+	}
+	encoding.RegisterCodec(rawCodec{})
+	lis, err := net.Listen("tcp", "127.0.0.1:"+port)
+	if err != nil {
+		log.Fatal(err)
+	}
+	s := grpc.NewServer()
+	s.RegisterService(&desc, nil)
+	log.Printf("listening on %s", port)
+	log.Fatal(s.Serve(lis))
+}
 
 func main() {
 	if len(os.Args) < 3 {
 		log.Fatal("usage: go_shop price PORT | go_shop front PORT PRICE_URL MYSQL_DSN")
 	}
 	role, port := os.Args[1], os.Args[2]
+	if role == "inventory" {
+		serveInventory(port, os.Args[3])
+		return
+	}
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
 	switch role {

@@ -218,17 +218,16 @@ impl Btf {
         })
     }
 
-    /// Where Go's goroutine register and its first two integer argument
-    /// registers sit in `struct pt_regs` (r14, rax, rbx on x86-64; x28, x0,
-    /// x1 on arm64).
-    pub fn go_regs(&self) -> Result<[u32; 3], BtfError> {
-        if let (Ok(g), Ok(a), Ok(b)) =
-            (self.offset("pt_regs", "r14"), self.offset("pt_regs", "ax"), self.offset("pt_regs", "bx"))
-        {
-            return Ok([g, a, b]);
+    /// Where Go's goroutine register and its first four integer argument
+    /// registers sit in `struct pt_regs` (r14, rax, rbx, rcx, rdi on
+    /// x86-64; x28, x0..x3 on arm64).
+    pub fn go_regs(&self) -> Result<[u32; 5], BtfError> {
+        let r = |n: &str| self.offset("pt_regs", n);
+        if let (Ok(g), Ok(a), Ok(b), Ok(c), Ok(d)) = (r("r14"), r("ax"), r("bx"), r("cx"), r("di")) {
+            return Ok([g, a, b, c, d]);
         }
         let regs = self.offset("pt_regs", "regs")?;
-        Ok([regs + 28 * 8, regs, regs + 8])
+        Ok([regs + 28 * 8, regs, regs + 8, regs + 16, regs + 24])
     }
 
     /// Where a syscall's first three arguments sit in the saved user

@@ -477,7 +477,7 @@ impl Probes {
         let tracefs = ensure_tracefs();
         let btf = Btf::from_sys()?;
         let offsets = btf.kernel_offsets().context("reading kernel struct layout from BTF")?;
-        let go_regs = btf.go_regs().unwrap_or([0; 3]);
+        let go_regs = btf.go_regs().unwrap_or([0; 5]);
         // The parsed BTF is large; it is not kept while aya parses its own copy.
         drop(btf);
 
@@ -639,7 +639,7 @@ impl Probes {
         }
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS")?)?;
         // The Go function probe is loaded now and attached per executable.
-        let go = if go_regs == [0; 3] {
+        let go = if go_regs == [0; 5] {
             Err("the kernel's pt_regs has no Go registers".to_string())
         } else {
             load_go_probe(&mut ebpf).map_err(|e| format!("{e:#}"))

@@ -39,6 +39,7 @@ const ENTRIES: &[(&str, u32)] = &[
     ("net/http.(*persistConn).roundTrip", go_probe::ROUND_TRIP),
     ("net/http.persistConnWriter.Write", go_probe::CONN_WRITE),
     ("runtime.newproc1", go_probe::NEWPROC),
+    ("google.golang.org/grpc.(*Server).handleStream", go_probe::HANDLE_STREAM),
 ];
 
 /// `(major, minor)` of a version string such as `go1.21.3` or `go1.22rc1`.

@@ -179,6 +179,12 @@ struct Ctx {
     /// The thread (or goroutine) key of the request: see [`Linker::key`].
     tid: u64,
     made: u64,
+    pid: u32,
+    /// A server request.
+    server: bool,
+    /// The goroutine running its handler, when that is another than the
+    /// one that read it (gRPC-Go).
+    handler: Option<u64>,
     /// A server request whose client end has not been seen yet: its parent
     /// holds only once that end shows up.
     tentative: bool,
@@ -255,6 +261,8 @@ pub struct Linker {
     go_newproc: HashMap<(u32, u32), u64>,
     /// net/http connections (`*persistConn`) handed a request, and by whom.
     go_calls: HashMap<(u32, u64), u64>,
+    /// gRPC-Go server transports and the connection each serves.
+    go_transports: HashMap<(u32, u64), u64>,
     /// Goroutines that write net/http connections, and which.
     go_writers: HashMap<(u32, u64), u64>,
     /// Go processes where a call was made by a goroutine that stands for
@@ -366,7 +374,7 @@ impl Linker {
 
     /// A Go function probe fired in `pid` on thread `tid`, goroutine
     /// register `g`, at `t` (`tracer_common::go_probe` kinds).
-    pub fn go_probe(&mut self, pid: u32, tid: u32, g: u64, kind: u32, args: [u64; 2], t: u64) {
+    pub fn go_probe(&mut self, pid: u32, tid: u32, g: u64, kind: u32, args: [u64; 4], t: u64) {
         use tracer_common::go_probe;
         if !self.is_go(pid) {
             return;
@@ -391,6 +399,9 @@ impl Linker {
             go_probe::NEWPROC if args[1] != 0 => {
                 self.go_newproc.insert((pid, tid), args[1] | GO_KEY);
             }
+            go_probe::HANDLE_STREAM if g != 0 && args[3] != 0 => {
+                self.grpc_handler(pid, g | GO_KEY, args[2], args[3] as u32, t);
+            }
             go_probe::NEWPROC_RET if args[0] != 0 => {
                 let Some(by) = self.go_newproc.remove(&(pid, tid)) else { return };
                 let child = args[0] | GO_KEY;
@@ -405,6 +416,59 @@ impl Linker {
             }
             _ => {}
         }
+    }
+
+    /// Goroutine `handler` of `pid` runs the handler of stream `id` of
+    /// gRPC-Go server transport `transport` (from `handleStream`): it
+    /// stands for that stream's request until the stream ends. The
+    /// transport's connection is learnt the first time only one stream in
+    /// flight in the process has that id, and kept until it closes.
+    fn grpc_handler(&mut self, pid: u32, handler: u64, transport: u64, id: u32, t: u64) {
+        let seq = crate::conntrack::h2_seq(id);
+        let ino = match self.go_transports.get(&(pid, transport)) {
+            Some(&ino) => Some(ino),
+            None => {
+                let mut found = self
+                    .started
+                    .iter()
+                    .filter(|((_, sq), c)| *sq == seq && c.pid == pid && c.server && c.handler.is_none() && c.made <= t)
+                    .map(|((ino, _), _)| *ino);
+                match (found.next(), found.next()) {
+                    (Some(ino), None) => {
+                        if self.go_transports.len() < MAX_GO_STATE {
+                            self.go_transports.insert((pid, transport), ino);
+                        }
+                        Some(ino)
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let Some(ino) = ino else { return };
+        let Some(ctx) = self.started.get_mut(&(ino, seq)) else { return };
+        if ctx.handler.is_some() || !ctx.server {
+            return;
+        }
+        ctx.handler = Some(handler);
+        let w = Window {
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            sampled: ctx.sampled,
+            ino,
+            seq,
+            fingerprint: 0,
+            start: t,
+            end: u64::MAX,
+        };
+        let ws = self.threads.entry((pid, handler)).or_default();
+        for old in ws.iter_mut().filter(|w| w.end == u64::MAX) {
+            // A handler goroutine runs one stream at a time.
+            old.end = t.max(old.start);
+        }
+        if ws.len() >= WINDOWS_PER_THREAD {
+            ws.pop_front();
+        }
+        ws.push_back(w);
     }
 
     fn want_goroutines(&mut self, pid: u32) {
@@ -584,6 +648,9 @@ impl Linker {
             links: Vec::new(),
             tid: self.key(meta.pid, s.task),
             made: s.ts,
+            pid: meta.pid,
+            server: meta.kind == SpanKind::Server,
+            handler: None,
             tentative: false,
         };
         if let Some(h) = s.header {
@@ -667,8 +734,15 @@ impl Linker {
         }
         // Requests in flight are few: a scan costs less than an index kept
         // up to date on every request.
-        let open: Vec<(u64, u64)> =
-            self.started.iter().filter(|((i, _), _)| *i == ino).map(|((_, seq), c)| (*seq, c.tid)).collect();
+        if !self.go_transports.is_empty() {
+            self.go_transports.retain(|_, i| *i != ino);
+        }
+        let open: Vec<(u64, u64)> = self
+            .started
+            .iter()
+            .filter(|((i, _), _)| *i == ino)
+            .flat_map(|((_, seq), c)| std::iter::once((*seq, c.tid)).chain(c.handler.map(|h| (*seq, h))))
+            .collect();
         for (seq, key) in open {
             self.started.remove(&(ino, seq));
             for ws in self.threads.iter_mut().filter(|((_, k), _)| *k == key).map(|(_, ws)| ws) {
@@ -823,6 +897,13 @@ impl Linker {
                 }
             }
         }
+        if let Some(h) = ctx.handler {
+            if let Some(ws) = self.threads.get_mut(&(meta.pid, h)) {
+                for w in ws.iter_mut().filter(|w| w.ino == meta.ino && w.seq == seq && w.end == u64::MAX) {
+                    w.end = end.max(w.start);
+                }
+            }
+        }
         if meta.kind == SpanKind::Server {
             if let Some(ws) = self.threads.get_mut(&(meta.pid, ctx.tid)) {
                 if let Some(w) = ws.iter_mut().rev().find(|w| w.ino == meta.ino && w.seq == seq) {
@@ -862,6 +943,9 @@ impl Linker {
             links: Vec::new(),
             tid,
             made: t,
+            pid,
+            server: false,
+            handler: None,
             tentative: false,
         };
         self.thread_parent(pid, tid, t, None, true, &mut ctx);
