@@ -46,6 +46,8 @@ struct Conn {
     last_seen: u64,
     /// Who last sent in the client's direction (zero: none yet).
     req_task: Task,
+    /// Joined open: its accept or connect was not seen.
+    joined: bool,
     proto: Proto,
 }
 
@@ -107,6 +109,8 @@ pub struct Started {
     pub fingerprint: u64,
     /// Trace context the request carries in its headers.
     pub header: Option<crate::span::ParentContext>,
+    /// The connection was already open when the agent joined it.
+    pub joined: bool,
 }
 
 /// Health counters of the tracker.
@@ -222,6 +226,7 @@ impl Tracker {
                         role: if kind == SpanKind::Server { role::SERVER } else { role::CLIENT },
                         last_seen: now,
                         req_task: Task::default(),
+                        joined: false,
                         proto: Proto::Detecting(0),
                     },
                 );
@@ -327,7 +332,14 @@ impl Tracker {
             let meta = Arc::new(meta_for(ev, kind));
             self.insert(
                 key,
-                Conn { meta, role: r, last_seen: now, req_task: Task::default(), proto: Proto::Detecting(0) },
+                Conn {
+                    meta,
+                    role: r,
+                    last_seen: now,
+                    req_task: Task::default(),
+                    joined: true,
+                    proto: Proto::Detecting(0),
+                },
             );
         }
         let Some(c) = self.conns.get_mut(&key) else { return };
@@ -412,6 +424,7 @@ impl Tracker {
                                     head.user_agent.as_deref(),
                                 ),
                                 header: crate::span::parent_from_request(head),
+                                joined: c.joined,
                             });
                         }
                     }
@@ -461,7 +474,7 @@ impl Tracker {
             }
             Proto::Http2(h) => {
                 feed(h.as_mut(), client_dir, seg, &c.meta, Exchange::http2, &mut self.done_h2, out);
-                let (meta, started) = (&c.meta, &mut self.started);
+                let (meta, started, joined) = (&c.meta, &mut self.started, c.joined);
                 h.take_started(|ex| {
                     let target = ex.path.as_deref().unwrap_or("");
                     started.push(Started {
@@ -476,6 +489,7 @@ impl Tracker {
                             ex.user_agent.as_deref(),
                         ),
                         header: crate::span::h2_parent(ex),
+                        joined,
                     })
                 });
             }

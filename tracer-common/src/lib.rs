@@ -207,6 +207,11 @@ pub mod go_probe {
     /// `*transport.Stream`'s first field) of server transport `arg2` (the
     /// interface's data pointer).
     pub const HANDLE_STREAM: u32 = 5;
+    /// A return of `google.golang.org/grpc/internal/transport.(*http2Client).NewStream`:
+    /// the goroutine opened stream `arg3` (its id, the returned
+    /// `*transport.Stream`'s first field) on client transport `arg2` (the
+    /// stream's `ct` field).
+    pub const NEWSTREAM_RET: u32 = 6;
 }
 
 /// Filter modes for the pid/comm/port allow lists.

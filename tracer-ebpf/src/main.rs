@@ -942,12 +942,17 @@ pub fn go_probe(ctx: ProbeContext) -> u32 {
         copy_words::<2>(h.comm.as_mut_ptr().cast(), t.comm.as_ptr().cast());
         zero_words::<6>((&mut h.sock as *mut SockInfo).cast());
     }
-    let mut a3 = reg(4);
+    let (a0, mut a2, mut a3) = (reg(1), reg(3), reg(4));
     if cookie == tracer_common::go_probe::HANDLE_STREAM as u64 {
         // The stream's id is the first field of the *transport.Stream.
         a3 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(a3 as *const u32) }.map_or(0, u64::from);
+    } else if cookie == tracer_common::go_probe::NEWSTREAM_RET as u64 {
+        // The returned *transport.Stream: its id, and its client transport
+        // (`ct`, after the 16-byte server transport interface).
+        a3 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(a0 as *const u32) }.map_or(0, u64::from);
+        a2 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((a0 + 24) as *const u64) }.unwrap_or(0);
     }
-    e.args = [reg(1), reg(2), reg(3), a3];
+    e.args = [a0, reg(2), a2, a3];
     stamp(&mut e.header, 0);
     // SAFETY: GoEvent is plain old data.
     let bytes =

@@ -3,7 +3,7 @@
 // database/sql with go-sql-driver/mysql for MariaDB.
 //
 //	go_shop price PORT
-//	go_shop front PORT PRICE_URL MYSQL_DSN
+//	go_shop front PORT PRICE_URL MYSQL_DSN [INVENTORY_ADDR]
 //	go_shop inventory PORT MYSQL_DSN   (gRPC: /shop.Inventory/Check)
 package main
 
@@ -117,6 +117,14 @@ func main() {
 		db.SetMaxOpenConns(16)
 		db.SetMaxIdleConns(16)
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+		var stock *grpc.ClientConn
+		if len(os.Args) > 5 {
+			encoding.RegisterCodec(rawCodec{})
+			stock, err = grpc.Dial(os.Args[5], grpc.WithInsecure())
+			if err != nil {
+				log.Fatal(err)
+			}
+		}
 		get := func(n int) (string, error) {
 			resp, err := client.Get(fmt.Sprintf("%s/price/%d", price, n))
 			if err != nil {
@@ -141,6 +149,19 @@ func main() {
 				return
 			}
 			c.String(http.StatusOK, "front %d %s", n, body)
+		})
+		// One gRPC call to the inventory service.
+		r.GET("/stock/:n", func(c *gin.Context) {
+			if stock == nil {
+				c.String(http.StatusNotFound, "no inventory service")
+				return
+			}
+			var out []byte
+			if err := stock.Invoke(c.Request.Context(), "/shop.Inventory/Check", []byte(c.Param("n")), &out); err != nil {
+				c.String(http.StatusBadGateway, "inventory: %v", err)
+				return
+			}
+			c.String(http.StatusOK, "%s", out)
 		})
 		// Three calls to the price service, each on its own goroutine.
 		r.GET("/fanout/:n", func(c *gin.Context) {

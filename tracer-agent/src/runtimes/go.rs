@@ -34,6 +34,10 @@ pub struct GoBinary {
     pub missing: Vec<&'static str>,
 }
 
+/// The functions probed at their returns instead, with the kind.
+const RETURNS: &[(&str, u32)] =
+    &[("google.golang.org/grpc/internal/transport.(*http2Client).NewStream", go_probe::NEWSTREAM_RET)];
+
 /// The functions probed at their entry.
 const ENTRIES: &[(&str, u32)] = &[
     ("net/http.(*persistConn).roundTrip", go_probe::ROUND_TRIP),
@@ -179,6 +183,17 @@ pub fn inspect_bytes(data: &[u8]) -> Option<GoBinary> {
     let mut found = 0;
     for sym in file.symbols() {
         let Ok(name) = sym.name() else { continue };
+        if let Some(&(_, kind)) = RETURNS.iter().find(|(n, _)| *n == name) {
+            let code = file_offset(&file, sym.address())
+                .and_then(|off| data.get(off as usize..(off + sym.size()) as usize))
+                .unwrap_or(&[]);
+            for ret in returns_x86_64(code, sym.address()) {
+                if let Some(offset) = file_offset(&file, ret) {
+                    bin.points.push(ProbePoint { kind, offset });
+                }
+            }
+            continue;
+        }
         let Some(&(_, kind)) = ENTRIES.iter().find(|(n, _)| *n == name) else { continue };
         let Some(offset) = file_offset(&file, sym.address()) else { continue };
         found += 1;
@@ -203,6 +218,16 @@ pub fn inspect_bytes(data: &[u8]) -> Option<GoBinary> {
         match table {
             Some(funcs) => {
                 for (name, entry, size) in funcs {
+                    if let Some(&(_, kind)) = RETURNS.iter().find(|(n, _)| *n == name) {
+                        let Some(off) = file_offset(&file, entry) else { continue };
+                        let code = data.get(off as usize..(off + size) as usize).unwrap_or(&[]);
+                        for ret in returns_x86_64(code, entry) {
+                            if let Some(offset) = file_offset(&file, ret) {
+                                bin.points.push(ProbePoint { kind, offset });
+                            }
+                        }
+                        continue;
+                    }
                     let Some(&(_, kind)) = ENTRIES.iter().find(|(n, _)| *n == name) else { continue };
                     let Some(offset) = file_offset(&file, entry) else { continue };
                     found += 1;

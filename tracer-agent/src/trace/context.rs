@@ -261,6 +261,11 @@ pub struct Linker {
     go_newproc: HashMap<(u32, u32), u64>,
     /// net/http connections (`*persistConn`) handed a request, and by whom.
     go_calls: HashMap<(u32, u64), u64>,
+    /// gRPC-Go client transports and the connection each writes.
+    go_client_transports: HashMap<(u32, u64), u64>,
+    /// gRPC-Go client streams opened and not yet seen started:
+    /// (pid, transport, stream id) → (opening goroutine, when).
+    go_streams: HashMap<(u32, u64, u32), (u64, u64)>,
     /// gRPC-Go server transports and the connection each serves.
     go_transports: HashMap<(u32, u64), u64>,
     /// Goroutines that write net/http connections, and which.
@@ -399,6 +404,9 @@ impl Linker {
             go_probe::NEWPROC if args[1] != 0 => {
                 self.go_newproc.insert((pid, tid), args[1] | GO_KEY);
             }
+            go_probe::NEWSTREAM_RET if g != 0 && args[3] != 0 && args[2] != 0 => {
+                self.grpc_stream_opened(pid, g | GO_KEY, args[2], args[3] as u32, t);
+            }
             go_probe::HANDLE_STREAM if g != 0 && args[3] != 0 => {
                 self.grpc_handler(pid, g | GO_KEY, args[2], args[3] as u32, t);
             }
@@ -469,6 +477,87 @@ impl Linker {
             ws.pop_front();
         }
         ws.push_back(w);
+    }
+
+    /// Goroutine `caller` of `pid` opened stream `id` on gRPC-Go client
+    /// transport `transport` (from `NewStream`'s return). The stream's
+    /// HEADERS are written by the transport's own goroutine, before or
+    /// after this is seen: if its request has started already, it is
+    /// linked now, else when it starts.
+    fn grpc_stream_opened(&mut self, pid: u32, caller: u64, transport: u64, id: u32, t: u64) {
+        let seq = crate::conntrack::h2_seq(id);
+        let ino = match self.go_client_transports.get(&(pid, transport)) {
+            Some(&ino) => Some(ino),
+            None => {
+                let mapped: ahash::AHashSet<u64> = self.go_client_transports.values().copied().collect();
+                let mut found = self
+                    .started
+                    .iter()
+                    .filter(|((ino, sq), c)| {
+                        *sq == seq && c.pid == pid && !c.server && c.source.is_none() && !mapped.contains(ino)
+                    })
+                    .map(|((ino, _), _)| *ino);
+                match (found.next(), found.next()) {
+                    (Some(ino), None) => {
+                        self.tie_client_transport(pid, transport, ino);
+                        Some(ino)
+                    }
+                    _ => None,
+                }
+            }
+        };
+        match ino.and_then(|ino| self.started.get(&(ino, seq)).map(|c| (ino, c.source.is_none() && !c.server))) {
+            Some((ino, true)) => self.link_late(pid, ino, seq, caller, t),
+            Some((_, false)) => {}
+            None => {
+                if self.go_streams.len() >= MAX_GO_STATE {
+                    self.go_streams.clear();
+                }
+                self.go_streams.insert((pid, transport, id), (caller, t));
+            }
+        }
+    }
+
+    fn tie_client_transport(&mut self, pid: u32, transport: u64, ino: u64) {
+        if self.go_client_transports.len() < MAX_GO_STATE {
+            self.go_client_transports.insert((pid, transport), ino);
+        }
+    }
+
+    /// The goroutine that opened the gRPC-Go stream `id` starting now on
+    /// connection `ino` of `pid`, if the probes saw it.
+    fn grpc_caller(&mut self, pid: u32, ino: u64, id: u32) -> Option<u64> {
+        if self.go_streams.is_empty() {
+            return None;
+        }
+        let transport = match self.go_client_transports.iter().find(|(&(p, _), &i)| p == pid && i == ino) {
+            Some((&(_, t), _)) => t,
+            None => {
+                let mapped: ahash::AHashSet<u64> = self.go_client_transports.keys().map(|k| k.1).collect();
+                let mut found = self.go_streams.keys().filter(|(p, t, i)| *p == pid && *i == id && !mapped.contains(t));
+                let (Some(&(_, t, _)), None) = (found.next(), found.next()) else { return None };
+                self.tie_client_transport(pid, t, ino);
+                t
+            }
+        };
+        self.go_streams.remove(&(pid, transport, id)).map(|(caller, _)| caller)
+    }
+
+    /// Links the started client request (`ino`, `seq`) of `pid` to the
+    /// request goroutine `caller` stands for at `t`.
+    fn link_late(&mut self, pid: u32, ino: u64, seq: u64, caller: u64, t: u64) {
+        let Some(m) = self.request_of(pid, caller, t) else { return };
+        let Some(w) = self.window(pid, m.by, m.ino, m.seq).copied() else { return };
+        let parent_trace = self.resolve(w.trace_id);
+        let Some(ctx) = self.started.get_mut(&(ino, seq)) else { return };
+        if ctx.trace_id != parent_trace {
+            self.aliases.insert(ctx.trace_id, (parent_trace, t));
+        }
+        ctx.trace_id = parent_trace;
+        ctx.parent = Some(w.span_id);
+        ctx.sampled = w.sampled;
+        ctx.source = Some(Source::Goroutine);
+        self.stats.by_goroutine += 1;
     }
 
     fn want_goroutines(&mut self, pid: u32) {
@@ -707,10 +796,10 @@ impl Linker {
                     // goroutine: the caller is the goroutine that handed it
                     // to that connection, when the probes saw it; without
                     // them only a goroutine writing for itself is followed.
-                    let caller = if self.is_go(meta.pid) && !crate::conntrack::is_h2_seq(s.seq) {
-                        self.go_caller(meta.pid, ctx.tid)
-                    } else {
-                        None
+                    let caller = match (self.is_go(meta.pid), crate::conntrack::is_h2_seq(s.seq)) {
+                        (true, false) => self.go_caller(meta.pid, ctx.tid),
+                        (true, true) => self.grpc_caller(meta.pid, meta.ino, s.seq as u32),
+                        _ => None,
                     };
                     let inherit = caller.is_some() || !self.is_go(meta.pid);
                     let key = caller.unwrap_or(ctx.tid);
@@ -729,14 +818,17 @@ impl Linker {
     /// (a request without an answer must not keep its thread or goroutine,
     /// which may serve another connection next, in its request).
     pub fn connection_closed(&mut self, ino: u64, now: u64) {
+        if !self.go_transports.is_empty() {
+            self.go_transports.retain(|_, i| *i != ino);
+        }
+        if !self.go_client_transports.is_empty() {
+            self.go_client_transports.retain(|_, i| *i != ino);
+        }
         if self.started.is_empty() {
             return;
         }
         // Requests in flight are few: a scan costs less than an index kept
         // up to date on every request.
-        if !self.go_transports.is_empty() {
-            self.go_transports.retain(|_, i| *i != ino);
-        }
         let open: Vec<(u64, u64)> = self
             .started
             .iter()
@@ -775,8 +867,10 @@ impl Linker {
             }
         }
         // Only when the client end is known to be traced: a server whose
-        // clients are not traced (the usual case) pays nothing here.
-        if peer != Some(SpanKind::Client) {
+        // clients are not traced (the usual case) pays nothing here. On a
+        // same-host connection the agent joined open, the client end may
+        // simply not have been seen yet: it waits for it too.
+        if peer != Some(SpanKind::Client) && !(s.joined && peer.is_none() && same_host(meta, None)) {
             return;
         }
         // The client's send may not be seen yet: choose its span id and a
@@ -1043,6 +1137,7 @@ impl Linker {
         if self.go_newproc.len() > 4096 {
             self.go_newproc.clear();
         }
+        self.go_streams.retain(|_, (_, made)| now.saturating_sub(*made) < WINDOW_KEEP_NS);
         if !self.spawned.is_empty() {
             // Threads still alive once their request ended (and the grace
             // after it passed) were not made for it alone.
@@ -1141,6 +1236,7 @@ mod tests {
             target: target.into(),
             fingerprint: fingerprint("GET", target, None),
             header: None,
+            joined: false,
         }
     }
 
