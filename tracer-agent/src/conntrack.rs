@@ -109,7 +109,8 @@ pub struct Started {
     pub fingerprint: u64,
     /// Trace context the request carries in its headers.
     pub header: Option<crate::span::ParentContext>,
-    /// The connection was already open when the agent joined it.
+    /// The first request seen on a connection that was already open when
+    /// the agent joined it (its client end may not have been seen yet).
     pub joined: bool,
 }
 
@@ -426,6 +427,9 @@ impl Tracker {
                                 header: crate::span::parent_from_request(head),
                                 joined: c.joined,
                             });
+                            // Only its first request may wait for a client end
+                            // not seen yet (see `Started::joined`).
+                            c.joined = false;
                         }
                     }
                 } else {
@@ -492,6 +496,7 @@ impl Tracker {
                         joined,
                     })
                 });
+                c.joined = false;
             }
             Proto::Postgres(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),
             Proto::Mysql(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),
