@@ -710,11 +710,6 @@ impl Probes {
         Some(bin)
     }
 
-    /// Go executables the function probes were attached to.
-    pub fn go_binaries(&self) -> usize {
-        self.go_files.len()
-    }
-
     /// Programs that failed to load or attach on this host (each one a step
     /// down the ladder, or a hook left out).
     pub fn fallbacks(&self) -> u64 {
