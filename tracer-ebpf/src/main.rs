@@ -928,20 +928,9 @@ pub fn go_probe(ctx: ProbeContext) -> u32 {
     };
     let cookie = unsafe { generated::bpf_get_attach_cookie(ctx.regs.cast()) };
     let h = &mut e.header;
-    let id = bpf_get_current_pid_tgid();
-    h.kind = EventKind::GoProbe as u32;
-    h.syscall = 0;
-    h._pad0 = 0;
-    h.pid = (id >> 32) as u32;
-    h.tid = id as u32;
-    h.fd = cookie as i32;
+    fill_header(h, EventKind::GoProbe, 0, cookie as i32, &t.comm, &NO_SOCK);
     h.captured = 32;
-    h.ret = 0;
     h.goroutine = reg(0);
-    unsafe {
-        copy_words::<2>(h.comm.as_mut_ptr().cast(), t.comm.as_ptr().cast());
-        zero_words::<6>((&mut h.sock as *mut SockInfo).cast());
-    }
     let (a0, mut a2, mut a3) = (reg(1), reg(3), reg(4));
     if cookie == tracer_common::go_probe::HANDLE_STREAM as u64 {
         // The stream's id is the first field of the *transport.Stream.
@@ -963,6 +952,9 @@ pub fn go_probe(ctx: ProbeContext) -> u32 {
 
 // ------------------------------------------------------------ process path
 
+/// The socket of events that are about no socket.
+static NO_SOCK: SockInfo = SockInfo::zeroed();
+
 /// `signal_struct.flags` bit: the whole process is exiting.
 const SIGNAL_GROUP_EXIT: u32 = 4;
 
@@ -972,20 +964,8 @@ const SIGNAL_GROUP_EXIT: u32 = 4;
 fn thread_event(cfg: &Config, kind: EventKind, comm: &[u8; 16], ret: i64) {
     let Some(h) = HEADERS.get_ptr_mut(1) else { return };
     let h = unsafe { &mut *h };
-    let id = bpf_get_current_pid_tgid();
-    h.kind = kind as u32;
-    h.syscall = syscall::THREAD;
-    h._pad0 = 0;
-    h.pid = (id >> 32) as u32;
-    h.tid = id as u32;
-    h.fd = -1;
-    h.captured = 0;
+    fill_header(h, kind, syscall::THREAD, -1, comm, &NO_SOCK);
     h.ret = ret;
-    h.goroutine = 0;
-    unsafe {
-        copy_words::<2>(h.comm.as_mut_ptr().cast(), comm.as_ptr().cast());
-        zero_words::<6>((&mut h.sock as *mut SockInfo).cast());
-    }
     stamp(h, 0);
     // SAFETY: EventHeader is plain old data.
     let bytes = unsafe { core::slice::from_raw_parts(h as *const EventHeader as *const u8, HEADER_SIZE) };

@@ -34,16 +34,14 @@ pub struct GoBinary {
     pub missing: Vec<&'static str>,
 }
 
-/// The functions probed at their returns instead, with the kind.
-const RETURNS: &[(&str, u32)] =
-    &[("google.golang.org/grpc/internal/transport.(*http2Client).NewStream", go_probe::NEWSTREAM_RET)];
-
-/// The functions probed at their entry.
-const ENTRIES: &[(&str, u32)] = &[
-    ("net/http.(*persistConn).roundTrip", go_probe::ROUND_TRIP),
-    ("net/http.persistConnWriter.Write", go_probe::CONN_WRITE),
-    ("runtime.newproc1", go_probe::NEWPROC),
-    ("google.golang.org/grpc.(*Server).handleStream", go_probe::HANDLE_STREAM),
+/// The probed functions: the probe kind at their entry, and at each of
+/// their RET instructions.
+const PROBED: &[(&str, Option<u32>, Option<u32>)] = &[
+    ("net/http.(*persistConn).roundTrip", Some(go_probe::ROUND_TRIP), None),
+    ("net/http.persistConnWriter.Write", Some(go_probe::CONN_WRITE), None),
+    ("runtime.newproc1", Some(go_probe::NEWPROC), Some(go_probe::NEWPROC_RET)),
+    ("google.golang.org/grpc.(*Server).handleStream", Some(go_probe::HANDLE_STREAM), None),
+    ("google.golang.org/grpc/internal/transport.(*http2Client).NewStream", None, Some(go_probe::NEWSTREAM_RET)),
 ];
 
 /// `(major, minor)` of a version string such as `go1.21.3` or `go1.22rc1`.
@@ -153,6 +151,29 @@ pub fn returns_x86_64(code: &[u8], addr: u64) -> Vec<u64> {
     out
 }
 
+/// Adds the probe points of the probed functions among `funcs` (name,
+/// entry address, size); returns how many of them were found.
+fn add_points(file: &object::File, data: &[u8], funcs: &[(&str, u64, u64)], bin: &mut GoBinary) -> usize {
+    let mut found = 0;
+    for &(name, entry, size) in funcs {
+        let Some(&(_, at_entry, at_return)) = PROBED.iter().find(|(n, _, _)| *n == name) else { continue };
+        let Some(offset) = file_offset(file, entry) else { continue };
+        found += 1;
+        if let Some(kind) = at_entry {
+            bin.points.push(ProbePoint { kind, offset });
+        }
+        if let Some(kind) = at_return {
+            let code = data.get(offset as usize..offset.saturating_add(size) as usize).unwrap_or(&[]);
+            for ret in returns_x86_64(code, entry) {
+                if let Some(offset) = file_offset(file, ret) {
+                    bin.points.push(ProbePoint { kind, offset });
+                }
+            }
+        }
+    }
+    found
+}
+
 /// Inspects the executable at `path`. `None` when it is not a Go program
 /// (or not readable).
 pub fn inspect(path: &Path) -> Option<GoBinary> {
@@ -180,72 +201,19 @@ pub fn inspect_bytes(data: &[u8]) -> Option<GoBinary> {
         bin.missing.push("Go probes are only built for x86-64");
         return Some(bin);
     }
-    let mut found = 0;
-    for sym in file.symbols() {
-        let Ok(name) = sym.name() else { continue };
-        if let Some(&(_, kind)) = RETURNS.iter().find(|(n, _)| *n == name) {
-            let code = file_offset(&file, sym.address())
-                .and_then(|off| data.get(off as usize..(off + sym.size()) as usize))
-                .unwrap_or(&[]);
-            for ret in returns_x86_64(code, sym.address()) {
-                if let Some(offset) = file_offset(&file, ret) {
-                    bin.points.push(ProbePoint { kind, offset });
-                }
-            }
-            continue;
-        }
-        let Some(&(_, kind)) = ENTRIES.iter().find(|(n, _)| *n == name) else { continue };
-        let Some(offset) = file_offset(&file, sym.address()) else { continue };
-        found += 1;
-        bin.points.push(ProbePoint { kind, offset });
-        if kind == go_probe::NEWPROC {
-            let code = file_offset(&file, sym.address())
-                .and_then(|off| data.get(off as usize..(off + sym.size()) as usize))
-                .unwrap_or(&[]);
-            for ret in returns_x86_64(code, sym.address()) {
-                if let Some(offset) = file_offset(&file, ret) {
-                    bin.points.push(ProbePoint { kind: go_probe::NEWPROC_RET, offset });
-                }
-            }
-        }
-    }
+    // The symbol table, or in a stripped binary (`-ldflags=-s`) the
+    // runtime's own function table, which still names every function.
+    let symbols: Vec<(&str, u64, u64)> =
+        file.symbols().filter_map(|sym| Some((sym.name().ok()?, sym.address(), sym.size()))).collect();
+    let mut found = add_points(&file, data, &symbols, &mut bin);
     if found == 0 {
-        // Stripped (`-ldflags=-s`): the runtime's own function table still
-        // names every function.
         let text = file.section_by_name(".text").map_or(0, |s| s.address());
-        let table =
-            file.section_by_name(".gopclntab").and_then(|s| s.data().ok()).and_then(|t| pclntab_functions(t, text));
-        match table {
-            Some(funcs) => {
-                for (name, entry, size) in funcs {
-                    if let Some(&(_, kind)) = RETURNS.iter().find(|(n, _)| *n == name) {
-                        let Some(off) = file_offset(&file, entry) else { continue };
-                        let code = data.get(off as usize..(off + size) as usize).unwrap_or(&[]);
-                        for ret in returns_x86_64(code, entry) {
-                            if let Some(offset) = file_offset(&file, ret) {
-                                bin.points.push(ProbePoint { kind, offset });
-                            }
-                        }
-                        continue;
-                    }
-                    let Some(&(_, kind)) = ENTRIES.iter().find(|(n, _)| *n == name) else { continue };
-                    let Some(offset) = file_offset(&file, entry) else { continue };
-                    found += 1;
-                    bin.points.push(ProbePoint { kind, offset });
-                    if kind == go_probe::NEWPROC {
-                        let code = data.get(offset as usize..(offset + size) as usize).unwrap_or(&[]);
-                        for ret in returns_x86_64(code, entry) {
-                            if let Some(offset) = file_offset(&file, ret) {
-                                bin.points.push(ProbePoint { kind: go_probe::NEWPROC_RET, offset });
-                            }
-                        }
-                    }
-                }
-                if found == 0 {
-                    bin.missing.push("none of the probed functions is in the binary");
-                }
-            }
+        match file.section_by_name(".gopclntab").and_then(|s| s.data().ok()).and_then(|t| pclntab_functions(t, text)) {
+            Some(funcs) => found = add_points(&file, data, &funcs, &mut bin),
             None => bin.missing.push("no symbol table and no readable function table"),
+        }
+        if found == 0 && bin.missing.is_empty() {
+            bin.missing.push("none of the probed functions is in the binary");
         }
     }
     bin.points.sort_by_key(|p| (p.kind, p.offset));
@@ -302,6 +270,63 @@ mod tests {
         t.extend_from_slice(&u64::MAX.to_le_bytes());
         t.resize(128, 0xff);
         assert_eq!(pclntab_functions(&t, 0), None);
+    }
+
+    /// A two-function table in the Go 1.20+ layout.
+    fn table() -> Vec<u8> {
+        let mut t = vec![0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+        let (names, pcln) = (72u64, 80u64);
+        for w in [2u64, 0, 0x1000, names, 0, 0, 0, pcln] {
+            t.extend_from_slice(&w.to_le_bytes());
+        }
+        t.extend_from_slice(b"a\0bb\0\0\0\0");
+        for v in [0u32, 24, 0x10, 32, 0x20, 0, 0, 0, 0, 2] {
+            t.extend_from_slice(&v.to_le_bytes());
+        }
+        t
+    }
+
+    #[test]
+    fn a_function_table_gives_names_entries_and_sizes() {
+        assert_eq!(pclntab_functions(&table(), 0), Some(vec![("a", 0x1000, 0x10), ("bb", 0x1010, 0x10)]));
+        // A text start of 0 in the table is taken from `.text`.
+        let mut t = table();
+        t[24..32].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(pclntab_functions(&t, 0x40_0000).unwrap()[1], ("bb", 0x40_0010, 0x10));
+    }
+
+    #[test]
+    fn a_function_table_cut_or_corrupted_never_panics() {
+        let t = table();
+        for n in 0..=t.len() {
+            let _ = pclntab_functions(&t[..n], 0);
+        }
+        // Every byte set to each of a few values, one at a time.
+        for i in 0..t.len() {
+            for v in [0u8, 0x7f, 0x80, 0xff] {
+                let mut c = t.clone();
+                c[i] = v;
+                if let Some(funcs) = pclntab_functions(&c, 0) {
+                    assert!(funcs.len() <= c.len() / 8);
+                }
+            }
+        }
+        // Garbage of every small length.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for n in 0..512 {
+            let g: Vec<u8> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = pclntab_functions(&g, 0);
+            let _ = buildinfo_version(&g);
+            let _ = returns_x86_64(&g, 0x1000);
+            let _ = inspect_bytes(&g);
+        }
     }
 
     #[test]
