@@ -166,31 +166,93 @@ fn check(spans: &[ReceivedSpan], shop: &Shop, n: usize) -> usize {
 /// A Gin handler's query runs on its own goroutine; its net/http call is
 /// written by the transport's goroutine for that connection, and the Go
 /// function probes tell whose call it is. Both are children of the server
-/// span, at concurrency 1 and 8, with Debian's Go 1.19, Go 1.21, the
-/// newest Go release, and that one stripped (`-ldflags=-s -w`: the probe
-/// points come from the runtime's function table).
+/// span. Its gRPC-Go call to a service that queries MariaDB is one trace
+/// too ([`grpc_run`]). Each at concurrency 1 and 8, with Debian's Go 1.19,
+/// Go 1.21, the newest Go release, and that one stripped
+/// (`-ldflags=-s -w`: the probe points come from the runtime's function
+/// table, the gRPC-Go field offsets from the agent's table).
 #[test]
-fn a_go_handlers_query_and_call_are_its_children_across_go_releases() {
+fn a_go_services_calls_are_its_children_across_go_releases() {
     let _serial = serial();
     agent_bin();
-    let builds: Vec<(&str, std::path::PathBuf)> = vec![
-        ("debian go1.19", debian_shop()),
-        ("go1.21.13", go_program_with(&go_toolchain("1.21.13"), "go_shop", "go_shop", &[])),
-        ("go1.27.3", go_program_with(&go_toolchain("1.27.3"), "go_shop", "go_shop", &[])),
-        ("go1.27.3 -s -w", go_program_with(&go_toolchain("1.27.3"), "go_shop", "go_shop", &["-ldflags=-s -w"])),
-    ];
-    for (what, bin) in &builds {
+    for (what, bin) in &builds() {
         let shop = Shop::start_bin(bin);
         for (concurrency, n) in [(1, 40), (8, 200)] {
             let (spans, stats) = run(&shop, concurrency, n);
             let complete = check(&spans, &shop, n);
-            println!("{what}, concurrency {concurrency}: {complete} of {n} complete; {stats}");
+            println!(
+                "{what}, gin -> net/http + mariadb, concurrency {concurrency}: {complete} of {n} complete; {stats}"
+            );
             assert!(stats.contains("go_processes=2 ") || stats.contains("go_processes=3 "), "{what}: {stats}");
+            let (grpc_complete, grpc_stats) = grpc_run(&shop, concurrency, n);
+            println!(
+                "{what}, gin -> grpc-go -> mariadb, concurrency {concurrency}: {grpc_complete} of {n} complete; {grpc_stats}"
+            );
             if concurrency == 1 {
                 assert_eq!(complete, n, "{what}: {stats}\n{}", dump(&spans));
+                assert_eq!(grpc_complete, n, "{what}: {grpc_stats}");
             } else {
                 assert!(complete * 100 >= n * 99, "{what}: {complete} of {n}; {stats}");
+                assert!(grpc_complete * 100 >= n * 99, "{what}: {grpc_complete} of {n}; {grpc_stats}");
             }
+        }
+    }
+}
+
+/// The shop built by each Go release the tests cover.
+fn builds() -> Vec<(&'static str, std::path::PathBuf)> {
+    vec![
+        ("debian go1.19", debian_shop()),
+        ("go1.21.13", go_program_with(&go_toolchain("1.21.13"), "go_shop", "go_shop", &[])),
+        ("go1.27.3", go_program_with(&go_toolchain("1.27.3"), "go_shop", "go_shop", &[])),
+        ("go1.27.3 -s -w", go_program_with(&go_toolchain("1.27.3"), "go_shop", "go_shop", &["-ldflags=-s -w"])),
+    ]
+}
+
+/// The facts `tracer-agent go-info` prints of `bin`, by key (probe points
+/// and reasons left out).
+fn go_info(bin: &std::path::Path) -> HashMap<String, String> {
+    let out = Command::new(agent_bin()).arg("go-info").arg(bin).output().expect("running tracer-agent go-info");
+    assert!(out.status.success(), "go-info {}: {}", bin.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(k, _)| *k != "point" && *k != "missing")
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The agent's table of gRPC-Go field offsets (for binaries without DWARF)
+/// is what each Go release's DWARF says for the gRPC-Go it is built with;
+/// a stripped binary gets the table's layout, the others their own
+/// DWARF's. On a mismatch the table needs the entry printed.
+#[test]
+fn the_grpc_layout_table_is_what_each_releases_dwarf_says() {
+    agent_bin();
+    let mut from_dwarf = HashMap::new();
+    for (what, bin) in &builds() {
+        let info = go_info(bin);
+        println!("{what}: {info:?}");
+        assert_eq!(info["grpc"], "1.33.3", "{what}: the gRPC-Go version is read from the binary");
+        let go = info["version"].clone();
+        if what.ends_with("-s -w") {
+            assert_eq!(info["dwarf"], "none", "{what}");
+            let layout = info["layout"].strip_suffix(" from=table").unwrap_or_else(|| panic!("{what}: {info:?}"));
+            assert_eq!(
+                Some(layout),
+                from_dwarf.get(&go).map(String::as_str),
+                "{what}: the table against the unstripped build"
+            );
+        } else {
+            let dwarf = info["dwarf"].clone();
+            assert!(dwarf.starts_with("transport.Stream.id=+"), "{what}: {info:?}");
+            assert_eq!(
+                info["table"], dwarf,
+                "{what}: the layout table disagrees with this build's DWARF: its entry for gRPC-Go {} and {go} should say {dwarf}",
+                info["grpc"]
+            );
+            assert_eq!(info["layout"], format!("{dwarf} from=dwarf"), "{what}");
+            from_dwarf.insert(go, dwarf);
         }
     }
 }
@@ -504,80 +566,71 @@ print("ok")
     }
 }
 
-/// The Gin front calls the gRPC-Go inventory service, which queries
-/// MariaDB: the call (written by gRPC-Go's own writer goroutine) is the
-/// child of the front's server span, found through a probe on the return
-/// of the transport's `NewStream`; the inventory's server span is the
-/// call's child (`peer`) and its query the handler's (`goroutine`): one
-/// trace per request, at concurrency 1 and 8.
-#[test]
-fn a_gin_handlers_grpc_call_carries_its_trace() {
-    let _serial = serial();
-    agent_bin();
-    let shop = Shop::start();
-    for (concurrency, n) in [(1, 40), (8, 200)] {
-        let receiver = Receiver::start();
-        let mut b = AgentBuilder::new(&receiver).arg("--db-full-query-text");
-        for p in shop.ports() {
-            b = b.port(p);
-        }
-        let agent = b.start();
-        let mut args: Vec<String> = Vec::new();
-        if concurrency > 1 {
-            args = vec!["--parallel".into(), "--parallel-max".into(), concurrency.to_string()];
-        }
-        for i in 0..n {
-            args.extend(["-o", "/dev/null", "-w", "%{http_code}\n"].map(String::from));
-            args.push(format!("http://127.0.0.1:{}/stock/{i}", shop.front.port()));
-        }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = curl(&refs);
-        assert_eq!(out.stdout().lines().filter(|l| *l == "200").count(), n, "{}", shop.front.log());
-        // curl, front server, its gRPC call, the inventory's server span, its query.
-        receiver.wait_for_count(5 * n, SPAN_WAIT, |_| true);
-        let exit = agent.stop();
-        let spans = receiver.spans();
-        let stats = exit.stats_line().unwrap_or("").to_string();
-        assert_unique_span_ids(&spans);
-        assert_eq!(spans.len(), 5 * n, "{}", dump(&spans));
-        let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(0) as u32;
-        let by_id: HashMap<String, &ReceivedSpan> = spans.iter().map(|s| (s.span_id_hex(), s)).collect();
-        let child = |p: &ReceivedSpan, pred: &dyn Fn(&ReceivedSpan) -> bool| -> Vec<&ReceivedSpan> {
-            spans.iter().filter(|c| c.parent_span_id_hex() == p.span_id_hex() && pred(c)).collect()
-        };
-        // Every query is under the request whose number it carries.
-        for q in spans.iter().filter(|s| s.has_attr("db.system.name")) {
-            let mut up: &ReceivedSpan = q;
-            let mut k = None;
-            while let Some(p) = by_id.get(&up.parent_span_id_hex()) {
-                if let Some(n) = p.url_path().as_deref().and_then(number) {
-                    k = Some(n);
-                }
-                up = *p;
+/// Runs `n` requests at `concurrency` through the Gin front's gRPC-Go
+/// call to the inventory service, which queries MariaDB, and checks them:
+/// the call (written by gRPC-Go's own writer goroutine) is the child of the
+/// front's server span, found through a probe on the return of the
+/// transport's `NewStream`; the inventory's server span is the call's child
+/// (`peer`) and its query the handler's (`goroutine`, from the probe on
+/// `handleStream`). Returns how many requests were one complete trace, and
+/// the agent's stats line.
+fn grpc_run(shop: &Shop, concurrency: usize, n: usize) -> (usize, String) {
+    let receiver = Receiver::start();
+    let mut b = AgentBuilder::new(&receiver).arg("--db-full-query-text");
+    for p in shop.ports() {
+        b = b.port(p);
+    }
+    let agent = b.start();
+    let mut args: Vec<String> = Vec::new();
+    if concurrency > 1 {
+        args = vec!["--parallel".into(), "--parallel-max".into(), concurrency.to_string()];
+    }
+    for i in 0..n {
+        args.extend(["-o", "/dev/null", "-w", "%{http_code}\n"].map(String::from));
+        args.push(format!("http://127.0.0.1:{}/stock/{i}", shop.front.port()));
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = curl(&refs);
+    assert_eq!(out.stdout().lines().filter(|l| *l == "200").count(), n, "{}", shop.front.log());
+    // curl, front server, its gRPC call, the inventory's server span, its query.
+    receiver.wait_for_count(5 * n, SPAN_WAIT, |_| true);
+    let exit = agent.stop();
+    let spans = receiver.spans();
+    let stats = exit.stats_line().unwrap_or("").to_string();
+    assert_unique_span_ids(&spans);
+    assert_eq!(spans.len(), 5 * n, "{}", dump(&spans));
+    let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(0) as u32;
+    let by_id: HashMap<String, &ReceivedSpan> = spans.iter().map(|s| (s.span_id_hex(), s)).collect();
+    let child = |p: &ReceivedSpan, pred: &dyn Fn(&ReceivedSpan) -> bool| -> Vec<&ReceivedSpan> {
+        spans.iter().filter(|c| c.parent_span_id_hex() == p.span_id_hex() && pred(c)).collect()
+    };
+    // Every query is under the request whose number it carries.
+    for q in spans.iter().filter(|s| s.has_attr("db.system.name")) {
+        let mut up: &ReceivedSpan = q;
+        let mut k = None;
+        while let Some(p) = by_id.get(&up.parent_span_id_hex()) {
+            if let Some(n) = p.url_path().as_deref().and_then(number) {
+                k = Some(n);
             }
-            if let Some(k) = k {
-                assert_eq!(q.attr_str("db.query.text"), Some(format!("SELECT {k}")), "{}", dump(&spans));
-            }
+            up = *p;
         }
-        let mut complete = 0;
-        for srv in spans.iter().filter(|s| s.kind() == SpanKind::Server && pid(s) == shop.front.pid()) {
-            let calls = child(srv, &|c| c.kind() == SpanKind::Client);
-            let [call] = calls.as_slice() else { continue };
-            if call.attr_str("tracer.parent.source").as_deref() != Some("goroutine") {
-                continue;
-            }
-            let inv = child(call, &|c| c.kind() == SpanKind::Server && pid(c) == shop.inventory.pid());
-            let [inv] = inv.as_slice() else { continue };
-            let q = child(inv, &|c| c.has_attr("db.system.name"));
-            if q.len() == 1 && q[0].attr_str("tracer.parent.source").as_deref() == Some("goroutine") {
-                complete += 1;
-            }
-        }
-        println!("gin -> grpc-go -> mariadb, concurrency {concurrency}: {complete} of {n} complete; {stats}");
-        if concurrency == 1 {
-            assert_eq!(complete, n, "{stats}\n{}", dump(&spans));
-        } else {
-            assert!(complete * 100 >= n * 99, "{complete} of {n}; {stats}");
+        if let Some(k) = k {
+            assert_eq!(q.attr_str("db.query.text"), Some(format!("SELECT {k}")), "{}", dump(&spans));
         }
     }
+    let mut complete = 0;
+    for srv in spans.iter().filter(|s| s.kind() == SpanKind::Server && pid(s) == shop.front.pid()) {
+        let calls = child(srv, &|c| c.kind() == SpanKind::Client);
+        let [call] = calls.as_slice() else { continue };
+        if call.attr_str("tracer.parent.source").as_deref() != Some("goroutine") {
+            continue;
+        }
+        let inv = child(call, &|c| c.kind() == SpanKind::Server && pid(c) == shop.inventory.pid());
+        let [inv] = inv.as_slice() else { continue };
+        let q = child(inv, &|c| c.has_attr("db.system.name"));
+        if q.len() == 1 && q[0].attr_str("tracer.parent.source").as_deref() == Some("goroutine") {
+            complete += 1;
+        }
+    }
+    (complete, stats)
 }

@@ -127,6 +127,14 @@ pub enum Command {
     /// program), without starting the pipeline. Exits 0 only when the agent
     /// can run here.
     Doctor,
+    /// Show what the agent reads from a Go executable: its Go and gRPC-Go
+    /// versions, where the Go probes would attach, and the struct field
+    /// offsets they read through, from its DWARF and from the agent's
+    /// table, each on its own. Needs no privileges.
+    GoInfo {
+        /// The executable.
+        path: std::path::PathBuf,
+    },
 }
 
 /// Resolved exporter settings.

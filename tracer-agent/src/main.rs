@@ -20,6 +20,18 @@ fn main() -> ExitCode {
     if args.command == Some(Command::Doctor) {
         return ExitCode::from(tracer_agent::capture::doctor::run(&load_options(&args)));
     }
+    if let Some(Command::GoInfo { path }) = &args.command {
+        return match tracer_agent::runtimes::go::describe(path) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tracer-agent: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     batch_scheduling();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(rt) => rt,

@@ -212,6 +212,26 @@ pub mod go_probe {
     /// `*transport.Stream`'s first field) on client transport `arg2` (the
     /// stream's `ct` field).
     pub const NEWSTREAM_RET: u32 = 6;
+
+    /// The attach cookie of a probe point: its kind in the low 16 bits,
+    /// and up to two struct field offsets the probe reads through (for
+    /// `HANDLE_STREAM` and `NEWSTREAM_RET`: `transport.Stream.id`, then
+    /// `transport.Stream.ct`), 16 bits each above it.
+    pub const fn cookie(kind: u32, a: u16, b: u16) -> u64 {
+        (kind as u64 & 0xffff) | (a as u64) << 16 | (b as u64) << 32
+    }
+
+    pub const fn kind(cookie: u64) -> u32 {
+        (cookie & 0xffff) as u32
+    }
+
+    pub const fn field_a(cookie: u64) -> u64 {
+        (cookie >> 16) & 0xffff
+    }
+
+    pub const fn field_b(cookie: u64) -> u64 {
+        (cookie >> 32) & 0xffff
+    }
 }
 
 /// Filter modes for the pid/comm/port allow lists.

@@ -927,19 +927,22 @@ pub fn go_probe(ctx: ProbeContext) -> u32 {
         unsafe { rk::<u64>(regs + off) }.unwrap_or(0)
     };
     let cookie = unsafe { generated::bpf_get_attach_cookie(ctx.regs.cast()) };
+    let kind = tracer_common::go_probe::kind(cookie);
     let h = &mut e.header;
-    fill_header(h, EventKind::GoProbe, 0, cookie as i32, &t.comm, &NO_SOCK);
+    fill_header(h, EventKind::GoProbe, 0, kind as i32, &t.comm, &NO_SOCK);
     h.captured = 32;
     h.goroutine = reg(0);
     let (a0, mut a2, mut a3) = (reg(1), reg(3), reg(4));
-    if cookie == tracer_common::go_probe::HANDLE_STREAM as u64 {
-        // The stream's id is the first field of the *transport.Stream.
-        a3 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(a3 as *const u32) }.map_or(0, u64::from);
-    } else if cookie == tracer_common::go_probe::NEWSTREAM_RET as u64 {
-        // The returned *transport.Stream: its id, and its client transport
-        // (`ct`, after the 16-byte server transport interface).
-        a3 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(a0 as *const u32) }.map_or(0, u64::from);
-        a2 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((a0 + 24) as *const u64) }.unwrap_or(0);
+    // Field offsets of this binary's `*transport.Stream`, from its DWARF
+    // or the agent's table (`tracer_common::go_probe::cookie`).
+    let (id_off, ct_off) = (tracer_common::go_probe::field_a(cookie), tracer_common::go_probe::field_b(cookie));
+    if kind == tracer_common::go_probe::HANDLE_STREAM {
+        // The stream's id.
+        a3 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((a3 + id_off) as *const u32) }.map_or(0, u64::from);
+    } else if kind == tracer_common::go_probe::NEWSTREAM_RET {
+        // The returned *transport.Stream: its id, and its client transport.
+        a3 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((a0 + id_off) as *const u32) }.map_or(0, u64::from);
+        a2 = unsafe { aya_ebpf::helpers::bpf_probe_read_user((a0 + ct_off) as *const u64) }.unwrap_or(0);
     }
     e.args = [a0, reg(2), a2, a3];
     stamp(&mut e.header, 0);

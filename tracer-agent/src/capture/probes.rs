@@ -687,6 +687,7 @@ impl Probes {
             }
             None => {
                 let bin = crate::runtimes::go::inspect(&exe)?;
+                eprintln!("tracer-agent: Go program {pid}: {}", bin.summary());
                 let points: Vec<_> = bin
                     .points
                     .iter()
@@ -701,7 +702,7 @@ impl Probes {
         for p in &points {
             let point = aya::programs::uprobe::UProbeAttachPoint {
                 location: aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(p.offset),
-                cookie: Some(u64::from(p.kind)),
+                cookie: Some(p.cookie),
             };
             if let Err(e) = prog.attach(point, &exe, aya::programs::uprobe::UProbeScope::AllProcesses) {
                 eprintln!("tracer-agent: warning: attaching a Go probe to {} failed: {e}", exe.display());
