@@ -32,6 +32,13 @@ impl Shop {
     }
 
     fn start_bin(bin: &std::path::Path) -> Shop {
+        Shop::start_dsn(bin, "interpolateParams=true")
+    }
+
+    /// The shop with `params` in its database DSNs (without
+    /// `interpolateParams`, go-sql-driver/mysql runs each query with
+    /// arguments as PREPARE, EXECUTE and CLOSE).
+    fn start_dsn(bin: &std::path::Path, params: &str) -> Shop {
         let db = MariaDb::start();
         let price_port = free_port();
         let mut cmd = Command::new(bin);
@@ -42,7 +49,7 @@ impl Shop {
         cmd.args([
             "inventory".to_string(),
             inventory_port.to_string(),
-            format!("root@tcp(127.0.0.1:{})/?interpolateParams=true", db.port()),
+            format!("root@tcp(127.0.0.1:{})/?{params}", db.port()),
         ]);
         let inventory = ServerProcess::spawn(cmd, inventory_port, "go_shop inventory");
         let front_port = free_port();
@@ -51,7 +58,7 @@ impl Shop {
             "front".to_string(),
             front_port.to_string(),
             format!("http://127.0.0.1:{price_port}"),
-            format!("root@tcp(127.0.0.1:{})/?interpolateParams=true", db.port()),
+            format!("root@tcp(127.0.0.1:{})/?{params}", db.port()),
             format!("127.0.0.1:{inventory_port}"),
         ]);
         let front = ServerProcess::spawn(cmd, front_port, "go_shop front");
@@ -195,6 +202,33 @@ fn a_go_services_calls_are_its_children_across_go_releases() {
                 assert!(complete * 100 >= n * 99, "{what}: {complete} of {n}; {stats}");
                 assert!(grpc_complete * 100 >= n * 99, "{what}: {grpc_complete} of {n}; {grpc_stats}");
             }
+        }
+    }
+}
+
+/// go-sql-driver/mysql without `interpolateParams` runs the handler's
+/// `SELECT ?` as PREPARE, EXECUTE and CLOSE: one span for the statement
+/// (from the prepare's start), under the request, at concurrency 1 and 8.
+#[test]
+fn a_go_query_prepared_run_and_closed_is_one_span() {
+    let _serial = serial();
+    agent_bin();
+    let shop = Shop::start_dsn(&debian_shop(), "parseTime=true");
+    for (concurrency, n) in [(1, 40), (8, 200)] {
+        let (spans, stats) = run(&shop, concurrency, n);
+        let complete = check(&spans, &shop, n);
+        println!("prepared queries, concurrency {concurrency}: {complete} of {n} complete; {stats}");
+        let queries: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.has_attr("db.system.name")).collect();
+        assert_eq!(queries.len(), n, "{}", dump(&spans));
+        for q in &queries {
+            assert_eq!(q.name(), "SELECT", "{}", dump(&spans));
+            assert_eq!(q.attr_str("db.query.text").as_deref(), Some("SELECT ?"));
+            assert_eq!(q.attr_int("db.response.returned_rows"), Some(1));
+        }
+        if concurrency == 1 {
+            assert_eq!(complete, n, "{stats}\n{}", dump(&spans));
+        } else {
+            assert!(complete * 100 >= n * 99, "{complete} of {n}; {stats}");
         }
     }
 }

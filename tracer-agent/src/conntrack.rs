@@ -49,7 +49,16 @@ struct Conn {
     /// Joined open: its accept or connect was not seen.
     joined: bool,
     proto: Proto,
+    /// On a MySQL connection, who sent each of the last client segments
+    /// (by syscall entry time): a parser that holds an exchange back
+    /// (`MysqlConn::tick`) emits it while a later command is sent, and the
+    /// exchange belongs to who sent its own first segment.
+    recent: Vec<(u64, Task)>,
 }
+
+/// Client segments remembered per MySQL connection (`Conn::recent`): a
+/// prepare, its execution and its close, and room to spare.
+const RECENT_SENDS: usize = 8;
 
 /// A finished exchange, with the connection it travelled on.
 #[derive(Debug)]
@@ -229,6 +238,7 @@ impl Tracker {
                         req_task: Task::default(),
                         joined: false,
                         proto: Proto::Detecting(0),
+                        recent: Vec::new(),
                     },
                 );
             }
@@ -295,6 +305,19 @@ impl Tracker {
                 finish(c, now, out);
             }
         }
+        // Exchanges a parser held back for a command that did not come.
+        for c in self.conns.values_mut() {
+            let Proto::Mysql(p) = &mut c.proto else { continue };
+            if p.holds() {
+                let mut done = Vec::new();
+                p.tick(now, &mut done);
+                for ex in done {
+                    let ex = Exchange::Db(ex);
+                    let req_task = sender(&c.recent, &ex).unwrap_or(c.req_task);
+                    out.push(Finished { meta: c.meta.clone(), ex, req_task });
+                }
+            }
+        }
     }
 
     /// Bytes buffered by protocol parsers across all connections.
@@ -340,6 +363,7 @@ impl Tracker {
                     req_task: Task::default(),
                     joined: true,
                     proto: Proto::Detecting(0),
+                    recent: Vec::new(),
                 },
             );
         }
@@ -499,13 +523,21 @@ impl Tracker {
                 c.joined = false;
             }
             Proto::Postgres(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),
-            Proto::Mysql(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),
+            Proto::Mysql(p) => {
+                if client_dir {
+                    if c.recent.len() >= RECENT_SENDS {
+                        c.recent.remove(0);
+                    }
+                    c.recent.push((seg.ts_enter, c.req_task));
+                }
+                feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out);
+            }
             Proto::Redis(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),
             Proto::Opaque => self.stats.bytes_ignored += ret,
             Proto::Detecting(_) => {}
         }
         for f in &mut out[before..] {
-            f.req_task = c.req_task;
+            f.req_task = sender(&c.recent, &f.ex).unwrap_or(c.req_task);
         }
         self.stats.exchanges += (out.len() - before) as u64;
     }
@@ -641,13 +673,21 @@ fn close<P: StreamParser>(
     out.extend(done.into_iter().map(|ex| Finished::new(meta.clone(), wrap(ex))));
 }
 
-fn finish(c: Conn, now: u64, out: &mut Vec<Finished>) {
+fn finish(mut c: Conn, now: u64, out: &mut Vec<Finished>) {
     let before = out.len();
     let req_task = c.req_task;
+    let recent = std::mem::take(&mut c.recent);
     finish_proto(c, now, out);
     for f in &mut out[before..] {
-        f.req_task = req_task;
+        f.req_task = sender(&recent, &f.ex).unwrap_or(req_task);
     }
+}
+
+/// Who sent the first request segment of a database exchange, among a
+/// connection's `recent` client segments.
+fn sender(recent: &[(u64, Task)], ex: &Exchange) -> Option<Task> {
+    let Exchange::Db(ex) = ex else { return None };
+    recent.iter().rev().find(|(ts, _)| *ts == ex.req_first_enter).map(|(_, t)| *t)
 }
 
 fn finish_proto(c: Conn, now: u64, out: &mut Vec<Finished>) {

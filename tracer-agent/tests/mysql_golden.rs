@@ -43,8 +43,13 @@ fn run_script(events: &[Event]) -> String {
     );
     let _ = writeln!(
         out,
-        "stats: seq_mismatches={} invalid_packets={} unknown_statements={} statements_evicted={} opaque_bytes={}",
-        st.seq_mismatches, st.invalid_packets, st.unknown_statements, st.statements_evicted, st.opaque_bytes
+        "stats: seq_mismatches={} invalid_packets={} unknown_statements={} statements_evicted={} opaque_bytes={} prepares_joined={}",
+        st.seq_mismatches,
+        st.invalid_packets,
+        st.unknown_statements,
+        st.statements_evicted,
+        st.opaque_bytes,
+        st.prepares_joined
     );
     out
 }

@@ -54,6 +54,10 @@ pub struct DbExchange {
     pub resp_last_exit: u64,
     /// The reply was not seen (connection closed or state lost).
     pub no_response: bool,
+    /// The exchange is a statement prepared, run once and closed (MySQL
+    /// `COM_STMT_PREPARE`, `COM_STMT_EXECUTE`, `COM_STMT_CLOSE`), from
+    /// the prepare's start to the execution's end.
+    pub with_prepare: bool,
 }
 
 impl DbExchange {
@@ -70,6 +74,7 @@ impl DbExchange {
             resp_first_enter: 0,
             resp_last_exit: 0,
             no_response: false,
+            with_prepare: false,
         }
     }
 }

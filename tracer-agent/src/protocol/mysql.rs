@@ -28,6 +28,15 @@
 //! namespace of later exchanges. `COM_STMT_CLOSE`, `COM_STMT_SEND_LONG_DATA`
 //! and `COM_QUIT` have no response.
 //!
+//! A statement prepared, executed once and closed, each command right after
+//! the other (how Go's go-sql-driver/mysql runs a query with arguments
+//! unless `interpolateParams` is set) is one exchange, from the prepare's
+//! start to the execution's end (`with_prepare`). A prepared statement run
+//! several times, or not closed right after its run, gives one exchange for
+//! the prepare and one per execution. So the prepare's exchange is held
+//! until the next command says which, or until [`JOIN_NS`] passed
+//! ([`MysqlConn::tick`]).
+//!
 //! `rows` is the number of rows of all result sets plus the affected rows of
 //! all OK results of one command (multi-statement queries and stored
 //! procedures can return several results, which all belong to one exchange).
@@ -42,6 +51,10 @@ pub const MAX_QUERY_TEXT: usize = 8192;
 
 /// Payload prefix kept for a server packet (enough for greetings, OK and ERR).
 const SERVER_KEEP: usize = 1024;
+
+/// Longest a prepare (and its one execution) are held for the close that
+/// makes them one statement: a driver running one query closes at once.
+pub const JOIN_NS: u64 = 100_000_000;
 
 /// Commands waiting for a response, per connection. Further commands push
 /// the oldest out without a response.
@@ -503,6 +516,8 @@ pub struct MysqlStats {
     pub unknown_statements: u64,
     /// Prepared statements forgotten to stay within the caps.
     pub statements_evicted: u64,
+    /// Statements prepared, run once and closed, made one exchange.
+    pub prepares_joined: u64,
     /// Commands emitted unanswered because [`MAX_PENDING`] was exceeded.
     pub pending_overflow: u64,
     /// Query texts cut by the capture or [`MAX_QUERY_TEXT`].
@@ -558,6 +573,8 @@ struct Pending {
     text: Option<String>,
     rows: u64,
     resp_started: bool,
+    /// The statement id a `COM_STMT_EXECUTE` runs, or a prepare's answer gave.
+    stmt: Option<u32>,
 }
 
 /// Parses one MySQL/MariaDB connection.
@@ -584,7 +601,17 @@ pub struct MysqlConn {
     statements: HashMap<u32, String>,
     statement_order: VecDeque<u32>,
     statement_bytes: usize,
+    /// A prepare (and its first run) that may be one statement.
+    held: Option<Held>,
     stats: MysqlStats,
+}
+
+/// A prepare that worked, held for the commands after it.
+#[derive(Debug, Clone)]
+struct Held {
+    id: u32,
+    prepare: DbExchange,
+    exec: Option<DbExchange>,
 }
 
 impl Default for MysqlConn {
@@ -612,6 +639,7 @@ impl MysqlConn {
             statements: HashMap::new(),
             statement_order: VecDeque::new(),
             statement_bytes: 0,
+            held: None,
             stats: MysqlStats::default(),
         }
     }
@@ -767,7 +795,10 @@ impl MysqlConn {
         // client waits for responses (it does unless pipelining).
         self.finish_generic(inp.enter, out);
         let body = p.get(1..).unwrap_or(&[]);
-        let mut pending = Pending { cmd, ex: None, text: None, rows: 0, resp_started: false };
+        if !matches!(cmd, COM_STMT_EXECUTE | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA) {
+            self.release_held(out);
+        }
+        let mut pending = Pending { cmd, ex: None, text: None, rows: 0, resp_started: false, stmt: None };
         let new_ex = |this: &Self, q: Option<String>| {
             let mut ex = DbExchange::new(this.system);
             ex.query_text = q;
@@ -799,12 +830,18 @@ impl MysqlConn {
                 if sql.is_none() {
                     self.stats.unknown_statements += 1;
                 }
+                pending.stmt = id;
                 pending.ex = Some(new_ex(self, sql));
+                // A second run of the held statement: not a one-shot.
+                if self.held.as_ref().is_some_and(|h| Some(h.id) != id || h.exec.is_some()) {
+                    self.release_held(out);
+                }
             }
             COM_INIT_DB => pending.text = Some(text(body)),
             COM_STMT_CLOSE => {
                 if let Some(id) = Rd::new(body).u32() {
                     self.forget_statement(id);
+                    self.close_held(id, out);
                 }
                 return;
             }
@@ -1101,6 +1138,7 @@ impl MysqlConn {
                     let cols = r.u16().unwrap_or(0);
                     let params = r.u16().unwrap_or(0);
                     if let (Some(id), Some(front)) = (id, self.pending.front_mut()) {
+                        front.stmt = Some(id);
                         if let Some(sql) = front.text.take() {
                             self.remember_statement(id, sql);
                         }
@@ -1318,8 +1356,8 @@ impl MysqlConn {
         let Some(mut ex) = p.ex else {
             return;
         };
-        self.stats.exchanges += 1;
-        if !answered || !p.resp_started {
+        let answered = answered && p.resp_started;
+        if !answered {
             ex.no_response = true;
             ex.resp_first_enter = 0;
             ex.resp_last_exit = 0;
@@ -1327,7 +1365,68 @@ impl MysqlConn {
             ex.error = None;
             self.stats.unanswered += 1;
         }
+        let ok = answered && ex.error.is_none();
+        match (p.cmd, p.stmt, &mut self.held) {
+            // A prepare that worked: held until the commands after it say
+            // whether it is one statement with its execution.
+            (COM_STMT_PREPARE, Some(id), _) if ok => {
+                self.release_held(out);
+                self.held = Some(Held { id, prepare: ex, exec: None });
+                return;
+            }
+            // The held statement's first run: held with it for the close.
+            (COM_STMT_EXECUTE, Some(id), Some(h)) if h.id == id && h.exec.is_none() => {
+                h.exec = Some(ex);
+                return;
+            }
+            _ => {}
+        }
+        self.release_held(out);
+        self.stats.exchanges += 1;
         out.push(ex);
+    }
+
+    /// What is held goes out as it is: the prepare, and its run if any.
+    fn release_held(&mut self, out: &mut Vec<DbExchange>) {
+        if let Some(h) = self.held.take() {
+            self.stats.exchanges += 1 + u64::from(h.exec.is_some());
+            out.push(h.prepare);
+            out.extend(h.exec);
+        }
+    }
+
+    /// `COM_STMT_CLOSE` of statement `id`: a held prepare run once is one
+    /// exchange with its run.
+    fn close_held(&mut self, id: u32, out: &mut Vec<DbExchange>) {
+        let Some(h) = self.held.take_if(|h| h.id == id) else { return };
+        match h.exec {
+            Some(mut exec) => {
+                exec.req_first_enter = h.prepare.req_first_enter;
+                exec.with_prepare = true;
+                self.stats.exchanges += 1;
+                self.stats.prepares_joined += 1;
+                out.push(exec);
+            }
+            None => {
+                self.stats.exchanges += 1;
+                out.push(h.prepare);
+            }
+        }
+    }
+
+    /// Time passes (`now`, on the capture's clock): a prepare held longer
+    /// than [`JOIN_NS`] past its last response goes out on its own.
+    pub fn tick(&mut self, now: u64, out: &mut Vec<DbExchange>) {
+        let end = |ex: &DbExchange| ex.resp_last_exit.max(ex.req_last_exit);
+        let last = self.held.as_ref().map(|h| h.exec.as_ref().map_or(end(&h.prepare), end));
+        if last.is_some_and(|t| now.saturating_sub(t) > JOIN_NS) {
+            self.release_held(out);
+        }
+    }
+
+    /// Whether exchanges are held for a later command or [`Self::tick`].
+    pub fn holds(&self) -> bool {
+        self.held.is_some()
     }
 
     /// The connection closed at `ts`: commands still waiting are emitted
@@ -1337,6 +1436,7 @@ impl MysqlConn {
             let started = p.resp_started;
             self.emit(p, started, out);
         }
+        self.release_held(out);
         self.resp = Resp::Start;
         self.cli.reset();
         self.srv.reset();
@@ -1455,17 +1555,116 @@ mod tests {
         resp.extend(pkt(4, b"\x03def\x00\x00\x00\x01a\x00\x0c"));
         resp.extend(pkt(5, b"\xfe\x00\x00\x02\x00"));
         c.on_server_segment(seg(&resp, 2), &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].query_text.as_deref(), Some("SELECT ? FROM t"));
+        // Held until the next commands say whether it is a one-shot.
+        assert!(out.is_empty() && c.holds());
         assert_eq!(c.stats().orphan_packets, 0);
-        c.on_client_segment(
-            seg(&pkt(0, b"\x17\x05\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\x03\x00\x01\x00\x00\x00"), 3),
-            &mut out,
-        );
+        c.on_client_segment(seg(&execute(5), 3), &mut out);
         c.on_server_segment(seg(&pkt(1, b"\x00\x00\x00\x02\x00\x00\x00"), 4), &mut out);
+        assert!(out.is_empty());
+        c.on_close(5, &mut out);
         assert_eq!(out.len(), 2);
+        assert_eq!(out[0].query_text.as_deref(), Some("SELECT ? FROM t"));
         assert_eq!(out[1].query_text.as_deref(), Some("SELECT ? FROM t"));
         assert_eq!(out[1].rows, Some(0));
+        assert!(!out[1].with_prepare);
+    }
+
+    /// `COM_STMT_EXECUTE` of statement `id` with one integer parameter.
+    fn execute(id: u32) -> Vec<u8> {
+        let mut body = vec![0x17];
+        body.extend_from_slice(&id.to_le_bytes());
+        body.extend_from_slice(b"\x00\x01\x00\x00\x00\x00\x01\x03\x00\x01\x00\x00\x00");
+        pkt(0, &body)
+    }
+
+    fn close_stmt(id: u32) -> Vec<u8> {
+        let mut body = vec![0x19];
+        body.extend_from_slice(&id.to_le_bytes());
+        pkt(0, &body)
+    }
+
+    /// A prepare of statement `id` (no parameters, no columns) and its OK.
+    fn prepare(c: &mut MysqlConn, id: u32, sql: &str, t: u64, out: &mut Vec<DbExchange>) {
+        let mut body = vec![0x16];
+        body.extend_from_slice(sql.as_bytes());
+        c.on_client_segment(seg(&pkt(0, &body), t), out);
+        let mut ok = vec![0x00];
+        ok.extend_from_slice(&id.to_le_bytes());
+        ok.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        c.on_server_segment(seg(&pkt(1, &ok), t + 1), out);
+    }
+
+    fn ok_result(c: &mut MysqlConn, t: u64, out: &mut Vec<DbExchange>) {
+        c.on_server_segment(seg(&pkt(1, b"\x00\x01\x00\x02\x00\x00\x00"), t), out);
+    }
+
+    #[test]
+    fn a_statement_prepared_run_once_and_closed_is_one_exchange() {
+        let mut c = MysqlConn::new();
+        let mut out = Vec::new();
+        prepare(&mut c, 7, "UPDATE t SET a = ?", 10, &mut out);
+        c.on_client_segment(seg(&execute(7), 20), &mut out);
+        ok_result(&mut c, 30, &mut out);
+        assert!(out.is_empty());
+        c.on_client_segment(seg(&close_stmt(7), 40), &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let ex = &out[0];
+        assert!(ex.with_prepare);
+        assert_eq!(ex.query_text.as_deref(), Some("UPDATE t SET a = ?"));
+        assert_eq!((ex.req_first_enter, ex.resp_last_exit), (10, 30 + 10));
+        assert_eq!(ex.rows, Some(1));
+        assert_eq!(c.stats().prepares_joined, 1);
+        assert_eq!(c.stats().exchanges, 1);
+        assert!(!c.holds());
+    }
+
+    #[test]
+    fn a_statement_run_twice_or_left_open_is_a_prepare_and_its_runs() {
+        // Run twice, then closed.
+        let mut c = MysqlConn::new();
+        let mut out = Vec::new();
+        prepare(&mut c, 7, "UPDATE t SET a = ?", 10, &mut out);
+        for t in [20, 40] {
+            c.on_client_segment(seg(&execute(7), t), &mut out);
+            ok_result(&mut c, t + 10, &mut out);
+        }
+        c.on_client_segment(seg(&close_stmt(7), 60), &mut out);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert!(out.iter().all(|e| !e.with_prepare));
+        assert_eq!(out.iter().map(|e| e.req_first_enter).collect::<Vec<_>>(), vec![10, 20, 40]);
+        // Run once, then another command: both go out at that command.
+        let mut c = MysqlConn::new();
+        let mut out = Vec::new();
+        prepare(&mut c, 7, "UPDATE t SET a = ?", 10, &mut out);
+        c.on_client_segment(seg(&execute(7), 20), &mut out);
+        ok_result(&mut c, 30, &mut out);
+        c.on_client_segment(seg(&pkt(0, b"\x03SELECT 1"), 40), &mut out);
+        assert_eq!(out.iter().map(|e| e.req_first_enter).collect::<Vec<_>>(), vec![10, 20]);
+        // Another statement closed: the held one stays held; time releases it.
+        let mut c = MysqlConn::new();
+        let mut out = Vec::new();
+        prepare(&mut c, 7, "UPDATE t SET a = ?", 10, &mut out);
+        c.on_client_segment(seg(&close_stmt(8), 20), &mut out);
+        assert!(out.is_empty());
+        c.tick(21 + JOIN_NS, &mut out);
+        assert!(out.is_empty());
+        c.tick(22 + JOIN_NS, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(!c.holds());
+        // A prepare that failed is not held.
+        let mut c = MysqlConn::new();
+        let mut out = Vec::new();
+        c.on_client_segment(seg(&pkt(0, b"\x16SELEC ?"), 10), &mut out);
+        c.on_server_segment(seg(&pkt(1, b"\xff\x28\x04#42000syntax"), 11), &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].error.is_some());
+        // A prepare closed unrun is the prepare alone, at the close.
+        let mut c = MysqlConn::new();
+        let mut out = Vec::new();
+        prepare(&mut c, 7, "UPDATE t SET a = ?", 10, &mut out);
+        c.on_client_segment(seg(&close_stmt(7), 20), &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].with_prepare);
     }
 
     #[test]

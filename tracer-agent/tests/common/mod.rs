@@ -259,12 +259,13 @@ pub fn render_replay<C: Conn>(
 pub fn render_db_exchange(out: &mut String, n: usize, at: usize, e: &DbExchange) {
     let _ = writeln!(
         out,
-        "exchange {n} (emitted at event {at}): system={} namespace={} operation={} rows={}{}",
+        "exchange {n} (emitted at event {at}): system={} namespace={} operation={} rows={}{}{}",
         e.system.as_str(),
         e.namespace.as_deref().map_or_else(|| "-".to_string(), |s| format!("{s:?}")),
         e.operation.as_deref().map_or_else(|| "-".to_string(), |s| format!("{s:?}")),
         e.rows.map_or_else(|| "-".to_string(), |r| r.to_string()),
-        if e.no_response { " no_response" } else { "" }
+        if e.no_response { " no_response" } else { "" },
+        if e.with_prepare { " with_prepare" } else { "" }
     );
     match &e.query_text {
         Some(q) => {
