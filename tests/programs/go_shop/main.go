@@ -74,11 +74,30 @@ func serveInventory(port, dsn string) {
 		}
 		return []byte(fmt.Sprintf("in stock %d", v)), nil
 	}
+	// /shop.Inventory/Watch, server streaming: one query for the item
+	// number it is sent, then three messages.
+	watch := func(srv interface{}, stream grpc.ServerStream) error {
+		var in []byte
+		if err := stream.RecvMsg(&in); err != nil {
+			return err
+		}
+		n, _ := strconv.Atoi(string(in))
+		var v int
+		if err := db.QueryRow("SELECT ?", n).Scan(&v); err != nil || v != n {
+			return fmt.Errorf("query: %v", err)
+		}
+		for i := 0; i < 3; i++ {
+			if err := stream.SendMsg([]byte(fmt.Sprintf("stock %d: %d", v, i))); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	desc := grpc.ServiceDesc{
 		ServiceName: "shop.Inventory",
 		HandlerType: (*inventory)(nil),
 		Methods:     []grpc.MethodDesc{{MethodName: "Check", Handler: check}},
-		Streams:     []grpc.StreamDesc{},
+		Streams:     []grpc.StreamDesc{{StreamName: "Watch", Handler: watch, ServerStreams: true}},
 		Metadata:    "shop.proto",
 	}
 	encoding.RegisterCodec(rawCodec{})
@@ -162,6 +181,33 @@ func main() {
 				return
 			}
 			c.String(http.StatusOK, "%s", out)
+		})
+		// One server-streaming gRPC call: three messages back.
+		r.GET("/watch/:n", func(c *gin.Context) {
+			if stock == nil {
+				c.String(http.StatusNotFound, "no inventory service")
+				return
+			}
+			desc := &grpc.StreamDesc{StreamName: "Watch", ServerStreams: true}
+			st, err := stock.NewStream(c.Request.Context(), desc, "/shop.Inventory/Watch")
+			if err == nil {
+				err = st.SendMsg([]byte(c.Param("n")))
+			}
+			if err == nil {
+				err = st.CloseSend()
+			}
+			got := 0
+			for err == nil {
+				var out []byte
+				if err = st.RecvMsg(&out); err == nil {
+					got++
+				}
+			}
+			if err != io.EOF || got != 3 {
+				c.String(http.StatusBadGateway, "inventory: %v after %d", err, got)
+				return
+			}
+			c.String(http.StatusOK, "watched %s", c.Param("n"))
 		})
 		// Three calls to the price service, each on its own goroutine.
 		r.GET("/fanout/:n", func(c *gin.Context) {
