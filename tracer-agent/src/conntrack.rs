@@ -396,7 +396,7 @@ impl Tracker {
                         Kind::Redis => Proto::Redis(Box::default()),
                     };
                     if let Proto::Opaque = c.proto {
-                        self.stats.bytes_ignored += ret;
+                        self.stats.bytes_ignored = self.stats.bytes_ignored.saturating_add(ret);
                         return;
                     }
                 }
@@ -407,7 +407,7 @@ impl Tracker {
                         _ => true,
                     };
                     let tries = if client_dir { tries.saturating_add(1) } else { tries };
-                    self.stats.bytes_ignored += ret;
+                    self.stats.bytes_ignored = self.stats.bytes_ignored.saturating_add(ret);
                     if tries >= DETECT_TRIES {
                         c.proto = Proto::Opaque;
                         self.stats.opaque_connections += 1;
@@ -533,7 +533,7 @@ impl Tracker {
                 feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out);
             }
             Proto::Redis(p) => feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out),
-            Proto::Opaque => self.stats.bytes_ignored += ret,
+            Proto::Opaque => self.stats.bytes_ignored = self.stats.bytes_ignored.saturating_add(ret),
             Proto::Detecting(_) => {}
         }
         for f in &mut out[before..] {

@@ -476,7 +476,7 @@ impl Clock {
     }
 
     pub fn unix(&self, mono_ns: u64) -> u64 {
-        (mono_ns as i128 + self.offset).max(0) as u64
+        (mono_ns as i128 + self.offset).clamp(0, i128::from(u64::MAX)) as u64
     }
 }
 
@@ -679,7 +679,7 @@ fn finish_span(
         None => (ids.trace_id(), None, true),
     };
     let start_unix = clock.unix(start);
-    let end_unix = clock.unix(end).max(start_unix + 1);
+    let end_unix = clock.unix(end).max(start_unix.saturating_add(1));
     Span {
         trace_id,
         span_id: ids.span_id(),
@@ -1032,6 +1032,33 @@ fn itoa_u16(mut v: u16) -> PortText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extreme_timestamps_make_a_span_that_ends_after_it_starts() {
+        let conn = ConnMeta {
+            ino: 1,
+            pid: 1,
+            comm: "x".into(),
+            kind: SpanKind::Client,
+            local: IpAddr::from([127, 0, 0, 1]),
+            local_port: 1,
+            remote: IpAddr::from([127, 0, 0, 1]),
+            remote_port: 2,
+            local_str: "127.0.0.1".into(),
+            remote_str: "127.0.0.1".into(),
+        };
+        let mut ids = IdGenerator::default();
+        for offset in [0i128, i128::from(u64::MAX), -i128::from(u64::MAX), i128::from(i64::MAX)] {
+            let clock = Clock { offset };
+            for (start, end) in [(u64::MAX, 0), (u64::MAX, u64::MAX), (0, u64::MAX), (5, 1)] {
+                let s = finish_span("x".into(), Vec::new(), Status::Unset, None, start, end, &conn, &clock, &mut ids);
+                assert!(s.end_unix_ns >= s.start_unix_ns, "offset {offset} start {start} end {end}");
+            }
+        }
+        // Unix time saturates rather than wraps.
+        assert_eq!(Clock { offset: i128::from(u64::MAX) }.unix(10), u64::MAX);
+        assert_eq!(Clock { offset: -20 }.unix(10), 0);
+    }
 
     #[test]
     fn queries_are_found_and_credentials_redacted() {

@@ -334,7 +334,8 @@ impl Framer {
             Dir::Client => client_len_ok(ty, len),
             Dir::Server => server_len_ok(ty, len),
         };
-        ok.then_some((ty, u64::from(len) - 4))
+        // Lazily: a rejected length may be under 4.
+        ok.then(|| (ty, u64::from(len) - 4))
     }
 
     fn lose(&mut self, skipped: u64, evs: &mut Vec<Ev>, st: &mut PgStats) {
@@ -1259,6 +1260,29 @@ impl PgConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_under_four_is_rejected_without_arithmetic_on_it() {
+        for dir_client in [true, false] {
+            for ty in [b'Q', b'Z', b'D', b'x'] {
+                for len in [0u32, 1, 3] {
+                    let mut c = PgConn::new();
+                    let mut out = Vec::new();
+                    c.on_client_segment(Segment::new(&startup("u", Some("d")), 0, 1), &mut out);
+                    let mut m = vec![ty];
+                    m.extend_from_slice(&len.to_be_bytes());
+                    m.extend_from_slice(b"abc");
+                    if dir_client {
+                        c.on_client_segment(Segment::new(&m, 1, 2), &mut out);
+                    } else {
+                        c.on_server_segment(Segment::new(&m, 1, 2), &mut out);
+                    }
+                    assert!(out.is_empty());
+                    c.on_close(3, &mut out);
+                }
+            }
+        }
+    }
 
     fn msg(ty: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![ty];
