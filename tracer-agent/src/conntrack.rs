@@ -53,7 +53,7 @@ struct Conn {
     /// (by syscall entry time): a parser that holds an exchange back
     /// (`MysqlConn::tick`) emits it while a later command is sent, and the
     /// exchange belongs to who sent its own first segment.
-    recent: Vec<(u64, Task)>,
+    recent: std::collections::VecDeque<(u64, Task)>,
 }
 
 /// Client segments remembered per MySQL connection (`Conn::recent`): a
@@ -238,7 +238,7 @@ impl Tracker {
                         req_task: Task::default(),
                         joined: false,
                         proto: Proto::Detecting(0),
-                        recent: Vec::new(),
+                        recent: Default::default(),
                     },
                 );
             }
@@ -363,7 +363,7 @@ impl Tracker {
                     req_task: Task::default(),
                     joined: true,
                     proto: Proto::Detecting(0),
-                    recent: Vec::new(),
+                    recent: Default::default(),
                 },
             );
         }
@@ -526,9 +526,9 @@ impl Tracker {
             Proto::Mysql(p) => {
                 if client_dir {
                     if c.recent.len() >= RECENT_SENDS {
-                        c.recent.remove(0);
+                        c.recent.pop_front();
                     }
-                    c.recent.push((seg.ts_enter, c.req_task));
+                    c.recent.push_back((seg.ts_enter, c.req_task));
                 }
                 feed(p.as_mut(), client_dir, seg, &c.meta, Exchange::Db, &mut self.done_db, out);
             }
@@ -685,7 +685,7 @@ fn finish(mut c: Conn, now: u64, out: &mut Vec<Finished>) {
 
 /// Who sent the first request segment of a database exchange, among a
 /// connection's `recent` client segments.
-fn sender(recent: &[(u64, Task)], ex: &Exchange) -> Option<Task> {
+fn sender(recent: &std::collections::VecDeque<(u64, Task)>, ex: &Exchange) -> Option<Task> {
     let Exchange::Db(ex) = ex else { return None };
     recent.iter().rev().find(|(ts, _)| *ts == ex.req_first_enter).map(|(_, t)| *t)
 }

@@ -58,11 +58,10 @@ pub struct GoBinary {
     /// The gRPC-Go version linked in, from the build info's module list or
     /// the version the library puts in its user agent (`grpc-go/1.33.3`).
     pub grpc: Option<String>,
-    /// The layout the gRPC-Go probes use, if any.
-    pub layout: Option<(GrpcLayout, LayoutFrom)>,
     /// What the DWARF said (`None` without DWARF) and what the table says
     /// (`None` when it has no entry), each on its own: for checking the
-    /// table against binaries that have both.
+    /// table against binaries that have both ([`GoBinary::layout`] is the
+    /// one used).
     pub dwarf_layout: Option<Result<GrpcLayout, &'static str>>,
     pub table_layout: Option<GrpcLayout>,
     pub points: Vec<ProbePoint>,
@@ -96,20 +95,31 @@ pub fn parse_version(v: &str) -> Option<(u32, u32)> {
 /// The Go version recorded in a `.go.buildinfo` section (Go 1.18 and
 /// later write it inline after the 32-byte header, length-prefixed).
 pub fn buildinfo_version(section: &[u8]) -> Option<String> {
+    let (bytes, _) = buildinfo_strings(section)?;
+    let v = std::str::from_utf8(bytes).ok()?;
+    v.starts_with("go").then(|| v.to_string())
+}
+
+/// The two length-prefixed strings of a Go 1.18+ `.go.buildinfo` section
+/// (inline after the 32-byte header): the Go version, and the module info
+/// when it is there.
+fn buildinfo_strings(section: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
     const MAGIC: &[u8] = b"\xff Go buildinf:";
     if section.len() < 33 || !section.starts_with(MAGIC) {
         return None;
     }
-    let flags = section[15];
-    if flags & 2 == 0 {
+    if section[15] & 2 == 0 {
         // Before Go 1.18: pointers to the strings, not the strings.
         return None;
     }
-    let (len, n) = uvarint(&section[32..])?;
-    let start = 32 + n;
-    let bytes = section.get(start..start.checked_add(usize::try_from(len).ok()?)?)?;
-    let v = std::str::from_utf8(bytes).ok()?;
-    v.starts_with("go").then(|| v.to_string())
+    let string_at = |at: usize| -> Option<(&[u8], usize)> {
+        let (len, n) = uvarint(section.get(at..)?)?;
+        let start = at + n;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        Some((section.get(start..end)?, end))
+    };
+    let (version, end) = string_at(32)?;
+    Some((version, string_at(end).map(|(info, _)| info)))
 }
 
 /// The version of module `module` in a `.go.buildinfo` section's module
@@ -117,15 +127,7 @@ pub fn buildinfo_version(section: &[u8]) -> Option<String> {
 /// without its `v`. `None` for programs built outside module mode, which
 /// list no modules.
 pub fn buildinfo_module(section: &[u8], module: &str) -> Option<String> {
-    if section.len() < 33 || section[15] & 2 == 0 {
-        return None;
-    }
-    let (len, n) = uvarint(&section[32..])?;
-    let at = (32 + n).checked_add(usize::try_from(len).ok()?)?;
-    let (len, n) = uvarint(section.get(at..)?)?;
-    let start = at + n;
-    let info = section.get(start..start.checked_add(usize::try_from(len).ok()?)?)?;
-    let info = String::from_utf8_lossy(info);
+    let info = String::from_utf8_lossy(buildinfo_strings(section)?.1?);
     let mut found = None;
     let mut lines = info.lines().peekable();
     while let Some(line) = lines.next() {
@@ -317,6 +319,16 @@ fn map(path: &Path) -> std::io::Result<memmap2::Mmap> {
 }
 
 impl GoBinary {
+    /// The layout the gRPC-Go probes use: the binary's own DWARF when it
+    /// has one (even when it rules them out), else the table's.
+    pub fn layout(&self) -> Option<(GrpcLayout, LayoutFrom)> {
+        match (self.dwarf_layout, self.table_layout) {
+            (Some(Ok(l)), _) => Some((l, LayoutFrom::Dwarf)),
+            (Some(Err(_)), _) => None,
+            (None, l) => l.map(|l| (l, LayoutFrom::Table)),
+        }
+    }
+
     /// One line for the agent's log: version, probe points, where the
     /// gRPC-Go offsets came from, and what is missing.
     pub fn summary(&self) -> String {
@@ -324,7 +336,7 @@ impl GoBinary {
         if let Some(v) = &self.grpc {
             s += &format!(", gRPC-Go {v}");
         }
-        match self.layout {
+        match self.layout() {
             Some((_, LayoutFrom::Dwarf)) => s += " (field offsets from its DWARF)",
             Some((_, LayoutFrom::Table)) => s += " (field offsets from the table)",
             None => {}
@@ -364,10 +376,10 @@ pub fn describe(path: &Path) -> Result<String, String> {
         Some(l) => drop(writeln!(out, "table {}", offsets(l))),
         None => drop(writeln!(out, "table none")),
     }
-    match &bin.layout {
+    match bin.layout() {
         Some((l, from)) => {
-            let from = if *from == LayoutFrom::Dwarf { "dwarf" } else { "table" };
-            let _ = writeln!(out, "layout {} from={from}", offsets(l));
+            let from = if from == LayoutFrom::Dwarf { "dwarf" } else { "table" };
+            let _ = writeln!(out, "layout {} from={from}", offsets(&l));
         }
         None => drop(writeln!(out, "layout none")),
     }
@@ -422,20 +434,12 @@ pub fn inspect_bytes(data: &[u8]) -> Option<GoBinary> {
         bin.table_layout = bin.grpc.as_deref().and_then(|v| layouts::lookup(v, go));
         bin.dwarf_layout = dwarf::read(&file, &[GRPC_STREAM], &[GRPC_HANDLE_STREAM, GRPC_NEW_STREAM])
             .map(|facts| grpc_layout_from_dwarf(&facts));
-        // The binary's own DWARF, when it has one, is the authority.
-        bin.layout = match (bin.dwarf_layout, bin.table_layout) {
-            (Some(Ok(l)), _) => Some((l, LayoutFrom::Dwarf)),
-            (Some(Err(why)), _) => {
-                bin.missing.push(why);
-                None
-            }
-            (None, Some(l)) => Some((l, LayoutFrom::Table)),
-            (None, None) => {
-                bin.missing.push("no DWARF, and no checked layout for this gRPC-Go and Go version");
-                None
-            }
-        };
-        match bin.layout {
+        match (bin.dwarf_layout, bin.table_layout) {
+            (Some(Err(why)), _) => bin.missing.push(why),
+            (None, None) => bin.missing.push("no DWARF, and no checked layout for this gRPC-Go and Go version"),
+            _ => {}
+        }
+        match bin.layout() {
             Some((l, _)) => {
                 for p in bin.points.iter_mut().filter(|p| is_grpc(p)) {
                     p.cookie = go_probe::cookie(p.kind, l.stream_id, l.stream_ct);
