@@ -201,10 +201,15 @@ fn random_session(rng: &mut XorShift) -> (Vec<Step>, Vec<Want>) {
     packet(&mut srv, 2, &ok_payload(0, 0, 2));
     steps.push((cli, srv));
     let mut stmt_ids: Vec<(u32, String)> = Vec::new();
+    // The statement just prepared (its id, its prepare's place in `want`),
+    // and whether it has run once since: a close right then makes the
+    // prepare and the run one exchange.
+    let mut one_shot: Option<(u32, usize, bool)> = None;
     for n in 0..1 + rng.below(6) {
         let mut cli = Vec::new();
         let mut srv = Vec::new();
-        match rng.below(5) {
+        let prev = one_shot.take();
+        match rng.below(6) {
             0 | 1 => {
                 let sql = format!("SELECT c FROM t{n} WHERE x = {}", rng.below(1000));
                 let mut p = vec![3u8];
@@ -264,8 +269,21 @@ fn random_session(rng: &mut XorShift) -> (Vec<Step>, Vec<Want>) {
                     packet(&mut srv, seq, &eof_payload(2));
                 }
                 want.push(Want { query: Some(sql.clone()), rows: None, error: None });
+                one_shot = Some((id, want.len() - 1, false));
                 stmt_ids.retain(|(i, _)| *i != id);
                 stmt_ids.push((id, sql));
+            }
+            5 => {
+                let id = stmt_ids.last().map_or(999, |(i, _)| *i);
+                let mut p = vec![0x19u8];
+                p.extend_from_slice(&id.to_le_bytes());
+                packet(&mut cli, 0, &p);
+                if let Some((sid, at, true)) = prev {
+                    if sid == id {
+                        want.remove(at);
+                    }
+                }
+                stmt_ids.retain(|(i, _)| *i != id);
             }
             _ => {
                 let (id, sql) = match stmt_ids.last() {
@@ -280,6 +298,11 @@ fn random_session(rng: &mut XorShift) -> (Vec<Step>, Vec<Want>) {
                 let mut seq = 1u8;
                 let rows = result_set(&mut srv, &mut seq, rng, deprecate, false, true);
                 want.push(Want { query: sql, rows: Some(rows), error: None });
+                if let Some((sid, at, false)) = prev {
+                    if sid == id {
+                        one_shot = Some((sid, at, true));
+                    }
+                }
             }
         }
         steps.push((cli, srv));
@@ -295,6 +318,7 @@ fn memory_bound() -> usize {
 fn random_traffic_never_panics_and_stays_consistent() {
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut clean_checked = 0usize;
+    let mut joined = 0u64;
     for iteration in 0..10_000u32 {
         let mode = iteration % 4;
         let (steps, want) = random_session(&mut rng);
@@ -349,9 +373,12 @@ fn random_traffic_never_panics_and_stays_consistent() {
             assert!(out.iter().all(|e| e.namespace.as_deref() == Some("shop") && !e.no_response));
             assert_eq!(conn.stats().server_desync_bytes, 0, "iteration {iteration}");
             clean_checked += 1;
+            joined += conn.stats().prepares_joined;
         }
     }
     assert_eq!(clean_checked, 2500);
+    // Statements prepared, run once and closed came up, and were joined.
+    assert!(joined >= 10, "{joined}");
 }
 
 #[test]
