@@ -567,11 +567,13 @@ fn build_go_program(go: &Path, dir_name: &str, name: &str, flags: &[&str]) -> Pa
         "/usr/share/gocode/src/github.com/golang/protobuf/proto/proto.go",
         "/usr/share/gocode/src/github.com/gin-gonic/gin/gin.go",
         "/usr/share/gocode/src/github.com/go-sql-driver/mysql/driver.go",
+        "/usr/share/gocode/src/github.com/gomodule/redigo/redis/redis.go",
     ] {
         assert!(
             Path::new(needed).is_file(),
             "{needed} is missing: install golang-google-grpc-dev, golang-github-golang-protobuf-1-5-dev, \
-             golang-github-gin-gonic-gin-dev and golang-github-go-sql-driver-mysql-dev (cargo xtask test does)"
+             golang-github-gin-gonic-gin-dev, golang-github-go-sql-driver-mysql-dev and \
+             golang-github-gomodule-redigo-dev (cargo xtask test does)"
         );
     }
     fs::create_dir_all(&dir).unwrap();

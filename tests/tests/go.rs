@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 use std::time::Duration;
 
-use tracer_tests::db::MariaDb;
+use tracer_tests::db::{MariaDb, Redis};
 use tracer_tests::grpc::{go_program, go_program_with, go_toolchain, ServerProcess};
 use tracer_tests::*;
 
@@ -19,6 +19,7 @@ struct Shop {
     price: ServerProcess,
     inventory: ServerProcess,
     db: MariaDb,
+    redis: Redis,
 }
 
 /// The shop built with Debian's Go.
@@ -40,6 +41,7 @@ impl Shop {
     /// arguments as PREPARE, EXECUTE and CLOSE).
     fn start_dsn(bin: &std::path::Path, params: &str) -> Shop {
         let db = MariaDb::start();
+        let redis = Redis::start();
         let price_port = free_port();
         let mut cmd = Command::new(bin);
         cmd.args(["price", &price_port.to_string()]);
@@ -50,6 +52,7 @@ impl Shop {
             "inventory".to_string(),
             inventory_port.to_string(),
             format!("root@tcp(127.0.0.1:{})/?{params}", db.port()),
+            format!("127.0.0.1:{}", redis.port()),
         ]);
         let inventory = ServerProcess::spawn(cmd, inventory_port, "go_shop inventory");
         let front_port = free_port();
@@ -62,11 +65,11 @@ impl Shop {
             format!("127.0.0.1:{inventory_port}"),
         ]);
         let front = ServerProcess::spawn(cmd, front_port, "go_shop front");
-        Shop { front, price, inventory, db }
+        Shop { front, price, inventory, db, redis }
     }
 
-    fn ports(&self) -> [u16; 4] {
-        [self.front.port(), self.price.port(), self.db.port(), self.inventory.port()]
+    fn ports(&self) -> [u16; 5] {
+        [self.front.port(), self.price.port(), self.db.port(), self.inventory.port(), self.redis.port()]
     }
 }
 
@@ -620,13 +623,13 @@ print("ok")
 }
 
 /// Runs `n` requests at `concurrency` through the Gin front's gRPC-Go
-/// call to the inventory service, which queries MariaDB, and checks them:
-/// the call (written by gRPC-Go's own writer goroutine) is the child of the
-/// front's server span, found through a probe on the return of the
-/// transport's `NewStream`; the inventory's server span is the call's child
-/// (`peer`) and its query the handler's (`goroutine`, from the probe on
-/// `handleStream`). Returns how many requests were one complete trace, and
-/// the agent's stats line.
+/// call to the inventory service, which queries MariaDB and then Redis
+/// (redigo), and checks them: the call (written by gRPC-Go's own writer
+/// goroutine) is the child of the front's server span, found through a
+/// probe on the return of the transport's `NewStream`; the inventory's
+/// server span is the call's child (`peer`) and its two queries the
+/// handler's (`goroutine`, from the probe on `handleStream`). Returns how
+/// many requests were one complete trace, and the agent's stats line.
 fn grpc_run(shop: &Shop, concurrency: usize, n: usize) -> (usize, String) {
     grpc_run_at(shop, "stock", concurrency, n)
 }
@@ -651,13 +654,15 @@ fn grpc_run_at(shop: &Shop, route: &str, concurrency: usize, n: usize) -> (usize
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = curl(&refs);
     assert_eq!(out.stdout().lines().filter(|l| *l == "200").count(), n, "{}", shop.front.log());
-    // curl, front server, its gRPC call, the inventory's server span, its query.
-    receiver.wait_for_count(5 * n, SPAN_WAIT, |_| true);
+    // curl, front server, its gRPC call, the inventory's server span, its
+    // two queries.
+    receiver.wait_for_count(6 * n, SPAN_WAIT, |_| true);
     let exit = agent.stop();
     let spans = receiver.spans();
     let stats = exit.stats_line().unwrap_or("").to_string();
     assert_unique_span_ids(&spans);
-    assert_eq!(spans.len(), 5 * n, "{}", dump(&spans));
+    assert_eq!(spans.len(), 6 * n, "{}", dump(&spans));
+    let system = |s: &ReceivedSpan, name: &str| s.attr_str("db.system.name").as_deref() == Some(name);
     let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(0) as u32;
     let by_id: HashMap<String, &ReceivedSpan> = spans.iter().map(|s| (s.span_id_hex(), s)).collect();
     let child = |p: &ReceivedSpan, pred: &dyn Fn(&ReceivedSpan) -> bool| -> Vec<&ReceivedSpan> {
@@ -674,7 +679,8 @@ fn grpc_run_at(shop: &Shop, route: &str, concurrency: usize, n: usize) -> (usize
             up = *p;
         }
         if let Some(k) = k {
-            assert_eq!(q.attr_str("db.query.text"), Some(format!("SELECT {k}")), "{}", dump(&spans));
+            let text = if system(q, "redis") { format!("INCR stock:{k}") } else { format!("SELECT {k}") };
+            assert_eq!(q.attr_str("db.query.text"), Some(text), "{}", dump(&spans));
         }
     }
     let mut complete = 0;
@@ -691,8 +697,10 @@ fn grpc_run_at(shop: &Shop, route: &str, concurrency: usize, n: usize) -> (usize
         }
         let inv = child(call, &|c| c.kind() == SpanKind::Server && pid(c) == shop.inventory.pid());
         let [inv] = inv.as_slice() else { continue };
-        let q = child(inv, &|c| c.has_attr("db.system.name"));
-        if q.len() == 1 && q[0].attr_str("tracer.parent.source").as_deref() == Some("goroutine") {
+        let by_goroutine = |c: &ReceivedSpan| c.attr_str("tracer.parent.source").as_deref() == Some("goroutine");
+        let sql = child(inv, &|c| system(c, "mysql") || system(c, "mariadb"));
+        let kv = child(inv, &|c| system(c, "redis"));
+        if sql.len() == 1 && by_goroutine(sql[0]) && kv.len() == 1 && by_goroutine(kv[0]) {
             complete += 1;
         }
     }

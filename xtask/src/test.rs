@@ -26,6 +26,7 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/share/gocode/src/github.com/golang/protobuf/proto/proto.go", "golang-github-golang-protobuf-1-5-dev"),
     ("/usr/share/gocode/src/github.com/gin-gonic/gin/gin.go", "golang-github-gin-gonic-gin-dev"),
     ("/usr/share/gocode/src/github.com/go-sql-driver/mysql/driver.go", "golang-github-go-sql-driver-mysql-dev"),
+    ("/usr/share/gocode/src/github.com/gomodule/redigo/redis/redis.go", "golang-github-gomodule-redigo-dev"),
 ];
 
 /// Python modules the integration tests use, with the pip requirement for each.

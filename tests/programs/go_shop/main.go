@@ -1,10 +1,10 @@
 // A small shop of Go services for the trace tests, built offline from
 // Debian's Go sources: Gin for HTTP, net/http for calls between services,
-// database/sql with go-sql-driver/mysql for MariaDB.
+// database/sql with go-sql-driver/mysql for MariaDB, redigo for Redis.
 //
 //	go_shop price PORT
 //	go_shop front PORT PRICE_URL MYSQL_DSN [INVENTORY_ADDR]
-//	go_shop inventory PORT MYSQL_DSN   (gRPC: /shop.Inventory/Check)
+//	go_shop inventory PORT MYSQL_DSN [REDIS_ADDR]   (gRPC: /shop.Inventory/Check, Watch)
 package main
 
 import (
@@ -21,6 +21,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	_ "github.com/go-sql-driver/mysql"
+	"github.com/gomodule/redigo/redis"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
 )
@@ -54,27 +55,49 @@ func (rawCodec) Name() string { return "proto" }
 type inventory interface{}
 
 // serveInventory answers /shop.Inventory/Check with the item number it is
-// sent, after one query on the handler's goroutine.
-func serveInventory(port, dsn string) {
+// sent, after one query on the handler's goroutine (and, given a Redis
+// address, one INCR of the item's counter after it).
+func serveInventory(port, dsn, redisAddr string) {
 	db, err := sql.Open("mysql", dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(16)
+	var pool *redis.Pool
+	if redisAddr != "" {
+		pool = &redis.Pool{
+			MaxIdle:   16,
+			MaxActive: 16,
+			Wait:      true,
+			Dial:      func() (redis.Conn, error) { return redis.Dial("tcp", redisAddr) },
+		}
+	}
+	lookup := func(n int) error {
+		var v int
+		if err := db.QueryRow("SELECT ?", n).Scan(&v); err != nil || v != n {
+			return fmt.Errorf("query: %v", err)
+		}
+		if pool == nil {
+			return nil
+		}
+		c := pool.Get()
+		defer c.Close()
+		_, err := redis.Int(c.Do("INCR", fmt.Sprintf("stock:%d", n)))
+		return err
+	}
 	check := func(srv interface{}, ctx context.Context, dec func(interface{}) error, _ grpc.UnaryServerInterceptor) (interface{}, error) {
 		var in []byte
 		if err := dec(&in); err != nil {
 			return nil, err
 		}
 		n, _ := strconv.Atoi(string(in))
-		var v int
-		if err := db.QueryRow("SELECT ?", n).Scan(&v); err != nil || v != n {
-			return nil, fmt.Errorf("query: %v", err)
+		if err := lookup(n); err != nil {
+			return nil, err
 		}
-		return []byte(fmt.Sprintf("in stock %d", v)), nil
+		return []byte(fmt.Sprintf("in stock %d", n)), nil
 	}
-	// /shop.Inventory/Watch, server streaming: one query for the item
+	// /shop.Inventory/Watch, server streaming: the lookup of the item
 	// number it is sent, then three messages.
 	watch := func(srv interface{}, stream grpc.ServerStream) error {
 		var in []byte
@@ -82,12 +105,11 @@ func serveInventory(port, dsn string) {
 			return err
 		}
 		n, _ := strconv.Atoi(string(in))
-		var v int
-		if err := db.QueryRow("SELECT ?", n).Scan(&v); err != nil || v != n {
-			return fmt.Errorf("query: %v", err)
+		if err := lookup(n); err != nil {
+			return err
 		}
 		for i := 0; i < 3; i++ {
-			if err := stream.SendMsg([]byte(fmt.Sprintf("stock %d: %d", v, i))); err != nil {
+			if err := stream.SendMsg([]byte(fmt.Sprintf("stock %d: %d", n, i))); err != nil {
 				return err
 			}
 		}
@@ -117,7 +139,11 @@ func main() {
 	}
 	role, port := os.Args[1], os.Args[2]
 	if role == "inventory" {
-		serveInventory(port, os.Args[3])
+		redisAddr := ""
+		if len(os.Args) > 4 {
+			redisAddr = os.Args[4]
+		}
+		serveInventory(port, os.Args[3], redisAddr)
 		return
 	}
 	gin.SetMode(gin.ReleaseMode)
