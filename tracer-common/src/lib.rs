@@ -39,6 +39,10 @@ pub enum EventKind {
     /// payload holds the function's first four integer register arguments
     /// (`go_probe` says where one is read through instead).
     GoProbe = 9,
+    /// Written by the agent into recordings, not by the probes: the routes
+    /// process `pid` registered for its local port `ret`, one
+    /// `METHOD template` line each in the payload.
+    Routes = 10,
 }
 
 impl EventKind {
@@ -53,6 +57,7 @@ impl EventKind {
             7 => Self::ThreadExit,
             8 => Self::Runtime,
             9 => Self::GoProbe,
+            10 => Self::Routes,
             _ => return None,
         })
     }
@@ -212,6 +217,10 @@ pub mod go_probe {
     /// `*transport.Stream`'s first field) on client transport `arg2` (the
     /// stream's `ct` field).
     pub const NEWSTREAM_RET: u32 = 6;
+    /// Entry of `github.com/gin-gonic/gin.(*Engine).ServeHTTP`: the
+    /// goroutine serves a request with engine `arg0`. Attached to one
+    /// process at a time, and detached once its routes are read.
+    pub const GIN_SERVE: u32 = 7;
 
     /// The attach cookie of a probe point: its kind in the low 16 bits,
     /// and up to two struct field offsets the probe reads through (for

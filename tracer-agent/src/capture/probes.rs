@@ -150,6 +150,13 @@ pub const HOOKS: &[Hook] = &[
 ];
 
 /// A Go executable the function probes were attached to.
+/// The Gin route tree layout of each process the Gin probe is attached to.
+pub type GinLayouts =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u32, crate::runtimes::go::gin::GinLayout>>>;
+
+/// Most processes with a Gin probe attached at once.
+const MAX_GIN_PROCESSES: usize = 4096;
+
 struct GoFile {
     bin: crate::runtimes::go::GoBinary,
     /// The goroutine-creation probes are attached too.
@@ -216,6 +223,13 @@ pub struct Probes {
     /// Executables (device, inode) the Go probe was attached to, and what
     /// they are.
     go_files: std::collections::HashMap<(u64, u64), GoFile>,
+    /// The probe on Gin's `ServeHTTP`, per process, until its routes are read.
+    gin_links: std::collections::HashMap<u32, aya::programs::uprobe::UProbeLinkId>,
+    /// Processes whose Gin probe came and went.
+    gin_done: std::collections::HashSet<u32>,
+    /// The Gin route tree layout of each process with the Gin probe, for
+    /// the pipeline's route reader.
+    pub gin_layouts: GinLayouts,
     counters: PerCpuArray<MapData, u64>,
     /// What was tried for each hook.
     pub hooks: Vec<HookReport>,
@@ -650,7 +664,18 @@ impl Probes {
         let go_ready = go.is_ok();
         let go_error = go.err();
         Ok((
-            Self { _ebpf: ebpf, counters, hooks, stats, go_ready, go_error, go_files: Default::default() },
+            Self {
+                _ebpf: ebpf,
+                counters,
+                hooks,
+                stats,
+                go_ready,
+                go_error,
+                go_files: Default::default(),
+                gin_links: Default::default(),
+                gin_done: Default::default(),
+                gin_layouts: Default::default(),
+            },
             rings,
             fatal,
         ))
@@ -673,7 +698,7 @@ impl Probes {
         let meta = std::fs::metadata(&exe).ok()?;
         let key = (meta.dev(), meta.ino());
         let (points, bin) = match self.go_files.get_mut(&key) {
-            Some(f) if f.goroutines || !goroutines => return Some(f.bin.clone()),
+            Some(f) if f.goroutines || !goroutines => (Vec::new(), f.bin.clone()),
             Some(f) => {
                 f.goroutines = true;
                 let points: Vec<_> = f
@@ -692,6 +717,7 @@ impl Probes {
                     .points
                     .iter()
                     .filter(|p| goroutines || !matches!(p.kind, go_probe::NEWPROC | go_probe::NEWPROC_RET))
+                    .filter(|p| p.kind != go_probe::GIN_SERVE)
                     .copied()
                     .collect();
                 self.go_files.insert(key, GoFile { bin: bin.clone(), goroutines });
@@ -708,7 +734,49 @@ impl Probes {
                 eprintln!("tracer-agent: warning: attaching a Go probe to {} failed: {e}", exe.display());
             }
         }
+        // Gin's ServeHTTP gets a probe of this process only, until the
+        // pipeline has read the engine's routes ([`Probes::gin_done`]).
+        let gin = bin.points.iter().find(|p| p.kind == go_probe::GIN_SERVE);
+        if let (Some(p), Some((layout, _)), Some(one)) = (gin, bin.gin_layout(), std::num::NonZeroU32::new(pid)) {
+            if !self.gin_links.contains_key(&pid)
+                && !self.gin_done.contains(&pid)
+                && self.gin_links.len() < MAX_GIN_PROCESSES
+            {
+                let point = aya::programs::uprobe::UProbeAttachPoint {
+                    location: aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(p.offset),
+                    cookie: Some(p.cookie),
+                };
+                match prog.attach(point, &exe, aya::programs::uprobe::UProbeScope::OneProcess(one)) {
+                    Ok(link) => {
+                        self.gin_links.insert(pid, link);
+                        if let Ok(mut l) = self.gin_layouts.lock() {
+                            l.insert(pid, layout);
+                        }
+                    }
+                    Err(e) => eprintln!("tracer-agent: warning: attaching the Gin probe to process {pid} failed: {e}"),
+                }
+            }
+        }
         Some(bin)
+    }
+
+    /// The pipeline is done with the Gin probe of process `pid` (its
+    /// routes are read, or cannot be): detached, and not attached again.
+    pub fn gin_done(&mut self, pid: u32) {
+        if self.gin_done.len() >= 65_536 {
+            self.gin_done.clear();
+        }
+        self.gin_done.insert(pid);
+        if let Ok(mut l) = self.gin_layouts.lock() {
+            l.remove(&pid);
+        }
+        let Some(link) = self.gin_links.remove(&pid) else { return };
+        let Some(prog) = self._ebpf.program_mut("go_probe") else { return };
+        let Ok(prog): Result<&mut aya::programs::UProbe, _> = prog.try_into() else { return };
+        match prog.detach(link) {
+            Ok(()) => eprintln!("tracer-agent: Go program {pid}: Gin probe detached"),
+            Err(e) => eprintln!("tracer-agent: warning: detaching the Gin probe of process {pid} failed: {e}"),
+        }
     }
 
     /// Programs that failed to load or attach on this host (each one a step

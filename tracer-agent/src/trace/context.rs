@@ -182,6 +182,8 @@ struct Ctx {
     pid: u32,
     /// A server request.
     server: bool,
+    /// The connection's local port.
+    port: u16,
     /// The goroutine running its handler, when that is another than the
     /// one that read it (gRPC-Go).
     handler: Option<u64>,
@@ -582,6 +584,17 @@ impl Linker {
         self.window(pid, m.by, m.ino, m.seq).filter(|w| w.covers(t)).map(|_| m)
     }
 
+    /// The local port of the server request goroutine `g` of `pid` is
+    /// serving at `t`, if it is serving exactly one.
+    pub fn serving_port(&self, pid: u32, g: u64, t: u64) -> Option<u16> {
+        if g == 0 {
+            return None;
+        }
+        let m = self.request_of(pid, g | GO_KEY, t)?;
+        let c = self.started.get(&(m.ino, m.seq))?;
+        (c.server && c.pid == pid).then_some(c.port)
+    }
+
     /// The goroutine that called the net/http transport for the request
     /// goroutine `writer` is writing now, if the probes saw it.
     fn go_caller(&mut self, pid: u32, writer: u64) -> Option<u64> {
@@ -739,6 +752,7 @@ impl Linker {
             made: s.ts,
             pid: meta.pid,
             server: meta.kind == SpanKind::Server,
+            port: meta.local_port,
             handler: None,
             tentative: false,
         };
@@ -1039,6 +1053,7 @@ impl Linker {
             made: t,
             pid,
             server: false,
+            port: 0,
             handler: None,
             tentative: false,
         };

@@ -36,6 +36,8 @@ pub struct Facts {
     pub fields: HashMap<(String, String), Field>,
     /// Function → its parameters.
     pub params: HashMap<String, Vec<Param>>,
+    /// Struct → its size in bytes.
+    pub sizes: HashMap<String, u64>,
 }
 
 /// A reference to a type, resolved once the walk is over.
@@ -73,6 +75,7 @@ fn walk(
 ) -> gimli::Result<Facts> {
     let mut fields: Vec<(String, String, u64, TypeRef)> = Vec::new();
     let mut params: Vec<(String, String, bool, TypeRef)> = Vec::new();
+    let mut sizes = HashMap::new();
     let mut units = dwarf.units();
     while let Some(header) = units.next()? {
         // Read without `Dwarf::unit`, which would parse the line program
@@ -93,6 +96,11 @@ fn walk(
                     let Some(name) = string(dwarf, name) else { continue };
                     let wanted = if tag == gimli::DW_TAG_structure_type { structs } else { functions };
                     if wanted.iter().any(|w| *w == name) {
+                        if tag == gimli::DW_TAG_structure_type {
+                            if let Some(size) = entry.attr_value(gimli::DW_AT_byte_size).and_then(|v| v.udata_value()) {
+                                sizes.insert(name.clone(), size);
+                            }
+                        }
                         inside = Some((name, depth, tag));
                     }
                 }
@@ -120,7 +128,7 @@ fn walk(
     wanted.dedup();
     let names = type_names(dwarf, &wanted)?;
     let name = |o: &TypeRef| names.get(o).cloned().unwrap_or_default();
-    let mut facts = Facts::default();
+    let mut facts = Facts { sizes, ..Facts::default() };
     for (owner, field, offset, ty) in fields {
         facts.fields.insert((owner, field), Field { offset, type_name: name(&ty) });
     }

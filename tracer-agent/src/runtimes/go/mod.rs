@@ -14,6 +14,7 @@
 //! without the links the probes give.
 
 pub mod dwarf;
+pub mod gin;
 pub mod layouts;
 
 use std::path::Path;
@@ -64,6 +65,12 @@ pub struct GoBinary {
     /// one used).
     pub dwarf_layout: Option<Result<GrpcLayout, &'static str>>,
     pub table_layout: Option<GrpcLayout>,
+    /// The Gin version linked in (from the module list; `None` outside
+    /// module mode), and the route tree's layout from the DWARF and from
+    /// the table, as for gRPC-Go ([`GoBinary::gin_layout`] is the one used).
+    pub gin: Option<String>,
+    pub gin_dwarf: Option<Result<gin::GinLayout, &'static str>>,
+    pub gin_table: Option<gin::GinLayout>,
     pub points: Vec<ProbePoint>,
     /// Why probes are missing, if some are.
     pub missing: Vec<&'static str>,
@@ -81,6 +88,7 @@ const PROBED: &[(&str, Option<u32>, Option<u32>)] = &[
     ("runtime.newproc1", Some(go_probe::NEWPROC), Some(go_probe::NEWPROC_RET)),
     (GRPC_HANDLE_STREAM, Some(go_probe::HANDLE_STREAM), None),
     (GRPC_NEW_STREAM, None, Some(go_probe::NEWSTREAM_RET)),
+    (gin::SERVE_HTTP, Some(go_probe::GIN_SERVE), None),
 ];
 
 /// `(major, minor)` of a version string such as `go1.21.3` or `go1.22rc1`.
@@ -329,6 +337,16 @@ impl GoBinary {
         }
     }
 
+    /// The Gin route tree layout the route reader uses: the DWARF's, else
+    /// the table's, and where it came from.
+    pub fn gin_layout(&self) -> Option<(gin::GinLayout, LayoutFrom)> {
+        match (self.gin_dwarf, self.gin_table) {
+            (Some(Ok(l)), _) => Some((l, LayoutFrom::Dwarf)),
+            (Some(Err(_)), _) => None,
+            (None, l) => l.map(|l| (l, LayoutFrom::Table)),
+        }
+    }
+
     /// One line for the agent's log: version, probe points, where the
     /// gRPC-Go offsets came from, and what is missing.
     pub fn summary(&self) -> String {
@@ -339,6 +357,11 @@ impl GoBinary {
         match self.layout() {
             Some((_, LayoutFrom::Dwarf)) => s += " (field offsets from its DWARF)",
             Some((_, LayoutFrom::Table)) => s += " (field offsets from the table)",
+            None => {}
+        }
+        match self.gin_layout() {
+            Some((_, LayoutFrom::Dwarf)) => s += ", Gin routes (layout from its DWARF)",
+            Some((_, LayoutFrom::Table)) => s += ", Gin routes (layout from the table)",
             None => {}
         }
         for m in &self.missing {
@@ -382,6 +405,31 @@ pub fn describe(path: &Path) -> Result<String, String> {
             let _ = writeln!(out, "layout {} from={from}", offsets(&l));
         }
         None => drop(writeln!(out, "layout none")),
+    }
+    let _ = writeln!(
+        out,
+        "gin {}",
+        bin.gin.as_deref().unwrap_or(if bin.gin_dwarf.is_some() || bin.gin_table.is_some() {
+            "unknown"
+        } else {
+            "none"
+        })
+    );
+    match &bin.gin_dwarf {
+        Some(Ok(l)) => drop(writeln!(out, "gin-dwarf {}", l.describe())),
+        Some(Err(why)) => drop(writeln!(out, "gin-dwarf unusable: {why}")),
+        None => drop(writeln!(out, "gin-dwarf none")),
+    }
+    match &bin.gin_table {
+        Some(l) => drop(writeln!(out, "gin-table {}", l.describe())),
+        None => drop(writeln!(out, "gin-table none")),
+    }
+    match bin.gin_layout() {
+        Some((l, from)) => {
+            let from = if from == LayoutFrom::Dwarf { "dwarf" } else { "table" };
+            let _ = writeln!(out, "gin-layout {} from={from}", l.describe());
+        }
+        None => drop(writeln!(out, "gin-layout none")),
     }
     for m in &bin.missing {
         let _ = writeln!(out, "missing {m}");
@@ -446,6 +494,21 @@ pub fn inspect_bytes(data: &[u8]) -> Option<GoBinary> {
                 }
             }
             None => bin.points.retain(|p| !is_grpc(p)),
+        }
+    }
+    if bin.points.iter().any(|p| p.kind == go_probe::GIN_SERVE) {
+        bin.gin = buildinfo.data().ok().and_then(|b| buildinfo_module(b, "github.com/gin-gonic/gin"));
+        let go = bin.version.as_deref().and_then(parse_version).unwrap_or_default();
+        bin.gin_table = layouts::gin_lookup(bin.gin.as_deref(), go);
+        bin.gin_dwarf =
+            dwarf::read(&file, &[gin::ENGINE, gin::METHOD_TREE, gin::NODE], &[]).map(|f| gin::layout_from_dwarf(&f));
+        match (bin.gin_dwarf, bin.gin_table) {
+            (Some(Err(why)), _) => bin.missing.push(why),
+            (None, None) => bin.missing.push("no DWARF, and no checked Gin route tree layout for this Go version"),
+            _ => {}
+        }
+        if bin.gin_layout().is_none() {
+            bin.points.retain(|p| p.kind != go_probe::GIN_SERVE);
         }
     }
     bin.points.sort_by_key(|p| (p.kind, p.offset));
