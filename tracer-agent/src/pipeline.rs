@@ -379,6 +379,9 @@ impl Pipeline {
             Ok(ev) if ev.kind == tracer_common::EventKind::ThreadExit => {
                 let h = &ev.header;
                 self.linker.thread_exit(h.pid, h.tid, h.ts_exit, h.ret == 1);
+                if h.ret == 1 {
+                    self.routes.forget_process(h.pid);
+                }
                 self.release_held();
             }
             Ok(ev) => {

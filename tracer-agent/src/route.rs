@@ -88,6 +88,9 @@ impl Pattern {
     }
 }
 
+/// Most (process, port) route tables kept.
+const MAX_APPS: usize = 4096;
+
 /// Maps request targets to routes using user patterns, then the routes a
 /// process registered, then the heuristic.
 #[derive(Debug, Clone, Default)]
@@ -109,6 +112,9 @@ impl RouteMatcher {
 
     /// The routes process `pid` serves on local port `port`.
     pub fn set_app(&mut self, pid: u32, port: u16, routes: TemplateRoutes) {
+        if self.apps.len() >= MAX_APPS {
+            self.apps.clear();
+        }
         self.apps.insert((pid, port), Arc::new(routes));
     }
 

@@ -9,7 +9,9 @@
 //!   local receiver that counts and discards;
 //! - DEFAULT: as FULL, but the agent as a user starts it, with no filters:
 //!   the load generator's side is captured too, and its client spans are
-//!   exported (two spans per request).
+//!   exported (two spans per request);
+//! - NO GO PROBES (Go workloads only): as FULL with `--go-probes false`,
+//!   so that what the Go function probes cost is FULL against it.
 //!
 //! Each round runs wrk at saturation (throughput, CPU) and, when oha is
 //! installed, oha at half of the OFF saturation rate (latency percentiles).
@@ -37,10 +39,11 @@ enum Mode {
     Kernel,
     Full,
     Default,
+    NoGo,
 }
 
 /// Modes in report order; a round's runs are indexed the same way.
-const MODES: [Mode; 4] = [Mode::Off, Mode::Kernel, Mode::Full, Mode::Default];
+const MODES: [Mode; 5] = [Mode::Off, Mode::Kernel, Mode::Full, Mode::Default, Mode::NoGo];
 
 impl Mode {
     fn index(self) -> usize {
@@ -49,6 +52,7 @@ impl Mode {
             Mode::Kernel => 1,
             Mode::Full => 2,
             Mode::Default => 3,
+            Mode::NoGo => 4,
         }
     }
 }
@@ -80,6 +84,8 @@ struct Run {
 struct Workload {
     name: &'static str,
     comm: &'static str,
+    /// A Go program: measured with the Go function probes off too.
+    go: bool,
     url: String,
     server: Child,
 }
@@ -106,6 +112,7 @@ pub struct Options {
     pub rounds: usize,
     pub seconds: u64,
     pub skip_gin: bool,
+    pub skip_nginx: bool,
 }
 
 fn free_port() -> Result<u16> {
@@ -276,7 +283,10 @@ fn start_agent(bin: &Path, mode: Mode, comm: &str, sink_port: u16) -> Result<Opt
         Mode::Kernel => {
             cmd.arg("--discard");
         }
-        Mode::Full | Mode::Default => {
+        Mode::Full | Mode::Default | Mode::NoGo => {
+            if mode == Mode::NoGo {
+                cmd.args(["--go-probes", "false"]);
+            }
             cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{sink_port}"))
                 .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
                 .env("OTEL_BSP_SCHEDULE_DELAY", "1000");
@@ -401,6 +411,7 @@ fn start_nginx(dir: &Path) -> Result<Workload> {
     Ok(Workload {
         name: "nginx (1 worker, 6-byte file, keep-alive)",
         comm: "nginx",
+        go: false,
         url: format!("http://127.0.0.1:{port}/index.html"),
         server,
     })
@@ -448,6 +459,7 @@ fn start_gin(bin: &Path) -> Result<Workload> {
     Ok(Workload {
         name: "Gin service (JSON, GOMAXPROCS=1)",
         comm: "gin-server",
+        go: true,
         url: format!("http://127.0.0.1:{port}/items/42"),
         server,
     })
@@ -599,7 +611,7 @@ fn program_stats(pid: u32) -> (u64, u64) {
     (ns, runs)
 }
 
-fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 4]], probes: Option<(f64, f64)>) {
+fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 5]], probes: Option<(f64, f64)>) {
     let col =
         |m: usize, f: &dyn Fn(&Run, &Run) -> f64| -> Vec<f64> { rounds.iter().map(|r| f(&r[m], &r[0])).collect() };
     let off_rps = median(rounds.iter().map(|r| r[0].rps).collect());
@@ -614,14 +626,17 @@ fn report_workload(out: &mut String, w: &Workload, rounds: &[[Run; 4]], probes: 
         off_us(&|r| r.load_cpu),
         rounds.len()
     ));
-    out.push_str("| metric | KERNEL | FULL | DEFAULT |\n|---|---|---|---|\n");
+    if w.go {
+        out.push_str("| metric | KERNEL | FULL | DEFAULT | FULL, no Go probes |\n|---|---|---|---|---|\n");
+    } else {
+        out.push_str("| metric | KERNEL | FULL | DEFAULT |\n|---|---|---|---|\n");
+    }
     let row = |out: &mut String, name: &str, f: &dyn Fn(&Run, &Run) -> f64, d: usize| {
-        out.push_str(&format!(
-            "| {name} | {} | {} | {} |\n",
-            cell(col(1, f), d),
-            cell(col(2, f), d),
-            cell(col(3, f), d)
-        ));
+        out.push_str(&format!("| {name} | {} | {} | {} |", cell(col(1, f), d), cell(col(2, f), d), cell(col(3, f), d)));
+        if w.go {
+            out.push_str(&format!(" {} |", cell(col(4, f), d)));
+        }
+        out.push('\n');
     };
     row(out, "throughput ÷ OFF", &|r, o| r.rps / o.rps, 3);
     row(
@@ -717,10 +732,13 @@ pub fn bench(paths: &Paths, opts: &Options) -> Result<()> {
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     );
     report.push_str(&format!(
-        "## Overhead benchmark\n\nMachine: {machine}. {} rounds of OFF/KERNEL/FULL/DEFAULT in rotating order, {} s of wrk -t1 -c16 each, then {} s of oha -c16 at half the OFF rate. In KERNEL and FULL the agent traces only the server process; DEFAULT is the agent with no filters at all, as a user starts it, so the load generator's client spans are exported too (two spans per request).\n",
+        "## Overhead benchmark\n\nMachine: {machine}. {} rounds of OFF/KERNEL/FULL/DEFAULT in rotating order, {} s of wrk -t1 -c16 each, then {} s of oha -c16 at half the OFF rate. In KERNEL and FULL the agent traces only the server process; DEFAULT is the agent with no filters at all, as a user starts it, so the load generator's client spans are exported too (two spans per request). Go workloads also run FULL with the Go function probes off (`--go-probes false`).\n",
         opts.rounds, opts.seconds, opts.seconds
     ));
-    let mut workloads: Vec<Box<dyn Fn() -> Result<Workload>>> = vec![Box::new(|| start_nginx(&dir.join("nginx")))];
+    let mut workloads: Vec<Box<dyn Fn() -> Result<Workload>>> = Vec::new();
+    if !opts.skip_nginx {
+        workloads.push(Box::new(|| start_nginx(&dir.join("nginx"))));
+    }
     if !opts.skip_gin {
         match build_gin(paths) {
             Ok(bin) => workloads.push(Box::new(move || start_gin(&bin))),
@@ -734,16 +752,19 @@ pub fn bench(paths: &Paths, opts: &Options) -> Result<()> {
         let (_, off_rps) = wrk(&w.url, 2)?;
         let half = off_rps / 2.0;
         note(format!("OFF saturation about {off_rps:.0} requests/s; latency runs at {half:.0}/s"));
-        let mut rounds: Vec<[Run; 4]> = Vec::new();
+        let mut rounds: Vec<[Run; 5]> = Vec::new();
         for i in 0..opts.rounds {
-            let mut r: [Run; 4] = Default::default();
-            // Each mode takes each place in the order once every four rounds.
-            for k in 0..MODES.len() {
-                let m = MODES[(i + k) % MODES.len()];
+            let mut r: [Run; 5] = Default::default();
+            // Each mode takes each place in the order once in as many
+            // rounds as there are modes.
+            let modes: Vec<Mode> = MODES.iter().copied().filter(|m| w.go || *m != Mode::NoGo).collect();
+            for k in 0..modes.len() {
+                let m = modes[(i + k) % modes.len()];
                 r[m.index()] = measure(&w, m, &agent, &sink, opts.seconds, oha_bin.as_deref(), half)?;
             }
+            let no_go = if w.go { format!(", FULL without Go probes {:.0}/s", r[4].rps) } else { String::new() };
             note(format!(
-                "round {}/{}: OFF {:.0}/s, KERNEL {:.0}/s, FULL {:.0}/s, DEFAULT {:.0}/s",
+                "round {}/{}: OFF {:.0}/s, KERNEL {:.0}/s, FULL {:.0}/s, DEFAULT {:.0}/s{no_go}",
                 i + 1,
                 opts.rounds,
                 r[0].rps,

@@ -67,6 +67,9 @@ enum Command {
         /// Only the nginx workload
         #[arg(long)]
         skip_gin: bool,
+        /// Only the Gin workload
+        #[arg(long)]
+        skip_nginx: bool,
         /// Only count the user-space pipeline's instructions per event (callgrind)
         #[arg(long)]
         pipeline: bool,
@@ -116,9 +119,10 @@ fn run_command(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { rounds, seconds, skip_gin, .. } => {
-            bench::bench(&paths, &bench::Options { rounds: rounds.max(1), seconds: seconds.max(1), skip_gin })
-        }
+        Command::Bench { rounds, seconds, skip_gin, skip_nginx, .. } => bench::bench(
+            &paths,
+            &bench::Options { rounds: rounds.max(1), seconds: seconds.max(1), skip_gin, skip_nginx },
+        ),
         Command::Bootstrap => {
             bootstrap::bootstrap()?;
             step("bootstrap complete");
