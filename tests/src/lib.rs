@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod db;
 pub mod grpc;
+pub mod netns;
 pub mod programs;
 pub mod raw;
 pub mod receiver;

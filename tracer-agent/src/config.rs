@@ -99,6 +99,12 @@ pub struct Args {
     /// Report database query text exactly as sent (default: literals replaced by `?`).
     #[arg(long)]
     pub db_full_query_text: bool,
+    /// How trace context is carried to the agent on the next host: `none`,
+    /// or `tcp-option` (a TCP header option on the segments of each request
+    /// a traced process sends; both hosts must run the agent with it, and a
+    /// middlebox may strip it).
+    #[arg(long, value_enum, env = "TRACER_TRACE_CARRIER", default_value = "none")]
+    pub trace_carrier: crate::capture::probes::Carrier,
     /// Ring buffer layout between probes and agent.
     #[arg(long = "ring-buffer", value_enum, default_value = "shared")]
     pub ring_buffer: crate::capture::probes::RingMode,

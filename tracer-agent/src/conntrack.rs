@@ -249,7 +249,12 @@ impl Tracker {
             }
             EventKind::Recv | EventKind::Send => self.on_data(ev, out),
             // Thread events are the trace linker's.
-            EventKind::Spawn | EventKind::ThreadExit | EventKind::Runtime | EventKind::GoProbe | EventKind::Routes => {}
+            EventKind::Spawn
+            | EventKind::ThreadExit
+            | EventKind::Runtime
+            | EventKind::GoProbe
+            | EventKind::Routes
+            | EventKind::Context => {}
         }
     }
 

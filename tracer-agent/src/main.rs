@@ -109,9 +109,9 @@ fn stats_line(p: &PipelineStats, probes: &Probes, e: &ExportStats) -> String {
     let t = &p.tracker;
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     format!(
-        "tracer-agent: stats probe_fallbacks={} kernel_events={} kernel_lost={} kernel_truncated={} kernel_read_errors={} records={} decode_errors={} connections={} connections_evicted={} connections_expired={} opaque_connections={} db_server_connections={} spans={} spans_linked={} links_header={} links_peer={} links_thread={} links_thread_spawn={} links_goroutine={} links_forwarded={} links_ambiguous={} handoff_processes={} go_processes={} gin_routes={} gin_failed={} gin_probe_hits={} orphan_streams={} spans_exported={} spans_printed={} spans_dropped_queue_full={} spans_dropped_export_failed={} export_errors={}",
+        "tracer-agent: stats probe_fallbacks={} kernel_events={} kernel_lost={} kernel_truncated={} kernel_read_errors={} records={} decode_errors={} connections={} connections_evicted={} connections_expired={} opaque_connections={} db_server_connections={} spans={} spans_linked={} links_header={} links_peer={} links_thread={} links_thread_spawn={} links_goroutine={} links_forwarded={} links_tcp_option={} calls_carried={} links_ambiguous={} handoff_processes={} go_processes={} gin_routes={} gin_failed={} gin_probe_hits={} orphan_streams={} spans_exported={} spans_printed={} spans_dropped_queue_full={} spans_dropped_export_failed={} export_errors={}",
         probes.fallbacks(), k.sent, k.lost, k.truncated, k.read_errors, p.records, p.decode_errors, p.connections, t.connections_evicted,
-        t.connections_expired, t.opaque_connections, t.db_server_connections, p.spans, p.linked, p.links.by_header, p.links.by_peer, p.links.by_thread, p.links.by_thread_spawn, p.links.by_goroutine, p.links.by_forwarded, p.links.ambiguous, p.links.handoff_processes, p.links.go_processes, p.gin_routes, p.gin_failed, p.gin_hits, p.orphan_streams, r(&e.exported), r(&e.printed), r(&e.dropped_queue_full),
+        t.connections_expired, t.opaque_connections, t.db_server_connections, p.spans, p.linked, p.links.by_header, p.links.by_peer, p.links.by_thread, p.links.by_thread_spawn, p.links.by_goroutine, p.links.by_forwarded, p.links.by_tcp_option, p.links.carried, p.links.ambiguous, p.links.handoff_processes, p.links.go_processes, p.gin_routes, p.gin_failed, p.gin_hits, p.orphan_streams, r(&e.exported), r(&e.printed), r(&e.dropped_queue_full),
         r(&e.dropped_export_failed), r(&e.export_errors)
     )
 }
@@ -127,6 +127,7 @@ fn load_options(args: &Args) -> LoadOptions {
     };
     let mut opts = LoadOptions::new(args.capture_bytes, filters, args.ring_buffer);
     opts.reject = args.reject_programs.clone();
+    opts.carrier = args.trace_carrier;
     opts
 }
 
@@ -156,11 +157,17 @@ async fn run(args: Args) -> Result<()> {
     let (mut probes, rings) = Probes::load(&load_options(&args))?;
     // Go programs already running get the Go function probes before the
     // first event is read; those found later, as soon as they are seen.
-    if args.go_probes {
+    let carrier = args.trace_carrier != tracer_agent::capture::probes::Carrier::None;
+    if args.go_probes || carrier {
         for pid in
             tracer_agent::runtimes::go_processes(&args.pids, &args.exclude_pids, &args.comms, &args.exclude_comms)
         {
-            probes.attach_go(pid, false);
+            if carrier {
+                probes.no_carry(pid);
+            }
+            if args.go_probes {
+                probes.attach_go(pid, false);
+            }
         }
     }
     let (go_tx, mut go_rx) = tokio::sync::mpsc::unbounded_channel::<pipeline::GoRequest>();
@@ -169,8 +176,10 @@ async fn run(args: Args) -> Result<()> {
     pipe.discard = args.discard;
     pipe.tracker.listeners = Some(tracer_agent::listeners::Listeners::default());
     pipe.inspect_runtimes = true;
-    if args.go_probes {
+    if args.go_probes || carrier {
         pipe.go_found = Some(go_tx);
+    }
+    if args.go_probes {
         pipe.gin_layouts = Some(probes.gin_layouts.clone());
     }
     if let Some(path) = &args.record {
@@ -205,7 +214,14 @@ async fn run(args: Args) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             Some(req) = go_rx.recv() => match req {
-                pipeline::GoRequest::Attach(pid, goroutines) => drop(probes.attach_go(pid, goroutines)),
+                pipeline::GoRequest::Attach(pid, goroutines) => {
+                    if carrier {
+                        probes.no_carry(pid);
+                    }
+                    if args.go_probes {
+                        drop(probes.attach_go(pid, goroutines));
+                    }
+                }
                 pipeline::GoRequest::GinDone(pid) => probes.gin_done(pid),
             },
             _ = stats_due => {

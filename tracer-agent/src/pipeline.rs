@@ -364,6 +364,11 @@ impl Pipeline {
                     );
                 }
             }
+            Ok(ev) if ev.kind == tracer_common::EventKind::Context => {
+                if let Some(ids) = crate::capture::event::carrier_ids(ev.payload) {
+                    self.linker.kernel_ids(ev.header.sock.ino, ev.header.ret, ids);
+                }
+            }
             Ok(ev) if ev.kind == tracer_common::EventKind::Routes => {
                 let port = u16::try_from(ev.header.ret).unwrap_or(0);
                 self.routes.set_app(ev.header.pid, port, parse_routes(ev.payload));

@@ -43,6 +43,12 @@ pub enum EventKind {
     /// process `pid` registered for its local port `ret`, one
     /// `METHOD template` line each in the payload.
     Routes = 10,
+    /// The probes chose trace ids for a request on socket `sock` (only with
+    /// a carrier on, see `carrier`): `ret` holds `carrier::*` flags, the
+    /// payload a `CarrierIds`. Comes before the data event of the bytes it
+    /// is about, so the agent gives the span these ids, the ones the wire
+    /// carries.
+    Context = 11,
 }
 
 impl EventKind {
@@ -58,6 +64,7 @@ impl EventKind {
             8 => Self::Runtime,
             9 => Self::GoProbe,
             10 => Self::Routes,
+            11 => Self::Context,
             _ => return None,
         })
     }
@@ -265,6 +272,39 @@ pub mod filter {
 pub mod mode {
     /// Write events to the per-CPU ring buffers (`RINGS`) instead of the shared one (`EVENTS`).
     pub const PER_CPU_RINGS: u32 = 1 << 8;
+    /// Carry trace context between hosts in a TCP header option
+    /// (`carrier`).
+    pub const CARRIER_TCP_OPTION: u32 = 1 << 9;
+}
+
+/// Trace context carried between hosts in a TCP header option: an
+/// experimental option (RFC 6994: kind 254 and a 16-bit experiment id),
+/// then the trace id and the span id of the client span that sent the
+/// segment, 28 bytes in all.
+pub mod carrier {
+    /// TCP option kind for experiments with an experiment id.
+    pub const KIND: u8 = 254;
+    /// This option's experiment id.
+    pub const EXID: u16 = 0x5452;
+    /// Bytes of the option, kind and length included.
+    pub const OPTION_LEN: u8 = 28;
+    /// `Context` event flags (its `ret`): ids of a request read on a
+    /// server socket;
+    pub const SERVER: i64 = 1;
+    /// ids of a request being sent on a client socket;
+    pub const CLIENT: i64 = 2;
+    /// the parent span id is the remote client's, from the TCP option.
+    pub const REMOTE: i64 = 4;
+}
+
+/// The payload of a `Context` event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CarrierIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// Zero when there is none.
+    pub parent_id: [u8; 8],
 }
 
 /// Size of each per-CPU ring buffer (bytes; a power of two, multiple of the page size).

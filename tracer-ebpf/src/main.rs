@@ -25,13 +25,13 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id,
         bpf_ktime_get_ns, generated,
     },
-    macros::{btf_map, btf_tracepoint, map, tracepoint, uprobe},
+    macros::{btf_map, btf_tracepoint, map, sock_ops, tracepoint, uprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, ProbeContext, TracePointContext},
+    programs::{BtfTracePointContext, ProbeContext, SockOpsContext, TracePointContext},
 };
 use tracer_common::{
-    counter, filter, mode, role, syscall, Config, EventHeader, EventKind, SockInfo, AF_INET, AF_INET6, HEADER_SIZE,
-    MAX_CAPTURE, MAX_CPUS, MAX_IOV, PER_CPU_RING_BYTES, SHARED_RING_BYTES,
+    carrier, counter, filter, mode, role, syscall, CarrierIds, Config, EventHeader, EventKind, SockInfo, AF_INET,
+    AF_INET6, HEADER_SIZE, MAX_CAPTURE, MAX_CPUS, MAX_IOV, PER_CPU_RING_BYTES, SHARED_RING_BYTES,
 };
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -74,6 +74,28 @@ static GO_EVENTS: PerCpuArray<GoEvent> = PerCpuArray::with_max_entries(1, 0);
 /// their ends are reported.
 #[map]
 static SPAWNED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+/// With a carrier: the requests read and not yet answered (socket inode →
+/// the thread that read it), so that a thread's calls carry a request's
+/// context only while it is open, whoever answers it.
+#[map]
+static OPEN: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+/// Processes whose threads do not stand for requests (Go programs: their
+/// goroutines move between threads): their calls carry no context.
+#[map]
+static NO_CARRY: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+/// The `Context` event being written (process context only).
+#[map]
+static CTX_EVENTS: PerCpuArray<CtxEvent> = PerCpuArray::with_max_entries(1, 0);
+/// The option being written or read by `carrier_ops` (28 bytes, padded to
+/// whole words).
+#[map]
+static OPTION: PerCpuArray<[u8; 32]> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct CtxEvent {
+    header: EventHeader,
+    ids: CarrierIds,
+}
 /// Per-thread state. A lookup is a few loads next to the task, with no
 /// hashing or locks.
 #[btf_map]
@@ -167,9 +189,17 @@ const VERDICT_SKIPPED: u8 = 2;
 struct TaskState {
     /// The process filters' verdict for this thread's process.
     verdict: u8,
-    _pad: [u8; 7],
+    /// More than one request may be in flight on this thread (the one
+    /// before `ctx_ino` was still open when it came): its calls carry no
+    /// context.
+    ambiguous: u8,
+    _pad: [u8; 6],
     /// The process name (its main thread's), taken with the verdict.
     comm: [u8; 16],
+    /// The request this thread read last (its socket inode; 0: none) and
+    /// its ids: what the thread's calls carry while it is open (`OPEN`).
+    ctx_ino: u64,
+    ctx: CarrierIds,
 }
 
 /// `SockState::flags` bits.
@@ -186,7 +216,12 @@ struct SockState {
     flags: u8,
     /// Who opened the connection, from its handshake.
     role: u8,
-    _pad: [u8; 2],
+    /// With a carrier: 1 while a request is under way (read and not yet
+    /// answered on a server socket, sent and not yet answered on a client
+    /// socket), else 0.
+    turn: u8,
+    /// With a carrier: the segments sent carry `tx` in a TCP option.
+    tx_armed: u8,
     /// The process whose data was reported first, for the close event.
     pid: u32,
     comm: [u8; 16],
@@ -194,6 +229,15 @@ struct SockState {
     sock: SockInfo,
     /// Start of the send in progress (0: none).
     send_ts: u64,
+    /// With a carrier: a TCP option arrived since the last request read
+    /// (`rx` holds it).
+    rx_fresh: u8,
+    _pad2: [u8; 7],
+    /// The trace id and span id the segments of the request being sent
+    /// carry, and those the last option received carried (`parent_id`
+    /// unused).
+    tx: CarrierIds,
+    rx: CarrierIds,
 }
 
 /// Per-CPU scratch: the event being assembled, header and payload, and the
@@ -765,12 +809,209 @@ fn on_transfer<const WALK: bool>(ctx: &BtfTracePointContext, kind: EventKind) ->
     if kind == EventKind::Recv && flags & MSG_TRUNC != 0 {
         src = Source::None;
     }
+    if cfg.flags & mode::CARRIER_TCP_OPTION != 0 {
+        carrier_turn(cfg, task, s, kind, tgid);
+    }
     let Some(e) = SCRATCH.get_ptr_mut(0) else { return 0 };
     let e = unsafe { &mut *e };
     fill_header(&mut e.header, kind, sc, saved_reg(regs, 0) as i32, &task.comm, &s.sock);
     e.header.goroutine = saved_reg(regs, 4);
     emit_data::<WALK>(cfg, e, src, buf, iov_len, ret as i64, ts_enter);
     0
+}
+
+// ------------------------------------------------------------ carrier
+
+/// Copies `N` 32-bit words (the option's data is only 4-byte aligned).
+#[inline(always)]
+unsafe fn copy_u32s<const N: usize>(dst: *mut u32, src: *const u32) {
+    let mut i = 0;
+    while i < N {
+        core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i)));
+        i += 1;
+    }
+}
+
+/// Fills `N` 32-bit words at `dst` with random bits.
+#[inline(always)]
+unsafe fn random_words<const N: usize>(dst: *mut u32) {
+    let mut i = 0;
+    while i < N {
+        core::ptr::write_volatile(dst.add(i), generated::bpf_get_prandom_u32());
+        i += 1;
+    }
+}
+
+/// Where a request's turn on a connection starts and ends, with a carrier
+/// on. A server socket's first read after its last answer is a new
+/// request: its ids are chosen here (the trace and parent from the TCP
+/// option that came with it, if one did; else a new trace), kept with the
+/// thread for its calls, and reported (`Context`). Its first answer ends
+/// it. A client socket's first read after a request ends that request.
+#[inline(always)]
+fn carrier_turn(cfg: &Config, task: &mut TaskState, s: &mut SockState, kind: EventKind, tgid: u32) {
+    let ino = s.sock.ino;
+    match (s.role, kind) {
+        (role::SERVER, EventKind::Recv) if s.turn == 0 => {
+            s.turn = 1;
+            let Some(e) = CTX_EVENTS.get_ptr_mut(0) else { return };
+            let e = unsafe { &mut *e };
+            let mut flags = carrier::SERVER;
+            unsafe {
+                if s.rx_fresh != 0 {
+                    copy_words::<2>(e.ids.trace_id.as_mut_ptr().cast(), s.rx.trace_id.as_ptr().cast());
+                    copy_words::<1>(e.ids.parent_id.as_mut_ptr().cast(), s.rx.span_id.as_ptr().cast());
+                    flags |= carrier::REMOTE;
+                } else {
+                    random_words::<4>(e.ids.trace_id.as_mut_ptr().cast());
+                    zero_words::<1>(e.ids.parent_id.as_mut_ptr().cast());
+                }
+                random_words::<2>(e.ids.span_id.as_mut_ptr().cast());
+            }
+            s.rx_fresh = 0;
+            // A request read while the thread's last one is still open:
+            // two in flight, so its calls could be either's.
+            let tid = bpf_get_current_pid_tgid() as u32;
+            let before = task.ctx_ino;
+            task.ambiguous = u8::from(before != 0 && unsafe { OPEN.get(&before) }.is_some_and(|t| *t == tid));
+            task.ctx_ino = ino;
+            unsafe { copy_words::<4>((&mut task.ctx as *mut CarrierIds).cast(), (&e.ids as *const CarrierIds).cast()) };
+            let _ = OPEN.insert(&ino, &tid, 0);
+            context_event(cfg, e, &task.comm, &s.sock, flags);
+        }
+        (role::SERVER, EventKind::Send) if s.turn != 0 => {
+            s.turn = 0;
+            let _ = OPEN.remove(&ino);
+        }
+        (role::CLIENT, EventKind::Recv) => {
+            s.turn = 0;
+            s.tx_armed = 0;
+        }
+        _ => {}
+    }
+    let _ = tgid;
+}
+
+/// Writes a `Context` event about socket `sock`.
+#[inline(always)]
+fn context_event(cfg: &Config, e: &mut CtxEvent, comm: &[u8; 16], sock: &SockInfo, flags: i64) {
+    fill_header(&mut e.header, EventKind::Context, 0, -1, comm, sock);
+    e.header.ret = flags;
+    e.header.captured = core::mem::size_of::<CarrierIds>() as u32;
+    stamp(&mut e.header, 0);
+    // SAFETY: CtxEvent is plain old data.
+    let bytes =
+        unsafe { core::slice::from_raw_parts(e as *const CtxEvent as *const u8, core::mem::size_of::<CtxEvent>()) };
+    output(cfg, bytes);
+}
+
+/// A client socket starts sending a request (its first send after the
+/// last answer): if the sending thread serves exactly one open request,
+/// the request gets a span id of its own under it, its segments carry
+/// both in the TCP option, and the ids are reported (`Context`).
+/// Otherwise its segments carry nothing.
+#[inline(always)]
+fn carrier_send(cfg: &Config, task: &mut TaskState, s: &mut SockState, tgid: u32) {
+    if s.role != role::CLIENT || s.turn != 0 {
+        return;
+    }
+    s.turn = 1;
+    s.tx_armed = 0;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let ino = task.ctx_ino;
+    if ino == 0 || task.ambiguous != 0 || unsafe { NO_CARRY.get(&tgid) }.is_some() {
+        return;
+    }
+    if !unsafe { OPEN.get(&ino) }.is_some_and(|t| *t == tid) {
+        return;
+    }
+    let Some(e) = CTX_EVENTS.get_ptr_mut(0) else { return };
+    let e = unsafe { &mut *e };
+    unsafe {
+        copy_words::<2>(e.ids.trace_id.as_mut_ptr().cast(), task.ctx.trace_id.as_ptr().cast());
+        copy_words::<1>(e.ids.parent_id.as_mut_ptr().cast(), task.ctx.span_id.as_ptr().cast());
+        random_words::<2>(e.ids.span_id.as_mut_ptr().cast());
+        copy_words::<4>((&mut s.tx as *mut CarrierIds).cast(), (&e.ids as *const CarrierIds).cast());
+    }
+    s.tx_armed = 1;
+    context_event(cfg, e, &task.comm, &s.sock, carrier::CLIENT);
+}
+
+/// `BPF_SOCK_OPS_*` values and flags used here.
+const SOCK_OPS_ACTIVE_ESTABLISHED: u32 = 4;
+const SOCK_OPS_PASSIVE_ESTABLISHED: u32 = 5;
+const SOCK_OPS_PARSE_HDR_OPT: u32 = 13;
+const SOCK_OPS_HDR_OPT_LEN: u32 = 14;
+const SOCK_OPS_WRITE_HDR_OPT: u32 = 15;
+const PARSE_UNKNOWN_HDR_OPT_FLAG: u32 = 32;
+const WRITE_HDR_OPT_FLAG: u32 = 64;
+
+/// The TCP option carrier. Accepted connections parse options the kernel
+/// does not know (a callback only for segments that have one); connections
+/// a traced process opened write the option while a request with a
+/// context is being sent. Other sockets are not touched.
+#[sock_ops]
+pub fn carrier_ops(ctx: SockOpsContext) -> u32 {
+    let Some(cfg) = config() else { return 1 };
+    if cfg.flags & mode::CARRIER_TCP_OPTION == 0 {
+        return 1;
+    }
+    let ops = ctx.ops;
+    let sk = unsafe { (*ops).__bindgen_anon_2.sk } as *const u8;
+    if sk.is_null() {
+        return 1;
+    }
+    match ctx.op() {
+        SOCK_OPS_PASSIVE_ESTABLISHED => {
+            let _ = ctx.set_cb_flags((ctx.cb_flags() | PARSE_UNKNOWN_HDR_OPT_FLAG) as i32);
+        }
+        SOCK_OPS_ACTIVE_ESTABLISHED => {
+            if let Some(s) = SKS.of(sk, 0) {
+                if s.role == role::CLIENT && s.flags & SK_SELF == 0 {
+                    let _ = ctx.set_cb_flags((ctx.cb_flags() | WRITE_HDR_OPT_FLAG) as i32);
+                }
+            }
+        }
+        SOCK_OPS_HDR_OPT_LEN => {
+            if SKS.of(sk, 0).is_some_and(|s| s.tx_armed != 0) {
+                unsafe { generated::bpf_reserve_hdr_opt(ops, carrier::OPTION_LEN as u32, 0) };
+            }
+        }
+        SOCK_OPS_WRITE_HDR_OPT => {
+            let Some(s) = SKS.of(sk, 0) else { return 1 };
+            if s.tx_armed == 0 {
+                return 1;
+            }
+            let Some(o) = OPTION.get_ptr_mut(0) else { return 1 };
+            let o = unsafe { &mut *o };
+            o[0] = carrier::KIND;
+            o[1] = carrier::OPTION_LEN;
+            o[2] = (carrier::EXID >> 8) as u8;
+            o[3] = carrier::EXID as u8;
+            unsafe {
+                copy_u32s::<6>(o.as_mut_ptr().add(4).cast(), s.tx.trace_id.as_ptr().cast());
+                generated::bpf_store_hdr_opt(ops, o.as_ptr().cast(), carrier::OPTION_LEN as u32, 0);
+            }
+        }
+        SOCK_OPS_PARSE_HDR_OPT => {
+            let Some(o) = OPTION.get_ptr_mut(0) else { return 1 };
+            let o = unsafe { &mut *o };
+            // Searched by kind and experiment id.
+            o[0] = carrier::KIND;
+            o[1] = 4;
+            o[2] = (carrier::EXID >> 8) as u8;
+            o[3] = carrier::EXID as u8;
+            let n = unsafe { generated::bpf_load_hdr_opt(ops, o.as_mut_ptr().cast(), carrier::OPTION_LEN as u32, 0) };
+            if n != carrier::OPTION_LEN as i64 {
+                return 1;
+            }
+            let Some(s) = SKS.of(sk, CREATE) else { return 1 };
+            unsafe { copy_u32s::<6>(s.rx.trace_id.as_mut_ptr().cast(), o.as_ptr().add(4).cast()) };
+            s.rx_fresh = 1;
+        }
+        _ => {}
+    }
+    1
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
@@ -825,6 +1066,21 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
         }
     }
     s.send_ts = unsafe { bpf_ktime_get_ns() };
+    if s.role == role::CLIENT && s.flags & SK_SELF == 0 {
+        let Some(cfg) = config() else { return 0 };
+        if cfg.flags & mode::CARRIER_TCP_OPTION != 0 {
+            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            // The connection's first send: its addresses are not filled in
+            // yet, and the `Context` event names the connection.
+            let Some(s) = sock_state(cfg, sk) else { return 0 };
+            if s.flags & SK_WANTED == 0 {
+                return 0;
+            }
+            if let Some(task) = traced_task(cfg, tgid) {
+                carrier_send(cfg, task, s, tgid);
+            }
+        }
+    }
     0
 }
 

@@ -36,6 +36,16 @@ pub fn decode(rec: &[u8]) -> Result<Event<'_>, DecodeError> {
     Ok(Event { kind, header, payload })
 }
 
+/// The ids of a `Context` event's payload.
+pub fn carrier_ids(payload: &[u8]) -> Option<tracer_common::CarrierIds> {
+    let b = payload.get(..32)?;
+    let mut ids = tracer_common::CarrierIds::default();
+    ids.trace_id.copy_from_slice(&b[..16]);
+    ids.span_id.copy_from_slice(&b[16..24]);
+    ids.parent_id.copy_from_slice(&b[24..32]);
+    Some(ids)
+}
+
 /// Encode an event the way the probes lay it out (used by tests and replay).
 pub fn encode(header: &EventHeader, payload: &[u8], out: &mut Vec<u8>) {
     let mut h = *header;

@@ -15,6 +15,18 @@ use crate::capture::verifier::{self, Attach, ProgramStats, StatsLoader};
 
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"));
 
+/// How trace context travels to the agent on the next host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Carrier {
+    /// Not at all: each host's spans link only among themselves.
+    #[default]
+    None,
+    /// In a TCP header option on the segments of each request a traced
+    /// process sends (any TCP traffic, TLS included; only between hosts
+    /// that both run the agent).
+    TcpOption,
+}
+
 /// How events travel from the probes to the agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RingMode {
@@ -206,12 +218,39 @@ pub struct LoadOptions {
     /// Also load every program of the object once more with the verifier's
     /// statistics (see `verifier`).
     pub verifier_stats: bool,
+    pub carrier: Carrier,
 }
 
 impl LoadOptions {
     pub fn new(capture_bytes: u32, filters: Filters, ring_mode: RingMode) -> Self {
-        Self { capture_bytes, filters, ring_mode, reject: Vec::new(), verifier_stats: false }
+        Self { capture_bytes, filters, ring_mode, reject: Vec::new(), verifier_stats: false, carrier: Carrier::None }
     }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (its root), from `/proc/mounts`.
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, ty) = (f.next()?, f.next()?, f.next()?);
+        (ty == "cgroup2").then(|| std::path::PathBuf::from(dir))
+    })
+}
+
+/// Loads the TCP option carrier and attaches it to the root cgroup, so
+/// that it sees every TCP socket of the host (it acts only on those of
+/// traced processes, and on segments that carry its option).
+fn attach_carrier(ebpf: &mut Ebpf) -> Result<()> {
+    let root = cgroup2_root().context("no cgroup v2 hierarchy is mounted (the TCP option carrier attaches to it)")?;
+    let prog: &mut aya::programs::SockOps =
+        ebpf.program_mut("carrier_ops").context("program carrier_ops")?.try_into()?;
+    prog.load().context("loading the TCP option carrier")?;
+    let cg = std::fs::File::open(&root).with_context(|| format!("opening {}", root.display()))?;
+    // A link (kernels since 5.7) runs beside the cgroup's other programs
+    // whatever the mode; link creation takes no attach flags.
+    prog.attach(&cg, aya::programs::links::CgroupAttachMode::Single)
+        .with_context(|| format!("attaching the TCP option carrier to {}", root.display()))?;
+    Ok(())
 }
 
 pub struct Probes {
@@ -570,6 +609,9 @@ impl Probes {
                 flags |= filter::PORT_DENY;
             }
         }
+        if opts.carrier == Carrier::TcpOption {
+            flags |= mode::CARRIER_TCP_OPTION;
+        }
         {
             let mut cfg: Array<_, Config> = Array::try_from(ebpf.map_mut("CONFIG").context("map CONFIG")?)?;
             let c = Config {
@@ -635,6 +677,10 @@ impl Probes {
                         "go_probe".to_string(),
                         l.measure("go_probe", Attach::UProbe, &aya_btf).map_err(|e| format!("{e:#}")),
                     ));
+                    stats.push((
+                        "carrier_ops".to_string(),
+                        l.measure("carrier_ops", Attach::SockOps, &aya_btf).map_err(|e| format!("{e:#}")),
+                    ));
                 }
                 Err(e) => stats.push(("*".to_string(), Err(format!("{e:#}")))),
             }
@@ -652,6 +698,9 @@ impl Probes {
             rings.push(RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?);
         }
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS")?)?;
+        if opts.carrier == Carrier::TcpOption {
+            attach_carrier(&mut ebpf)?;
+        }
         // The Go function probe is loaded now and attached per executable.
         let go = if go_regs == [0; 5] {
             Err("the kernel's pt_regs has no Go registers".to_string())
@@ -758,6 +807,14 @@ impl Probes {
             }
         }
         Some(bin)
+    }
+
+    /// Process `pid` runs a program whose threads do not stand for
+    /// requests (Go): with a carrier, its calls carry no context.
+    pub fn no_carry(&mut self, pid: u32) {
+        let Some(map) = self._ebpf.map_mut("NO_CARRY") else { return };
+        let Ok(mut m) = HashMap::<_, u32, u8>::try_from(map) else { return };
+        let _ = m.insert(pid, 1, 0);
     }
 
     /// The pipeline is done with the Gin probe of process `pid` (its

@@ -177,9 +177,13 @@ pub enum Attach<'a> {
     TracePoint,
     /// A uprobe (a kprobe-type program).
     UProbe,
+    /// A cgroup sock_ops program.
+    SockOps,
 }
 
 const BPF_PROG_LOAD: i64 = 5;
+const BPF_PROG_TYPE_SOCK_OPS: u32 = 13;
+const BPF_CGROUP_SOCK_OPS: u32 = 3;
 const BPF_BTF_LOAD: i64 = 18;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
 const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
@@ -324,6 +328,10 @@ impl StatsLoader {
             }
             Attach::TracePoint => attr.prog_type = BPF_PROG_TYPE_TRACEPOINT,
             Attach::UProbe => attr.prog_type = BPF_PROG_TYPE_KPROBE,
+            Attach::SockOps => {
+                attr.prog_type = BPF_PROG_TYPE_SOCK_OPS;
+                attr.expected_attach_type = BPF_CGROUP_SOCK_OPS;
+            }
         }
         for (d, s) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
             *d = s;

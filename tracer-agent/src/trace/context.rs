@@ -45,6 +45,7 @@ pub enum Source {
     Goroutine,
     Forwarded,
     Ambiguous,
+    TcpOption,
 }
 
 impl Source {
@@ -57,6 +58,7 @@ impl Source {
             Source::Goroutine => "goroutine",
             Source::Forwarded => "forwarded",
             Source::Ambiguous => "ambiguous",
+            Source::TcpOption => "tcp-option",
         }
     }
 }
@@ -83,6 +85,10 @@ pub struct LinkStats {
     pub by_thread_spawn: u64,
     pub by_goroutine: u64,
     pub by_forwarded: u64,
+    /// Server spans whose parent came from another host in a TCP option.
+    pub by_tcp_option: u64,
+    /// Calls made under the ids the probes put on the wire.
+    pub carried: u64,
     /// Calls with more than one candidate parent: linked, not parented.
     pub ambiguous: u64,
     /// Processes found to hand requests between threads: thread linking off.
@@ -243,6 +249,9 @@ struct Process {
 #[derive(Default)]
 pub struct Linker {
     pub ids: IdGenerator,
+    /// The ids the probes chose for the next request on a connection (a
+    /// carrier is on): `carrier::*` flags and the ids, by socket inode.
+    kernel: HashMap<u64, (i64, tracer_common::CarrierIds)>,
     started: HashMap<(u64, u64), Ctx>,
     threads: HashMap<(u32, u64), VecDeque<Window>>,
     peers: HashMap<Tuple, VecDeque<PeerEnd>>,
@@ -737,9 +746,38 @@ impl Linker {
         (!self.verdicts.is_empty()).then(|| self.verdicts.drain(..))
     }
 
+    /// The probes chose the ids of the next request on connection `ino`
+    /// (`flags`: `tracer_common::carrier::*`): the ids that went, or will
+    /// go, on the wire with it.
+    pub fn kernel_ids(&mut self, ino: u64, flags: i64, ids: tracer_common::CarrierIds) {
+        if self.kernel.len() >= MAX_GO_STATE {
+            self.kernel.clear();
+        }
+        self.kernel.insert(ino, (flags, ids));
+    }
+
+    /// The probes' ids for this request, if they chose some for its side.
+    fn take_kernel(&mut self, meta: &ConnMeta) -> Option<(i64, tracer_common::CarrierIds)> {
+        use tracer_common::carrier;
+        if self.kernel.is_empty() {
+            return None;
+        }
+        let side = if meta.kind == SpanKind::Server { carrier::SERVER } else { carrier::CLIENT };
+        match self.kernel.get(&meta.ino) {
+            Some((flags, _)) if flags & side != 0 => self.kernel.remove(&meta.ino),
+            _ => None,
+        }
+    }
+
     /// A request head was seen. `peer` is the kind of the traced connection
     /// at the other end of this one on this host, if any.
     pub fn start(&mut self, s: &Started, peer: Option<SpanKind>) {
+        let kernel = self.take_kernel(&s.meta);
+        self.start_inner(s, peer, kernel);
+    }
+
+    fn start_inner(&mut self, s: &Started, peer: Option<SpanKind>, kernel: Option<(i64, tracer_common::CarrierIds)>) {
+        use tracer_common::carrier;
         let meta = &s.meta;
         let mut ctx = Ctx {
             trace_id: [0; 16],
@@ -760,13 +798,33 @@ impl Linker {
             set_header(&mut ctx, &h);
             self.stats.by_header += 1;
         }
+        // The span ids the probes chose are the ones the wire carries (or
+        // the ones this request's calls carry): the span takes them.
+        if let Some((_, k)) = &kernel {
+            ctx.span_id = k.span_id;
+        }
         match meta.kind {
             SpanKind::Server => {
-                if ctx.source.is_none() {
-                    self.server_peer(meta, s, peer, &mut ctx);
+                if let Some((flags, k)) = kernel.filter(|(f, _)| f & carrier::REMOTE != 0) {
+                    if ctx.source.is_none() {
+                        ctx.trace_id = k.trace_id;
+                        ctx.parent = Some(k.parent_id);
+                        ctx.source = Some(Source::TcpOption);
+                        self.stats.by_tcp_option += 1;
+                    }
+                    let _ = flags;
                 }
                 if ctx.source.is_none() {
-                    ctx.trace_id = self.ids.trace_id();
+                    let kernel_trace = kernel.as_ref().map(|(_, k)| k.trace_id);
+                    self.server_peer(meta, s, peer, kernel_trace, &mut ctx);
+                }
+                if ctx.source.is_none() {
+                    // A new trace: the one this request's calls carry when
+                    // the probes chose it.
+                    ctx.trace_id = match &kernel {
+                        Some((_, k)) => k.trace_id,
+                        None => self.ids.trace_id(),
+                    };
                 }
                 // A Go HTTP/2 server (net/http's, gRPC-Go's) reads every
                 // stream on one goroutine and runs each handler on another:
@@ -822,6 +880,26 @@ impl Linker {
                 if ctx.parent.is_none() && ctx.source != Some(Source::Header) {
                     ctx.trace_id = self.ids.trace_id();
                 }
+                // The probes sent this call under the request its thread
+                // alone was serving: that request is its parent, as the
+                // wire says.
+                if let Some((_, k)) = &kernel {
+                    let parent = k.parent_id;
+                    if ctx.parent != Some(parent) {
+                        let trace = self
+                            .threads
+                            .get(&(meta.pid, ctx.tid))
+                            .and_then(|ws| ws.iter().rev().find(|w| w.span_id == parent))
+                            .map(|w| (w.trace_id, w.sampled));
+                        let (trace, sampled) = trace.unwrap_or((k.trace_id, true));
+                        ctx.trace_id = self.resolve(trace);
+                        ctx.parent = Some(parent);
+                        ctx.sampled = sampled;
+                        ctx.links.clear();
+                        ctx.source = Some(Source::Thread);
+                    }
+                    self.stats.carried += 1;
+                }
                 self.client_peer(meta, s, peer, &mut ctx);
             }
         }
@@ -861,7 +939,16 @@ impl Linker {
 
     /// A server request without trace headers: its parent is the client
     /// span at the other end when that end is traced on this host.
-    fn server_peer(&mut self, meta: &ConnMeta, s: &Started, peer: Option<SpanKind>, ctx: &mut Ctx) {
+    /// `trace`: the trace id the probes chose for the request (and gave
+    /// its calls), the provisional one if the client end is waited for.
+    fn server_peer(
+        &mut self,
+        meta: &ConnMeta,
+        s: &Started,
+        peer: Option<SpanKind>,
+        trace: Option<[u8; 16]>,
+        ctx: &mut Ctx,
+    ) {
         let client = meta.peer_tuple();
         // Most servers have no traced client on this host: no lookup then.
         let waiting = if self.peers.is_empty() { None } else { self.peers.get_mut(&client) };
@@ -891,7 +978,7 @@ impl Linker {
         // provisional trace id, which the client end maps to its own. The
         // parent holds only if that end shows up before this span is made.
         let client_span_id = self.ids.span_id();
-        ctx.trace_id = self.ids.trace_id();
+        ctx.trace_id = trace.unwrap_or_else(|| self.ids.trace_id());
         ctx.parent = Some(client_span_id);
         ctx.source = Some(Source::Peer);
         ctx.tentative = true;
