@@ -14,6 +14,7 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("h2load", "nghttp2-client"),
     ("redis-server", "redis-server"),
+    ("ip", "iproute2"),
     ("redis-cli", "redis-tools"),
     ("psql", "postgresql-client"),
     ("pgbench", "postgresql-contrib"),
