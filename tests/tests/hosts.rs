@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use tracer_tests::netns::TwoHosts;
@@ -218,11 +218,11 @@ fn number(path: &str) -> Option<usize> {
 /// span and its Redis command (host b).
 const SPANS: usize = 4;
 
-/// How many of requests `0..n` are one complete trace across both hosts:
+/// How many requests are one complete trace across both hosts:
 /// A's call under A's request (`thread`), B's request under A's call
 /// (`tcp-option`), B's command under B's request (`thread`). Fails on a
 /// wrong parent or a trace holding two requests.
-fn complete(spans: &[ReceivedSpan], n: usize) -> usize {
+fn complete(spans: &[ReceivedSpan]) -> usize {
     assert_unique_span_ids(spans);
     let host = |s: &ReceivedSpan| s.resource_str("host.name").unwrap_or_default();
     let by_id: HashMap<String, &ReceivedSpan> = spans.iter().map(|s| (s.span_id_hex(), s)).collect();
@@ -289,7 +289,7 @@ fn a_request_is_one_trace_across_two_hosts_with_the_tcp_option() {
         receiver.assert_no_errors();
         let spans = receiver.spans();
         assert_eq!(spans.len(), SPANS * n, "{}", dump(&spans));
-        let done = complete(&spans, n);
+        let done = complete(&spans);
         println!(
             "carrier {carrier}, concurrency {concurrency}: {done} of {n} one trace across the hosts\nhost a: {}\nhost b: {}",
             ea.stats_line().unwrap_or(""),
