@@ -772,12 +772,8 @@ impl Linker {
     /// A request head was seen. `peer` is the kind of the traced connection
     /// at the other end of this one on this host, if any.
     pub fn start(&mut self, s: &Started, peer: Option<SpanKind>) {
-        let kernel = self.take_kernel(&s.meta);
-        self.start_inner(s, peer, kernel);
-    }
-
-    fn start_inner(&mut self, s: &Started, peer: Option<SpanKind>, kernel: Option<(i64, tracer_common::CarrierIds)>) {
         use tracer_common::carrier;
+        let kernel = self.take_kernel(&s.meta);
         let meta = &s.meta;
         let mut ctx = Ctx {
             trace_id: [0; 16],
@@ -805,14 +801,13 @@ impl Linker {
         }
         match meta.kind {
             SpanKind::Server => {
-                if let Some((flags, k)) = kernel.filter(|(f, _)| f & carrier::REMOTE != 0) {
+                if let Some((_, k)) = kernel.filter(|(f, _)| f & carrier::REMOTE != 0) {
                     if ctx.source.is_none() {
                         ctx.trace_id = k.trace_id;
                         ctx.parent = Some(k.parent_id);
                         ctx.source = Some(Source::TcpOption);
                         self.stats.by_tcp_option += 1;
                     }
-                    let _ = flags;
                 }
                 if ctx.source.is_none() {
                     let kernel_trace = kernel.as_ref().map(|(_, k)| k.trace_id);
